@@ -1,0 +1,74 @@
+"""The application factory: configuration, database, errors, rate limits, blueprints."""
+import logging
+
+from flask import Flask, jsonify, request
+from peewee import OperationalError
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+import config
+import models
+from ratelimit import limit_api, limiter, retry_after_seconds
+from routes import ApiError, error, executions, health, jobs
+
+MAX_BODY_BYTES = 1024 * 1024
+log = logging.getLogger("backhook")
+
+
+def create_app(overrides=None):
+    app = Flask(__name__)
+    app.config.from_mapping(config.load())
+    app.config.update(overrides or {})
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.json.sort_keys = False
+
+    if app.config["TRUSTED_PROXIES"]:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["TRUSTED_PROXIES"])
+
+    # Peewee opens the connection on first use and keeps it for the process's
+    # life: reconnecting per request costs more than the request itself.
+    models.open_database(app.config["DATABASE_URL"], app.config["DATABASE_BUSY_SECONDS"])
+    refuse_large_bodies_early(app)
+    register_error_handlers(app)
+
+    for blueprint in (jobs.bp, executions.bp):
+        limit_api(blueprint)
+        app.register_blueprint(blueprint)
+    app.register_blueprint(health.bp)
+    limiter.init_app(app)
+    return app
+
+
+def refuse_large_bodies_early(app):
+    @app.before_request
+    def refuse_large_bodies():
+        if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+            error("Request body is larger than 1 MiB", 413)
+
+
+def register_error_handlers(app):
+    @app.errorhandler(ApiError)
+    def api_error(exc):
+        return jsonify(error=exc.message), exc.status, exc.headers
+
+    @app.errorhandler(429)
+    def rate_limited(exc):
+        return jsonify(error=f"Rate limit exceeded: {exc.description}"), 429, {
+            "Retry-After": str(retry_after_seconds())}
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc):
+        response = exc.get_response()
+        response.data = app.json.dumps({"error": exc.description or exc.name})
+        response.content_type = "application/json"
+        return response
+
+    @app.errorhandler(OperationalError)
+    def database_busy(exc):
+        log.warning("database unavailable during %s %s: %s", request.method, request.path, exc)
+        return jsonify(error="Database is busy, retry shortly"), 503, {"Retry-After": "1"}
+
+    @app.errorhandler(Exception)
+    def unexpected(exc):
+        log.exception("unhandled error during %s %s", request.method, request.path)
+        return jsonify(error="Internal server error"), 500

@@ -1,0 +1,320 @@
+"""The `backhook` command line, built on Flask's CLI."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+from flask.cli import FlaskGroup
+from peewee import IntegrityError
+
+import models
+from app import create_app
+from models import ApiKey, Job, Setting, Website, iso, normalize_domain
+from sources import describe_source, source_kind
+
+DEFAULT_BIND = "127.0.0.1:8000"
+DEFAULT_PROCESSES = max(2, os.cpu_count() or 1)
+
+
+@click.group(cls=FlaskGroup, create_app=create_app, add_default_commands=False,
+             add_version_option=False, load_dotenv=False)
+def main():
+    """backhook: self-hosted backup orchestrator."""
+
+
+def fail(message):
+    raise click.ClickException(message)
+
+
+def find(model, row_id, what):
+    row = model.get_or_none(model.id == row_id)
+    if row is None:
+        fail(f"no {what} with id {row_id}")
+    return row
+
+
+# --- processes -----------------------------------------------------------------
+
+def gunicorn_command(bind, processes):
+    return [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(processes),
+            "--graceful-timeout", "20", "--no-control-socket", "app:create_app()"]
+
+
+def worker_command():
+    return [sys.executable, "-m", "worker"]
+
+
+@main.command()
+def init():
+    """Create or upgrade the database; safe to repeat."""
+    old, new = models.migrate()
+    if old == new:
+        click.echo(f"database is up to date (schema version {new})")
+    else:
+        click.echo(f"database upgraded from schema version {old} to {new}")
+
+
+@main.command()
+@click.option("--bind", default=DEFAULT_BIND, show_default=True, help="HOST:PORT for the web server")
+@click.option("--processes", default=DEFAULT_PROCESSES, show_default=True, help="gunicorn processes")
+def serve(bind, processes):
+    """Run the web server only, under gunicorn."""
+    command = gunicorn_command(bind, processes)
+    os.execv(command[0], command)
+
+
+@main.command()
+def worker():
+    """Run the worker only."""
+    command = worker_command()
+    os.execv(command[0], command)
+
+
+@main.command()
+@click.option("--bind", default=DEFAULT_BIND, show_default=True, help="HOST:PORT for the web server")
+@click.option("--processes", default=DEFAULT_PROCESSES, show_default=True, help="gunicorn processes")
+def run(bind, processes):
+    """Run web and worker together; Ctrl-C or SIGTERM stops both."""
+    models.migrate()
+    children = [subprocess.Popen(gunicorn_command(bind, processes)), subprocess.Popen(worker_command())]
+    click.echo(f"backhook web on http://{bind} and a worker are running; Ctrl-C stops both.")
+    if not ApiKey.select().exists() or not Job.select().exists():
+        click.echo(next_steps(bind))
+
+    def stop(signum, frame):
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        while all(child.poll() is None for child in children):
+            time.sleep(0.2)
+    finally:
+        stop(None, None)
+        codes = [child.wait() for child in children]
+    # A child that died on its own (not through our SIGTERM) is a failure.
+    sys.exit(0 if all(code in (0, -signal.SIGTERM) for code in codes) else 1)
+
+
+def next_steps(bind):
+    exe = shutil.which("backhook") or str(Path(sys.executable).with_name("backhook"))
+    return f"""
+Next steps, in another terminal:
+  1. Create an API key (it is shown only once):
+       {exe} keys create ci -p jobs:read -p jobs:execute -p history:read
+  2. Create a job, for example a directory backup:
+       {exe} jobs add etc-backup --source files:///etc --destination {Path.cwd() / 'var' / 'backups'}
+  3. Trigger it and poll it:
+       curl -X POST http://{bind}/api/jobs/JOB_ID/run -H "Authorization: Bearer YOUR_KEY"
+       curl http://{bind}/api/executions/EXECUTION_ID -H "Authorization: Bearer YOUR_KEY"
+"""
+
+
+# --- keys ----------------------------------------------------------------------
+
+@main.group()
+def keys():
+    """Create and manage API keys."""
+
+
+@keys.command("create")
+@click.argument("name")
+@click.option("-p", "--permission", "permissions", multiple=True, required=True,
+              type=click.Choice(models.PERMISSIONS), help="repeat for several")
+@click.option("--expires-in-days", type=click.FloatRange(min=0, min_open=True), default=None)
+def keys_create(name, permissions, expires_in_days):
+    """Create a key; the key is printed alone on the last line, this once."""
+    key, secret = ApiKey.issue(name, permissions, expires_in_days)
+    expiry = iso(key.expires_at) or "never"
+    click.echo(f"created key {key.id} ({name}) with {key.permissions}; expires {expiry}")
+    click.echo("Store it now: it cannot be shown again.")
+    click.echo(secret)
+
+
+@keys.command("list")
+def keys_list():
+    """One key per line: ID, name, display prefix, permissions, state."""
+    now = models.now_ms()
+    for key in ApiKey.select().order_by(ApiKey.created_at):
+        state = "enabled" if key.enabled else "disabled"
+        if key.expires_at is not None and key.expires_at <= now:
+            state = "expired"
+        click.echo(f"{key.id}  {key.name}  {key.prefix}…  {key.permissions.replace(' ', ',')}  {state}"
+                   f"  expires={iso(key.expires_at) or 'never'}  last_used={iso(key.last_used_at) or 'never'}")
+
+
+def set_key_enabled(key_id, enabled):
+    key = find(ApiKey, key_id, "key")
+    with models.database.atomic():
+        ApiKey.update(enabled=enabled).where(ApiKey.id == key.id).execute()
+    click.echo(f"key {key.id} {'enabled' if enabled else 'disabled'}")
+
+
+@keys.command("disable")
+@click.argument("key_id")
+def keys_disable(key_id):
+    set_key_enabled(key_id, False)
+
+
+@keys.command("enable")
+@click.argument("key_id")
+def keys_enable(key_id):
+    set_key_enabled(key_id, True)
+
+
+@keys.command("delete")
+@click.argument("key_id")
+def keys_delete(key_id):
+    key = find(ApiKey, key_id, "key")
+    with models.database.atomic():
+        key.delete_instance()
+    click.echo(f"key {key.id} deleted")
+
+
+# --- jobs ----------------------------------------------------------------------
+
+@main.group()
+def jobs():
+    """Create and list backup jobs."""
+
+
+@jobs.command("add")
+@click.argument("name")
+@click.option("--source", required=True, help="sqlite:///, postgresql://, mysql://, files:///, wpsec:// or command:")
+@click.option("--destination", required=True, type=click.Path(file_okay=False), help="local directory")
+@click.option("--compression", type=click.Choice(["zstd", "gzip", "none"]), default="zstd", show_default=True)
+@click.option("--keep", type=click.IntRange(min=1), default=None, help="keep the N newest successful backups")
+@click.option("--timeout-hours", type=click.FloatRange(min=0, min_open=True), default=6, show_default=True)
+def jobs_add(name, source, destination, compression, keep, timeout_hours):
+    """Add a job; its id is printed alone on the last line."""
+    try:
+        kind = source_kind(source)
+    except ValueError as exc:
+        fail(str(exc))
+    if kind == "wpsec" and Website.by_domain(source.split("://", 1)[1]) is None:
+        fail(f"no website {source.split('://', 1)[1]!r}: register it with `backhook websites add` first")
+    try:
+        with models.database.atomic():
+            job = Job.create(name=name, source=source, destination=str(Path(destination).resolve()),
+                             compression=compression, keep=keep, timeout_seconds=int(timeout_hours * 3600))
+    except IntegrityError:
+        fail(f"a job named {name!r} already exists")
+    click.echo(f"created job {name} ({kind} → {job.destination}, {compression})")
+    click.echo(job.id)
+
+
+@jobs.command("list")
+def jobs_list():
+    """One job per line: ID, name, source (without secrets), destination, state."""
+    for job in Job.select().order_by(Job.name):
+        last = job.last_execution()
+        state = "enabled" if job.enabled else "disabled"
+        click.echo(f"{job.id}  {job.name}  {describe_source(job.source)['source']}  {job.destination}"
+                   f"  {job.compression}  {state}  last={last.status if last else 'never'}")
+
+
+def set_job_enabled(job_id, enabled):
+    job = find(Job, job_id, "job")
+    with models.database.atomic():
+        Job.update(enabled=enabled).where(Job.id == job.id).execute()
+    click.echo(f"job {job.id} {'enabled' if enabled else 'disabled'}")
+
+
+@jobs.command("disable")
+@click.argument("job_id")
+def jobs_disable(job_id):
+    set_job_enabled(job_id, False)
+
+
+@jobs.command("enable")
+@click.argument("job_id")
+def jobs_enable(job_id):
+    set_job_enabled(job_id, True)
+
+
+@jobs.command("delete")
+@click.argument("job_id")
+def jobs_delete(job_id):
+    """Delete a job and its execution history (stored artifacts stay on disk)."""
+    job = find(Job, job_id, "job")
+    with models.database.atomic():
+        job.delete_instance(recursive=True)
+    click.echo(f"job {job.id} deleted")
+
+
+# --- websites ------------------------------------------------------------------
+
+@main.group()
+def websites():
+    """Register WordPress sites that report through WPSec webhooks."""
+
+
+@websites.command("add")
+@click.argument("domain")
+@click.option("--wpsec-url", default=None, help="the site's base URL, for backup/list and backup/start")
+@click.option("--wpsec-api-key", default=None, help="the plugin's x-api-key")
+def websites_add(domain, wpsec_url, wpsec_api_key):
+    domain = normalize_domain(domain)
+    if not domain:
+        fail("the domain is empty")
+    try:
+        with models.database.atomic():
+            site = Website.create(domain=domain, wpsec_url=wpsec_url or f"https://{domain}",
+                                  wpsec_api_key=wpsec_api_key)
+    except IntegrityError:
+        fail(f"website {domain} is already registered")
+    click.echo(f"registered website {domain}")
+    click.echo(site.id)
+
+
+@websites.command("list")
+def websites_list():
+    for site in Website.select().order_by(Website.domain):
+        key = f"{site.wpsec_api_key[:4]}…" if site.wpsec_api_key else "none"
+        click.echo(f"{site.id}  {site.domain}  {site.wpsec_url}  api_key={key}"
+                   f"  synced={iso(site.synced_at) or 'never'}")
+
+
+@websites.command("remove")
+@click.argument("domain")
+def websites_remove(domain):
+    site = Website.by_domain(domain)
+    if site is None:
+        fail(f"no website {normalize_domain(domain)}")
+    with models.database.atomic():
+        site.delete_instance(recursive=True)
+    click.echo(f"removed website {site.domain}")
+
+
+# --- settings ------------------------------------------------------------------
+
+@main.group()
+def settings():
+    """Read and change global settings."""
+
+
+@settings.command("set")
+@click.argument("key")
+@click.argument("value", type=click.IntRange(min=1))
+def settings_set(key, value):
+    try:
+        Setting.write(key, value)
+    except ValueError as exc:
+        fail(str(exc))
+    click.echo(f"{key} = {value}")
+
+
+@settings.command("get")
+@click.argument("key")
+def settings_get(key):
+    click.echo(Setting.read(key))
+
+
+if __name__ == "__main__":
+    main()

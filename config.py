@@ -1,0 +1,26 @@
+"""Every setting backhook reads from the environment, read in this one place."""
+import os
+from pathlib import Path
+
+
+def _flag(value):
+    return value.strip().lower() not in ("0", "false", "no", "off", "")
+
+
+def load(environ=None):
+    """Return the settings as a Flask-style mapping of upper-case keys."""
+    env = os.environ if environ is None else environ
+    data_dir = Path(env.get("BACKHOOK_DATA_DIR", "./var")).resolve()
+    return {
+        "DATA_DIR": str(data_dir),
+        "DATABASE_URL": env.get("BACKHOOK_DATABASE_URL") or f"sqlite:///{data_dir}/backhook.db",
+        "WPFORT_BACKEND_TOKEN": env.get("WPFORT_BACKEND_TOKEN") or None,
+        "RATELIMIT_STORAGE_URI": env.get("BACKHOOK_RATELIMIT_STORAGE_URI")
+        or f"backhook+sqlite:///{data_dir}/ratelimit.db",
+        "RATELIMIT_ENABLED": _flag(env.get("BACKHOOK_RATELIMIT_ENABLED", "true")),
+        "TRUSTED_PROXIES": int(env.get("BACKHOOK_TRUSTED_PROXIES", "0")),
+        "LEASE_SECONDS": float(env.get("BACKHOOK_LEASE_SECONDS", "30")),
+        "WPSEC_POLL_AFTER": float(env.get("BACKHOOK_WPSEC_POLL_AFTER", "300")),
+        # How long a request waits on a locked SQLite database before giving up.
+        "DATABASE_BUSY_SECONDS": float(env.get("BACKHOOK_DATABASE_BUSY_SECONDS", "10")),
+    }

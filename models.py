@@ -1,0 +1,391 @@
+"""The Peewee models, mirroring schema.sql, and the database's lifecycle.
+
+`database` is a proxy: importing this module never touches the disk. The app
+factory, the worker and the CLI call `open_database(url)` once.
+"""
+import datetime
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from peewee import (
+    BigIntegerField,
+    BooleanField,
+    DatabaseProxy,
+    ForeignKeyField,
+    IntegerField,
+    Model,
+    OperationalError,
+    PostgresqlDatabase,
+    SqliteDatabase,
+    TextField,
+)
+from playhouse.db_url import connect as connect_url
+
+log = logging.getLogger("backhook.models")
+
+SCHEMA_PATH = Path(__file__).with_name("schema.sql")
+database = DatabaseProxy()
+
+
+# --- time and identifiers -------------------------------------------------
+
+def now_ms():
+    return int(time.time() * 1000)
+
+
+def new_id():
+    """An opaque id: creation time in hex (so ids sort by age) and 80 random bits."""
+    return f"{now_ms():012x}{secrets.token_hex(10)}"
+
+
+def iso(ms):
+    """Milliseconds since the epoch as ISO 8601 UTC with milliseconds and Z."""
+    if ms is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+# --- opening and migrating ---------------------------------------------------
+
+def open_database(url, busy_seconds=10.0):
+    """Bind the proxy to the database named by `url` and return it."""
+    if url.startswith("sqlite:///"):
+        path = Path(urlparse(url).path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = SqliteDatabase(
+            str(path),
+            timeout=busy_seconds,
+            # Every write transaction takes the write lock up front, so a busy
+            # database makes it wait instead of failing half-way through.
+            lock_type="IMMEDIATE",
+            pragmas={"journal_mode": "wal", "foreign_keys": 1, "synchronous": "normal"},
+        )
+    else:
+        db = connect_url(url)
+    database.initialize(db)
+    return db
+
+
+def is_sqlite():
+    return isinstance(database.obj, SqliteDatabase)
+
+
+def is_postgresql():
+    return isinstance(database.obj, PostgresqlDatabase)
+
+
+def schema_sections():
+    """The numbered sections of schema.sql as [(version, [statement, ...])]."""
+    sections, current = [], None
+    for line in SCHEMA_PATH.read_text().splitlines():
+        marker = re.fullmatch(r"--\s*version\s+(\d+)\s*", line)
+        if marker:
+            current = (int(marker.group(1)), [])
+            sections.append(current)
+        elif current is not None and not line.lstrip().startswith("--"):
+            current[1].append(line)
+    return [(version, _statements("\n".join(lines))) for version, lines in sections]
+
+
+def _statements(text):
+    return [stmt.strip() for stmt in text.split(";") if stmt.strip()]
+
+
+def _dialect(statement):
+    """SQLite's spelling of the schema, adapted where PostgreSQL differs."""
+    if is_postgresql():
+        return statement.replace("INTEGER PRIMARY KEY", "BIGSERIAL PRIMARY KEY")
+    return statement
+
+
+def schema_version():
+    if is_sqlite():
+        return database.execute_sql("PRAGMA user_version").fetchone()[0]
+    database.execute_sql("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = database.execute_sql("SELECT max(version) FROM schema_version").fetchone()
+    return row[0] or 0
+
+
+def migrate():
+    """Apply every schema section newer than the database; return (old, new)."""
+    with database.connection_context():
+        old = schema_version()
+        new = old
+        for version, statements in schema_sections():
+            if version <= old:
+                continue
+            with database.atomic():
+                for statement in statements:
+                    database.execute_sql(_dialect(statement))
+                if is_sqlite():
+                    database.execute_sql(f"PRAGMA user_version = {int(version)}")
+                else:
+                    database.execute_sql("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+            new = version
+    return old, new
+
+
+# --- models ------------------------------------------------------------------
+
+class BaseModel(Model):
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+PERMISSIONS = ("jobs:read", "jobs:execute", "history:read", "websites:read")
+KEY_PATTERN = re.compile(r"dbm_[A-Za-z0-9_-]{32,}")
+KEY_TOUCH_INTERVAL_MS = 60_000
+_last_touched = {}  # key id -> ms; spares the database a write per request
+
+
+def hash_key(key):
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class ApiKey(BaseModel):
+    id = TextField(primary_key=True, default=new_id)
+    name = TextField()
+    prefix = TextField()
+    key_hash = TextField(unique=True)
+    permissions = TextField()
+    enabled = BooleanField(default=True)
+    created_at = BigIntegerField(default=now_ms)
+    expires_at = BigIntegerField(null=True)
+    last_used_at = BigIntegerField(null=True)
+
+    @classmethod
+    def issue(cls, name, permissions, expires_in_days=None):
+        """Create a key; return (row, secret). The secret is never stored."""
+        unknown = sorted(set(permissions) - set(PERMISSIONS))
+        if unknown:
+            raise ValueError(f"unknown permission {', '.join(unknown)}; choose from {', '.join(PERMISSIONS)}")
+        secret = "dbm_" + secrets.token_urlsafe(32)
+        expires_at = None
+        if expires_in_days is not None:
+            expires_at = now_ms() + int(expires_in_days * 86_400_000)
+        with database.atomic():
+            row = cls.create(
+                name=name,
+                prefix=secret[:12],
+                key_hash=hash_key(secret),
+                permissions=" ".join(sorted(set(permissions))),
+                expires_at=expires_at,
+            )
+        return row, secret
+
+    @classmethod
+    def authenticate(cls, presented):
+        """Return (key, None) for a usable key, else (None, reason)."""
+        if not KEY_PATTERN.fullmatch(presented):
+            return None, "Malformed API key"
+        digest = hash_key(presented)
+        key = cls.get_or_none(cls.key_hash == digest)
+        if key is None or not hmac.compare_digest(key.key_hash, digest):
+            return None, "Invalid API key"
+        if not key.enabled:
+            return None, "API key is disabled"
+        if key.expires_at is not None and key.expires_at <= now_ms():
+            return None, "API key has expired"
+        key.touch()
+        return key, None
+
+    def allows(self, permission):
+        return permission in self.permissions.split()
+
+    def touch(self):
+        """Record last use, at most one write per key per minute across processes."""
+        now = now_ms()
+        if now - _last_touched.get(self.id, 0) < KEY_TOUCH_INTERVAL_MS:
+            return
+        _last_touched[self.id] = now
+        stale = ApiKey.last_used_at.is_null() | (ApiKey.last_used_at <= now - KEY_TOUCH_INTERVAL_MS)
+        try:
+            with database.atomic():
+                ApiKey.update(last_used_at=now).where((ApiKey.id == self.id) & stale).execute()
+        except OperationalError as exc:  # a busy database must not fail the request
+            log.warning("could not record key use: %s", exc)
+
+
+class Job(BaseModel):
+    id = TextField(primary_key=True, default=new_id)
+    name = TextField(unique=True)
+    source = TextField()
+    destination = TextField()
+    compression = TextField(default="zstd")
+    keep = IntegerField(null=True)
+    timeout_seconds = IntegerField(default=6 * 3600)
+    enabled = BooleanField(default=True)
+    created_at = BigIntegerField(default=now_ms)
+
+    def last_execution(self):
+        return (Execution.select(Execution.id, Execution.status, Execution.ended_at)
+                .where(Execution.job == self.id)
+                .order_by(Execution.created_at.desc())
+                .first())
+
+
+PENDING, RUNNING, SUCCESS, FAILED, CANCELLED = "Pending", "Running", "Success", "Failed", "Cancelled"
+FINISHED = (SUCCESS, FAILED, CANCELLED)
+
+
+class Execution(BaseModel):
+    id = TextField(primary_key=True, default=new_id)
+    job = ForeignKeyField(Job, backref="executions", on_delete="CASCADE")
+    type = TextField(default="Backup")
+    status = TextField(default=PENDING)
+    progress = IntegerField(default=0)
+    stage = TextField(null=True, default="Queued")
+    created_at = BigIntegerField(default=now_ms)
+    started_at = BigIntegerField(null=True)
+    ended_at = BigIntegerField(null=True)
+    size = BigIntegerField(null=True)
+    path = TextField(null=True)
+    sha256 = TextField(null=True)
+    error = TextField(null=True)
+    attempts = IntegerField(default=0)
+    worker_id = TextField(null=True)
+    lease_expires_at = BigIntegerField(null=True)
+    cancel_requested = BooleanField(default=False)
+
+    @classmethod
+    def enqueue(cls, job):
+        with database.atomic():
+            return cls.create(job=job.id)
+
+    @classmethod
+    def with_job_name(cls, execution_id):
+        return (cls.select(cls, Job.name).join(Job)
+                .where(cls.id == execution_id).objects().first())
+
+    @classmethod
+    def cancel(cls, execution_id):
+        """Cancel a Pending execution now, or ask a Running one's worker to stop.
+
+        Returns (execution, accepted); accepted is False when it had finished.
+        """
+        with database.atomic():
+            execution = cls.get_or_none(cls.id == execution_id)
+            if execution is None or execution.status in FINISHED:
+                return execution, False
+            if execution.status == PENDING:
+                now = now_ms()
+                cls.update(status=CANCELLED, stage=CANCELLED, ended_at=now).where(
+                    (cls.id == execution_id) & (cls.status == PENDING)).execute()
+            else:
+                cls.update(cancel_requested=True).where(cls.id == execution_id).execute()
+        return cls.with_job_name(execution_id), True
+
+    def duration(self):
+        if self.ended_at is None:
+            return None
+        return self.ended_at - (self.started_at or self.ended_at)
+
+    def to_api(self, include_logs=False):
+        data = {
+            "id": self.id,
+            "jobId": self.job_id,
+            "jobName": self.name,
+            "type": self.type,
+            "status": self.status,
+            "progress": self.progress,
+            "stage": self.stage,
+            "startedAt": iso(self.started_at),
+            "endedAt": iso(self.ended_at),
+            "duration": self.duration(),
+            "size": self.size,
+            "path": self.path,
+            "error": self.error,
+        }
+        if include_logs:
+            data["logs"] = [entry.to_api() for entry in
+                            ExecutionLog.select().where(ExecutionLog.execution == self.id)
+                            .order_by(ExecutionLog.id)]
+        return data
+
+
+class ExecutionLog(BaseModel):
+    id = BigIntegerField(primary_key=True)
+    execution = ForeignKeyField(Execution, backref="logs", on_delete="CASCADE")
+    timestamp = BigIntegerField(default=now_ms)
+    level = TextField(default="info")
+    stage = TextField(null=True)
+    message = TextField()
+
+    def to_api(self):
+        return {"timestamp": iso(self.timestamp), "level": self.level,
+                "stage": self.stage, "message": self.message}
+
+
+class Setting(BaseModel):
+    key = TextField(primary_key=True)
+    value = TextField()
+
+    DEFAULTS = {"max_concurrent_jobs": "1"}
+
+    @classmethod
+    def read(cls, key):
+        row = cls.get_or_none(cls.key == key)
+        return row.value if row else cls.DEFAULTS.get(key)
+
+    @classmethod
+    def write(cls, key, value):
+        if key not in cls.DEFAULTS:
+            raise ValueError(f"unknown setting {key!r}; known: {', '.join(cls.DEFAULTS)}")
+        with database.atomic():
+            cls.insert(key=key, value=str(value)).on_conflict(
+                conflict_target=[cls.key], update={cls.value: str(value)}).execute()
+
+
+def normalize_domain(domain):
+    """Domains match ignoring case, surrounding space and a trailing dot."""
+    return domain.strip().rstrip(".").lower()
+
+
+class Website(BaseModel):
+    id = TextField(primary_key=True, default=new_id)
+    domain = TextField(unique=True)
+    wpsec_url = TextField(null=True)
+    wpsec_api_key = TextField(null=True)
+    created_at = BigIntegerField(default=now_ms)
+    sync_requested_at = BigIntegerField(null=True)
+    synced_at = BigIntegerField(null=True)
+    remote_backups = TextField(null=True)
+
+    @classmethod
+    def by_domain(cls, domain):
+        return cls.get_or_none(cls.domain == normalize_domain(domain))
+
+
+class Backup(BaseModel):
+    id = TextField(primary_key=True, default=new_id)
+    website = ForeignKeyField(Website, backref="backups", on_delete="CASCADE")
+    backup_id = TextField()
+    status = TextField()
+    progress = IntegerField(default=0)
+    error_message = TextField(null=True)
+    execution = ForeignKeyField(Execution, null=True, on_delete="SET NULL")
+    created_at = BigIntegerField(default=now_ms)
+    updated_at = BigIntegerField(default=now_ms)
+    completed_at = BigIntegerField(null=True)
+
+    class Meta:
+        indexes = ((("website", "backup_id"), True),)
+
+
+class BackupEvent(BaseModel):
+    id = BigIntegerField(primary_key=True)
+    backup_pk = ForeignKeyField(Backup, column_name="backup_pk", backref="events", on_delete="CASCADE")
+    kind = TextField()
+    payload = TextField()
+    received_at = BigIntegerField(default=now_ms)
+
+
+ALL_MODELS = (ApiKey, Job, Execution, ExecutionLog, Setting, Website, Backup, BackupEvent)

@@ -1,0 +1,52 @@
+"""What every blueprint shares: the JSON error, the auth decorator, the body parser."""
+import functools
+
+from flask import g, request
+
+
+class ApiError(Exception):
+    """Raised anywhere in a request; the app answers {"error": message} with `status`."""
+
+    def __init__(self, message, status, headers=None):
+        super().__init__(message)
+        self.message, self.status, self.headers = message, status, headers or {}
+
+
+def error(message, status, headers=None):
+    raise ApiError(message, status, headers)
+
+
+def require_permission(permission):
+    """Let the view run only for a usable `Authorization: Bearer` key holding `permission`."""
+    from models import ApiKey
+
+    def decorate(view):
+        @functools.wraps(view)
+        def guarded(*args, **kwargs):
+            scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+            if scheme != "Bearer" or not presented.strip():
+                error("Missing API key: send 'Authorization: Bearer <key>'", 401)
+            key, reason = ApiKey.authenticate(presented.strip())
+            if key is None:
+                error(reason, 401)
+            if not key.allows(permission):
+                error(f"API key lacks the '{permission}' permission", 403)
+            g.api_key = key
+            return view(*args, **kwargs)
+
+        guarded.required_permission = permission
+        return guarded
+
+    return decorate
+
+
+def json_object():
+    """The request body as a JSON object, or a 400."""
+    body = request.get_json(silent=True, force=True)
+    if not isinstance(body, dict):
+        error("Request body must be a JSON object", 400)
+    return body
+
+
+def query_flag(name):
+    return request.args.get(name, "").strip().lower() in ("1", "true", "yes")

@@ -1,0 +1,39 @@
+from flask import Blueprint
+
+from models import Execution, Job, iso
+from routes import error, require_permission
+from sources import describe_source
+
+bp = Blueprint("jobs", __name__, url_prefix="/api/jobs")
+
+
+def job_to_api(job):
+    last = job.last_execution()
+    return {
+        "id": job.id,
+        "name": job.name,
+        **describe_source(job.source),
+        "destination": job.destination,
+        "compression": job.compression,
+        "keep": job.keep,
+        "enabled": job.enabled,
+        "lastExecution": last and {"id": last.id, "status": last.status, "endedAt": iso(last.ended_at)},
+    }
+
+
+@bp.get("")
+@require_permission("jobs:read")
+def list_jobs():
+    return {"success": True, "data": [job_to_api(job) for job in Job.select().order_by(Job.name)]}
+
+
+@bp.post("/<job_id>/run")
+@require_permission("jobs:execute")
+def run_job(job_id):
+    job = Job.get_or_none(Job.id == job_id)
+    if job is None:
+        error("Job not found", 404)
+    if not job.enabled:
+        error("Job is disabled", 409)
+    execution = Execution.enqueue(job)
+    return {"success": True, "executionId": execution.id}

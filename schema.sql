@@ -1,0 +1,120 @@
+-- The backhook schema: the single source of truth for every table.
+--
+-- Each "-- version N" section is one numbered migration. `backhook init`
+-- applies, in order, every section newer than the database's version and
+-- records the new version (PRAGMA user_version on SQLite, the
+-- schema_version table on PostgreSQL). Never edit a released section:
+-- append a new one.
+--
+-- Timestamps are milliseconds since the Unix epoch, in UTC.
+
+-- version 1
+
+CREATE TABLE api_key (
+    id            TEXT PRIMARY KEY,
+    name          TEXT NOT NULL,
+    prefix        TEXT NOT NULL,
+    key_hash      TEXT NOT NULL UNIQUE,
+    permissions   TEXT NOT NULL,
+    enabled       INTEGER NOT NULL DEFAULT 1,
+    created_at    BIGINT NOT NULL,
+    expires_at    BIGINT,
+    last_used_at  BIGINT
+);
+
+CREATE TABLE job (
+    id               TEXT PRIMARY KEY,
+    name             TEXT NOT NULL UNIQUE,
+    source           TEXT NOT NULL,
+    destination      TEXT NOT NULL,
+    compression      TEXT NOT NULL DEFAULT 'zstd',
+    keep             INTEGER,
+    timeout_seconds  INTEGER NOT NULL DEFAULT 21600,
+    enabled          INTEGER NOT NULL DEFAULT 1,
+    created_at       BIGINT NOT NULL
+);
+
+CREATE TABLE execution (
+    id                TEXT PRIMARY KEY,
+    job_id            TEXT NOT NULL REFERENCES job (id) ON DELETE CASCADE,
+    type              TEXT NOT NULL DEFAULT 'Backup',
+    status            TEXT NOT NULL DEFAULT 'Pending',
+    progress          INTEGER NOT NULL DEFAULT 0,
+    stage             TEXT,
+    created_at        BIGINT NOT NULL,
+    started_at        BIGINT,
+    ended_at          BIGINT,
+    size              BIGINT,
+    path              TEXT,
+    sha256            TEXT,
+    error             TEXT,
+    attempts          INTEGER NOT NULL DEFAULT 0,
+    worker_id         TEXT,
+    lease_expires_at  BIGINT,
+    cancel_requested  INTEGER NOT NULL DEFAULT 0
+);
+
+-- The claim reads Pending in creation order and counts Running.
+CREATE INDEX execution_status_created ON execution (status, created_at);
+-- A job's history, newest first (lastExecution, retention).
+CREATE INDEX execution_job_created ON execution (job_id, created_at);
+
+CREATE TABLE execution_log (
+    id            INTEGER PRIMARY KEY,
+    execution_id  TEXT NOT NULL REFERENCES execution (id) ON DELETE CASCADE,
+    timestamp     BIGINT NOT NULL,
+    level         TEXT NOT NULL,
+    stage         TEXT,
+    message       TEXT NOT NULL
+);
+
+CREATE INDEX execution_log_execution ON execution_log (execution_id, id);
+
+CREATE TABLE setting (
+    key    TEXT PRIMARY KEY,
+    value  TEXT NOT NULL
+);
+
+CREATE TABLE website (
+    id                 TEXT PRIMARY KEY,
+    domain             TEXT NOT NULL UNIQUE,
+    wpsec_url          TEXT,
+    wpsec_api_key      TEXT,
+    created_at         BIGINT NOT NULL,
+    sync_requested_at  BIGINT,
+    synced_at          BIGINT,
+    remote_backups     TEXT
+);
+
+-- The worker finds the sites whose backup list must be fetched again.
+CREATE INDEX website_sync_requested ON website (sync_requested_at)
+    WHERE sync_requested_at IS NOT NULL;
+
+CREATE TABLE backup (
+    id             TEXT PRIMARY KEY,
+    website_id     TEXT NOT NULL REFERENCES website (id) ON DELETE CASCADE,
+    backup_id      TEXT NOT NULL,
+    status         TEXT NOT NULL,
+    progress       INTEGER NOT NULL DEFAULT 0,
+    error_message  TEXT,
+    execution_id   TEXT REFERENCES execution (id) ON DELETE SET NULL,
+    created_at     BIGINT NOT NULL,
+    updated_at     BIGINT NOT NULL,
+    completed_at   BIGINT,
+    UNIQUE (website_id, backup_id)
+);
+
+-- A site's backups, newest first, paged with ?before=.
+CREATE INDEX backup_website_created ON backup (website_id, created_at, id);
+CREATE INDEX backup_execution ON backup (execution_id)
+    WHERE execution_id IS NOT NULL;
+
+CREATE TABLE backup_event (
+    id           INTEGER PRIMARY KEY,
+    backup_pk    TEXT NOT NULL REFERENCES backup (id) ON DELETE CASCADE,
+    kind         TEXT NOT NULL,
+    payload      TEXT NOT NULL,
+    received_at  BIGINT NOT NULL
+);
+
+CREATE INDEX backup_event_backup ON backup_event (backup_pk, id);

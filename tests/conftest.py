@@ -1,0 +1,138 @@
+"""Shared fixtures: an app over a temporary database, keys, jobs, live servers, services."""
+import os
+import subprocess
+import sys
+
+import pytest
+import requests
+
+import cli
+import models
+from app import create_app
+from models import ApiKey, Job
+from support import PROJECT, TOKEN, LiveProcess, free_port, require_service, wait_until
+
+@pytest.fixture
+def data_dir(tmp_path):
+    path = tmp_path / "var"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def database_url(data_dir):
+    return f"sqlite:///{data_dir}/backhook.db"
+
+
+@pytest.fixture
+def backhook_env(data_dir, database_url):
+    """The environment a backhook process of this test runs with."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("BACKHOOK_")}
+    env.update({
+        "BACKHOOK_DATA_DIR": str(data_dir),
+        "BACKHOOK_DATABASE_URL": database_url,
+        "WPFORT_BACKEND_TOKEN": TOKEN,
+        "BACKHOOK_RATELIMIT_ENABLED": "false",
+    })
+    return env
+
+
+@pytest.fixture
+def app(backhook_env, monkeypatch):
+    for key, value in backhook_env.items():
+        monkeypatch.setenv(key, value)
+    application = create_app({"TESTING": True})
+    models.migrate()
+    yield application
+    models.database.close()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    test_runner = app.test_cli_runner()
+
+    def invoke(*args):
+        return test_runner.invoke(cli.main, [str(arg) for arg in args])
+
+    return invoke
+
+
+@pytest.fixture
+def make_key(app):
+    def make(*permissions, **options):
+        return ApiKey.issue("test", permissions or models.PERMISSIONS, **options)[1]
+
+    return make
+
+
+@pytest.fixture
+def auth(make_key):
+    """Headers with a key holding every permission."""
+    return {"Authorization": f"Bearer {make_key()}"}
+
+
+@pytest.fixture
+def make_job(app, tmp_path):
+    def make(name="nightly", source=None, **fields):
+        if source is None:
+            folder = tmp_path / f"src-{name}"
+            folder.mkdir(exist_ok=True)
+            (folder / "hello.txt").write_text("hello\n")
+            source = f"files://{folder}"
+        fields.setdefault("destination", str(tmp_path / "backups"))
+        with models.database.atomic():
+            return Job.create(name=name, source=source, **fields)
+
+    return make
+
+
+@pytest.fixture
+def start_server(backhook_env):
+    """Start gunicorn running the app on a free loopback port; stopped after the test."""
+    started = []
+
+    def start(processes=3, **env_overrides):
+        env = {**backhook_env, **env_overrides}
+        subprocess.run([sys.executable, "-m", "cli", "init"], env=env, cwd=PROJECT, check=True,
+                       capture_output=True)
+        port = free_port()
+        server = LiveProcess(cli.gunicorn_command(f"127.0.0.1:{port}", processes), env,
+                             url=f"http://127.0.0.1:{port}")
+        started.append(server)
+
+        def ready():
+            try:
+                return requests.get(server.url + "/livez", timeout=1).ok
+            except requests.ConnectionError:
+                assert server.proc.poll() is None, server.output()
+                return False
+
+        wait_until(ready, timeout=20, message="gunicorn to answer")
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url():
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    return "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture
+def mysql_url():
+    require_service("MariaDB", "127.0.0.1", 3306)
+    return "mysql://root@127.0.0.1:3306/test"
+
+
+@pytest.fixture
+def redis_url():
+    require_service("Redis", "127.0.0.1", 6379)
+    return "redis://127.0.0.1:6379/0"

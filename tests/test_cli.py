@@ -1,0 +1,125 @@
+"""The command-line forms other tools depend on."""
+import subprocess
+import sys
+
+import models
+from models import ApiKey, Job, Setting, Website
+from support import PROJECT
+
+
+def test_init_is_safe_to_repeat(runner):
+    first = runner("init")
+    second = runner("init")
+    assert first.exit_code == 0 and second.exit_code == 0
+    assert "up to date" in second.output
+
+
+def test_init_creates_the_database_from_nothing(backhook_env, data_dir):
+    result = subprocess.run([sys.executable, "-m", "cli", "init"], env=backhook_env, cwd=PROJECT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (data_dir / "backhook.db").exists()
+
+
+def test_keys_create_prints_the_key_alone_on_the_last_line(runner):
+    result = runner("keys", "create", "ci", "-p", "jobs:execute", "-p", "history:read")
+    assert result.exit_code == 0
+    key = result.output.strip().splitlines()[-1]
+    assert models.KEY_PATTERN.fullmatch(key)
+    row = ApiKey.get(ApiKey.key_hash == models.hash_key(key))
+    assert row.permissions.split() == ["history:read", "jobs:execute"]
+
+
+def test_keys_create_with_expiry(runner):
+    result = runner("keys", "create", "temp", "-p", "jobs:read", "--expires-in-days", "2")
+    assert result.exit_code == 0
+    row = ApiKey.get()
+    assert 1.9 * 86_400_000 < row.expires_at - models.now_ms() < 2.1 * 86_400_000
+
+
+def test_keys_create_refuses_unknown_permission(runner):
+    result = runner("keys", "create", "ci", "-p", "jobs:write")
+    assert result.exit_code != 0
+    assert ApiKey.select().count() == 0
+
+
+def test_keys_list_shows_id_first_and_never_the_secret(runner):
+    key = runner("keys", "create", "ci", "-p", "jobs:read").output.strip().splitlines()[-1]
+    listing = runner("keys", "list").output
+    row = ApiKey.get()
+    assert listing.splitlines()[0].startswith(row.id)
+    assert key not in listing and row.prefix in listing
+
+
+def test_keys_disable_enable_delete(runner):
+    runner("keys", "create", "ci", "-p", "jobs:read")
+    key_id = ApiKey.get().id
+    assert runner("keys", "disable", key_id).exit_code == 0
+    assert ApiKey.get().enabled is False
+    assert runner("keys", "enable", key_id).exit_code == 0
+    assert ApiKey.get().enabled is True
+    assert runner("keys", "delete", key_id).exit_code == 0
+    assert ApiKey.select().count() == 0
+    assert runner("keys", "delete", key_id).exit_code != 0
+
+
+def test_jobs_add_prints_the_id_alone_on_the_last_line(runner, tmp_path):
+    result = runner("jobs", "add", "etc", "--source", "files:///etc", "--destination", tmp_path,
+                    "--compression", "gzip", "--keep", "3")
+    assert result.exit_code == 0, result.output
+    job = Job.get_by_id(result.output.strip().splitlines()[-1])
+    assert (job.name, job.source, job.compression, job.keep) == ("etc", "files:///etc", "gzip", 3)
+    assert job.destination == str(tmp_path)
+
+
+def test_jobs_add_defaults_to_zstd(runner, tmp_path):
+    result = runner("jobs", "add", "db", "--source", "sqlite:///srv/app.db", "--destination", tmp_path)
+    assert Job.get_by_id(result.output.strip().splitlines()[-1]).compression == "zstd"
+
+
+def test_jobs_add_accepts_a_command_source(runner, tmp_path):
+    result = runner("jobs", "add", "cmd", "--source", "command:echo hello", "--destination", tmp_path)
+    assert result.exit_code == 0 and Job.get().source == "command:echo hello"
+
+
+def test_jobs_add_refuses_bad_sources(runner, tmp_path):
+    for source in ["ftp://x/y", "sqlite://relative.db", "files:relative", "postgresql://host",
+                   "command:", "wpsec://unregistered.example"]:
+        result = runner("jobs", "add", "bad", "--source", source, "--destination", tmp_path)
+        assert result.exit_code != 0, source
+    assert Job.select().count() == 0
+
+
+def test_jobs_add_refuses_a_duplicate_name(runner, tmp_path):
+    runner("jobs", "add", "a", "--source", "files:///etc", "--destination", tmp_path)
+    result = runner("jobs", "add", "a", "--source", "files:///etc", "--destination", tmp_path)
+    assert result.exit_code != 0 and "already exists" in result.output
+
+
+def test_jobs_list_hides_passwords(runner, tmp_path):
+    runner("jobs", "add", "pg", "--source", "postgresql://u:hunter2@db:5432/app", "--destination", tmp_path)
+    listing = runner("jobs", "list").output
+    assert "pg" in listing and "hunter2" not in listing
+
+
+def test_websites_add_normalises_the_domain(runner):
+    result = runner("websites", "add", "  Example.COM. ", "--wpsec-url", "https://example.com",
+                    "--wpsec-api-key", "site-key-123456")
+    assert result.exit_code == 0
+    site = Website.get()
+    assert site.domain == "example.com"
+    assert "site-key-123456" not in runner("websites", "list").output
+
+
+def test_wpsec_job_needs_a_registered_website(runner, tmp_path):
+    runner("websites", "add", "example.com")
+    result = runner("jobs", "add", "wp", "--source", "wpsec://example.com", "--destination", tmp_path)
+    assert result.exit_code == 0
+
+
+def test_settings_set_max_concurrent_jobs(runner):
+    assert Setting.read("max_concurrent_jobs") == "1"
+    assert runner("settings", "set", "max_concurrent_jobs", "3").exit_code == 0
+    assert Setting.read("max_concurrent_jobs") == "3"
+    assert runner("settings", "set", "max_concurrent_jobs", "0").exit_code != 0
+    assert runner("settings", "set", "unknown_thing", "2").exit_code != 0
