@@ -1,0 +1,94 @@
+"""Webhook intake: POST /webhooks/backup-progress against a bare Flask hello route.
+
+Both apps run under the same gunicorn settings (cli.gunicorn_command, the
+default process count of `backhook serve`). wrk sends both the very same
+requests: progress webhooks whose bodies vary over 50 registered sites and
+2,000 backup ids. The runs alternate, hello then webhook, for several rounds.
+
+Target (SPEC.md): webhook req/s >= 0.6x hello, 0 errors, p99 <= 25 ms at 16 connections.
+
+    .venv/bin/python bench/webhooks.py [--rounds 3] [--seconds 10] [--quick]
+"""
+import argparse
+
+import common
+
+PATH = "/webhooks/backup-progress"
+SITES, BACKUP_IDS = 50, 2000
+TARGET_RATIO, TARGET_P99_MS = 0.6, 25.0
+
+
+def measure(server, seconds, connections):
+    return common.wrk(server.url + PATH, seconds, connections, mode="webhook", token=common.TOKEN,
+                      sites=SITES, backup_ids=BACKUP_IDS)
+
+
+def main(argv=()):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--quick", action="store_true", help="1 round of 1 s: checks the harness only")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.seconds = 1, 1
+
+    data_dir = common.fresh_dir("webhooks")
+    common.open_backhook_db(data_dir)
+    common.add_websites(SITES)
+    common.models.database.close()
+    env = common.backhook_env(data_dir)
+
+    runs = {"hello": [], "webhook": []}
+    with common.gunicorn(env, "bench.hello_app:app", name="hello") as hello, \
+            common.gunicorn(env, name="webhook") as webhook:
+        servers = {"hello": hello, "webhook": webhook}
+        for server in servers.values():  # imports, connections, first pages: not measured
+            measure(server, 1 if args.quick else 2, args.connections)
+        for round_number in range(args.rounds):
+            for name, server in servers.items():
+                result = measure(server, args.seconds, args.connections)
+                runs[name].append(result)
+                print(f"round {round_number + 1} {name:8} {result['rps']:8.0f} req/s  "
+                      f"p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms  "
+                      f"errors {result['errors']}", flush=True)
+
+    section = report(runs, args)
+    print(section)
+    return section
+
+
+def report(runs, args):
+    hello_rps = common.median([run["rps"] for run in runs["hello"]])
+    webhook_rps = common.median([run["rps"] for run in runs["webhook"]])
+    ratio = webhook_rps / hello_rps
+    errors = sum(run["errors"] for run in runs["webhook"])
+    worst_p99 = max(run["p99_ms"] for run in runs["webhook"])
+    rows = []
+    for name in ("hello", "webhook"):
+        rows.append([name, " / ".join(f"{run['rps']:.0f}" for run in runs[name]),
+                     f"{common.median([run['rps'] for run in runs[name]]):.0f}",
+                     f"{common.median([run['p50_ms'] for run in runs[name]]):.2f}",
+                     f"{max(run['p99_ms'] for run in runs[name]):.2f}",
+                     sum(run["errors"] for run in runs[name])])
+    met = ratio >= TARGET_RATIO and errors == 0 and worst_p99 <= TARGET_P99_MS
+    return "\n".join([
+        "## Webhook intake",
+        "",
+        f"`POST {PATH}` vs a bare Flask hello route, both under `cli.gunicorn_command` with "
+        f"{common.cli.DEFAULT_PROCESSES} sync processes; wrk, {args.connections} connections, 2 threads, "
+        f"{args.rounds} alternating rounds of {args.seconds} s; bodies over {SITES} sites and "
+        f"{BACKUP_IDS} backup ids.",
+        "",
+        common.table(["app", "req/s per round", "median req/s", "p50 ms", "worst p99 ms", "errors"], rows),
+        "",
+        f"- Ratio webhook/hello: **{ratio:.2f}×** (target ≥ {TARGET_RATIO}×)",
+        f"- Errors (non-2xx and socket): **{errors}** (target 0)",
+        f"- p99, worst round: **{worst_p99:.2f} ms** (target ≤ {TARGET_P99_MS:.0f} ms)",
+        f"- Verdict: {common.verdict(met)}",
+        f"- wrk command: `{runs['webhook'][0]['command']}` with BENCH_MODE=webhook",
+    ])
+
+
+if __name__ == "__main__":
+    common.run_standalone(main)
