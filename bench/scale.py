@@ -1,0 +1,275 @@
+"""Scale: hot-path latency with 1,000,000 executions and 100,000 websites vs an empty database.
+
+Two databases with the same 20 jobs:
+
+- "empty": only what the requests need: one execution per job, 50 websites;
+- "full": 1,000,000 finished executions spread over the 20 jobs, each with
+  5 log lines; 100,000 websites with 5 backups each and 3 events per backup.
+
+The full database is filled with bulk INSERT ... SELECT over recursive CTEs
+and cached under var/bench/ (keyed by schema.sql and the sizes); each run
+works on a copy of it. Median latencies, each from one connection (wrk -c 1)
+in alternating rounds, both databases served by the same gunicorn settings:
+
+- GET /api/executions/<id> (random ids), also with ?includeLogs=true
+- POST /webhooks/backup-progress (random existing sites and backups)
+- GET /api/jobs
+- the worker's claim, called in this process (`worker.Worker.claim_pending`)
+
+Target (SPEC.md): each within 1.3x of the empty database.
+
+    .venv/bin/python bench/scale.py [--executions 1000000] [--websites 100000] [--quick]
+"""
+import argparse
+import hashlib
+import shutil
+import sqlite3
+import time
+
+import common
+
+JOBS = 20
+LOGS_PER_EXECUTION = 5
+BACKUPS_PER_SITE = 5
+EVENTS_PER_BACKUP = 3
+TARGET_RATIO = 1.3
+FILL_VERSION = 1  # bump when the fill below changes
+
+
+# --- filling ---------------------------------------------------------------------------
+
+def create_database(data_dir, websites):
+    """A migrated database with the 20 jobs, a key and `websites` sites; returns the key."""
+    common.open_backhook_db(data_dir)
+    with common.models.database.atomic():
+        for number in range(JOBS):
+            common.models.Job.create(name=f"job-{number:02d}", source=f"files:///srv/site-{number}",
+                                     destination="/var/backups/backhook", keep=7)
+    key = common.api_key()
+    if websites:
+        common.add_websites(websites)
+    common.models.database.close()
+    return key
+
+
+FILL_SQL = [
+    "CREATE TEMP TABLE bench_job AS SELECT row_number() OVER (ORDER BY id) - 1 AS k, id FROM job",
+    # Executions: one every 30 s, finishing a minute later, ending a year of history now.
+    """WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < :executions - 1),
+       e AS (SELECT i, :start + i * 30000 AS t, i % 50 = 0 AS failed FROM n)
+    INSERT INTO execution (id, job_id, type, status, progress, stage, created_at, started_at, ended_at,
+                           size, path, sha256, error, attempts, worker_id)
+    SELECT printf('%012x', t) || lower(hex(randomblob(10))), j.id, 'Backup',
+           iif(failed, 'Failed', 'Success'), iif(failed, 37, 100), iif(failed, 'Failed', 'Completed'),
+           t, t + 150, t + 60000,
+           iif(failed, NULL, 50000000 + abs(random() % 50000000)),
+           iif(failed, NULL, '/var/backups/backhook/' || j.id || '/' || t || '.tar.zst'),
+           iif(failed, NULL, lower(hex(randomblob(32)))),
+           iif(failed, 'tar: /srv/site: Cannot open: Permission denied', NULL), 1, 'bench-host-1'
+    FROM e JOIN bench_job j ON j.k = e.i % :jobs""",
+    # Log lines, in execution order so the (execution_id, id) index grows at its end.
+    """WITH RECURSIVE k(j) AS (SELECT 1 UNION ALL SELECT j + 1 FROM k WHERE j < :logs)
+    INSERT INTO execution_log (execution_id, timestamp, level, stage, message)
+    SELECT e.id, e.started_at + k.j * 10000, 'info',
+           CASE k.j WHEN 1 THEN 'Initializing' WHEN 2 THEN 'Dumping' WHEN 3 THEN 'Uploading'
+                    WHEN 4 THEN 'Verifying' ELSE 'Applying Retention' END,
+           'stage ' || k.j || ' done: ' || coalesce(e.size, 0) || ' bytes written so far'
+    FROM execution e CROSS JOIN k ORDER BY e.rowid, k.j""",
+    """WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < :websites - 1)
+    INSERT INTO website (id, domain, wpsec_url, wpsec_api_key, created_at, synced_at, remote_backups)
+    SELECT printf('%012x', :start + i) || lower(hex(randomblob(10))), 'site' || i || '.bench.test',
+           'https://site' || i || '.bench.test', lower(hex(randomblob(16))), :start + i, :now, '[]'
+    FROM n""",
+    "CREATE TEMP TABLE bench_site AS SELECT CAST(substr(domain, 5) AS INTEGER) AS k, id FROM website",
+    "CREATE UNIQUE INDEX temp.bench_site_k ON bench_site (k)",
+    # Backup n (1..websites*5) of site n % websites, spelled as bench/wrk.lua spells it.
+    """WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :websites * :backups),
+       b AS (SELECT i, :start + i * 60000 AS t FROM n)
+    INSERT INTO backup (id, website_id, backup_id, status, progress, created_at, updated_at, completed_at)
+    SELECT printf('%012x', t) || lower(hex(randomblob(10))), s.id, 'bk-' || i, 'completed', 100,
+           t, t + 600000, t + 600000
+    FROM b JOIN bench_site s ON s.k = b.i % :websites""",
+    """WITH RECURSIVE k(j) AS (SELECT 1 UNION ALL SELECT j + 1 FROM k WHERE j < :events)
+    INSERT INTO backup_event (backup_pk, kind, payload, received_at)
+    SELECT b.id, iif(k.j = :events, 'complete', 'progress'),
+           '{"domain":"site.bench.test","backup_id":"' || b.backup_id || '","progress":' || (k.j * 30) || '}',
+           b.created_at + k.j * 200000
+    FROM backup b CROSS JOIN k ORDER BY b.rowid, k.j""",
+]
+
+
+def fill(path, executions, websites):
+    """Bulk-insert the history into the migrated database at `path`."""
+    params = {"executions": executions, "websites": websites, "jobs": JOBS, "logs": LOGS_PER_EXECUTION,
+              "backups": BACKUPS_PER_SITE, "events": EVENTS_PER_BACKUP,
+              "now": common.models.now_ms(), "start": common.models.now_ms() - executions * 30000 - 86_400_000}
+    db = sqlite3.connect(path, isolation_level=None)
+    # Speed for a one-off bulk load; the app sets WAL and synchronous=normal again when it opens it.
+    db.executescript("PRAGMA journal_mode=off; PRAGMA synchronous=off; PRAGMA cache_size=-1000000;")
+    db.execute("BEGIN")
+    for statement in FILL_SQL:
+        started = time.monotonic()
+        db.execute(statement, {name: value for name, value in params.items() if f":{name}" in statement})
+        print(f"  {statement.split('INSERT INTO ')[-1].split()[0] if 'INSERT' in statement else 'temp':14}"
+              f" {time.monotonic() - started:6.1f} s", flush=True)
+    db.execute("COMMIT")
+    db.execute("PRAGMA journal_mode=wal")
+    db.close()
+
+
+def full_database(data_dir, executions, websites):
+    """A copy of the cached full database in `data_dir`; fills the cache first if needed."""
+    schema = (common.PROJECT / "schema.sql").read_bytes()
+    tag = hashlib.sha256(schema + f"{FILL_VERSION}-{executions}-{websites}".encode()).hexdigest()[:12]
+    cache = common.WORK / f"scale-{executions}-{websites}-{tag}.db"
+    if not cache.exists():
+        print(f"filling {cache.name} (cached for later runs) …", flush=True)
+        started = time.monotonic()
+        scratch = common.fresh_dir("scale-fill")
+        create_database(scratch, 0)
+        fill(scratch / "backhook.db", executions, websites)
+        (scratch / "backhook.db").rename(cache)
+        print(f"filled in {time.monotonic() - started:.0f} s, {cache.stat().st_size / 1e9:.2f} GB", flush=True)
+    shutil.copyfile(cache, data_dir / "backhook.db")
+    common.open_backhook_db(data_dir)  # applies migrations newer than the cache, if any
+    key = common.api_key()
+    common.models.database.close()
+    return key
+
+
+# --- measuring -------------------------------------------------------------------------
+
+class Side:
+    """One database, served by gunicorn, with what the requests need."""
+
+    def __init__(self, name, data_dir, key, sites, backup_ids):
+        self.name, self.data_dir, self.key = name, data_dir, key
+        self.sites, self.backup_ids = sites, backup_ids
+        db = sqlite3.connect(data_dir / "backhook.db")
+        ids = [row[0] for row in db.execute("SELECT id FROM execution ORDER BY random() LIMIT 2000")]
+        db.close()
+        self.paths = {
+            "poll": self.paths_file("poll", [f"/api/executions/{i}" for i in ids]),
+            "poll+logs": self.paths_file("poll-logs", [f"/api/executions/{i}?includeLogs=true" for i in ids]),
+            "jobs": self.paths_file("jobs", ["/api/jobs"]),
+        }
+
+    def paths_file(self, name, paths):
+        path = self.data_dir / f"paths-{name}.txt"
+        path.write_text("\n".join(paths) + "\n")
+        return path
+
+    def wrk(self, server, what, seconds):
+        if what == "webhook":
+            return common.wrk(server.url + "/webhooks/backup-progress", seconds, 1, threads=1,
+                              mode="webhook", token=common.TOKEN, sites=self.sites, backup_ids=self.backup_ids)
+        return common.wrk(server.url, seconds, 1, threads=1, mode="paths", paths_file=self.paths[what],
+                          api_key=self.key)
+
+    def claim_latencies(self, samples):
+        """Median-ready latencies (ms) of claiming one freshly triggered execution."""
+        import config
+        import worker
+        models = common.models
+        models.open_database(f"sqlite:///{self.data_dir}/backhook.db")
+        claimer = worker.Worker(config.load({"BACKHOOK_DATA_DIR": str(self.data_dir)}))
+        job = models.Job.select().first()
+        latencies = []
+        for _ in range(samples + 5):
+            execution = models.Execution.enqueue(job)
+            started = time.perf_counter()
+            claimed = claimer.claim_pending()
+            latencies.append((time.perf_counter() - started) * 1000)
+            assert [row.id for row in claimed] == [execution.id], claimed
+            with models.database.atomic():
+                models.Execution.update(status=models.SUCCESS, ended_at=models.now_ms()).where(
+                    models.Execution.id == execution.id).execute()
+        models.database.close()
+        return latencies[5:]  # the first calls pay for the connection and cold pages
+
+
+def webhooks_available():
+    return (common.PROJECT / "routes" / "webhooks.py").exists()
+
+
+def main(argv=()):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--executions", type=int, default=1_000_000)
+    parser.add_argument("--websites", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=4)
+    parser.add_argument("--claims", type=int, default=200)
+    parser.add_argument("--quick", action="store_true", help="a tiny database: checks the harness only")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.executions, args.websites, args.rounds, args.seconds, args.claims = 2000, 200, 1, 1, 10
+
+    empty_dir, full_dir = common.fresh_dir("scale-empty"), common.fresh_dir("scale-full")
+    empty_key = create_database(empty_dir, 50)
+    common.open_backhook_db(empty_dir)
+    for job in common.models.Job.select():
+        common.models.Execution.enqueue(job)
+    common.models.Execution.update(status="Success", started_at=common.models.now_ms(),
+                                   ended_at=common.models.now_ms()).execute()
+    common.models.database.close()
+    full_key = full_database(full_dir, args.executions, args.websites)
+    sides = [Side("empty", empty_dir, empty_key, 50, 2000),
+             Side("full", full_dir, full_key, args.websites, args.websites * BACKUPS_PER_SITE)]
+
+    measures = ["poll", "poll+logs", "jobs"] + (["webhook"] if webhooks_available() else [])
+    p50 = {(side.name, what): [] for side in sides for what in measures + ["claim"]}
+    servers = {}
+    try:
+        for side in sides:
+            servers[side.name] = common.gunicorn(common.backhook_env(side.data_dir), name="web")
+        for side in sides:  # warm up each server and its page cache, not measured
+            for what in measures:
+                side.wrk(servers[side.name], what, 1)
+        for round_number in range(args.rounds):
+            for what in measures:
+                for side in sides:
+                    result = side.wrk(servers[side.name], what, args.seconds)
+                    assert result["errors"] == 0, (side.name, what, result)
+                    p50[side.name, what].append(result["p50_ms"])
+                    print(f"round {round_number + 1} {what:9} {side.name:5} p50 {result['p50_ms']:.2f} ms "
+                          f"({result['requests']} requests)", flush=True)
+    finally:
+        for server in servers.values():
+            server.stop()
+    if common.worker_available():
+        measures.append("claim")
+        for side in sides:
+            p50[side.name, "claim"] = [common.median(side.claim_latencies(args.claims))]
+    section = report(p50, measures, args)
+    print(section)
+    return section
+
+
+def report(p50, measures, args):
+    rows, all_met = [], True
+    for what in measures:
+        empty, full = common.median(p50["empty", what]), common.median(p50["full", what])
+        ratio = full / empty
+        all_met &= ratio <= TARGET_RATIO
+        rows.append([what, f"{empty:.2f}", f"{full:.2f}", f"**{ratio:.2f}×**", common.verdict(ratio <= TARGET_RATIO)])
+    missing = [] if webhooks_available() else ["- Webhook: not measured, `routes/webhooks.py` is not merged yet."]
+    if not common.worker_available():
+        missing.append("- Claim: not measured, the worker is not merged yet.")
+    return "\n".join([
+        "## Scale",
+        "",
+        f"Full database: {args.executions:,} executions over {JOBS} jobs with {LOGS_PER_EXECUTION} log lines each, "
+        f"{args.websites:,} websites with {BACKUPS_PER_SITE} backups and {EVENTS_PER_BACKUP} events per backup. "
+        f"Empty database: the {JOBS} jobs, one execution each, 50 websites. Median latency over "
+        f"{args.rounds} alternating rounds of {args.seconds:g} s, one connection (wrk -c 1 -t 1); "
+        f"the claim is `Worker.claim_pending()` called directly, median of {args.claims}.",
+        "",
+        common.table(["hot path", "empty p50 ms", "full p50 ms", "ratio", f"≤ {TARGET_RATIO}×"], rows),
+        "",
+        *missing,
+        f"- Verdict: {common.verdict(all_met and not missing)}",
+    ])
+
+
+if __name__ == "__main__":
+    common.run_standalone(main)
