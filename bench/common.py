@@ -19,7 +19,8 @@ from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent.parent
 BENCH = PROJECT / "bench"
-WORK = PROJECT / "var" / "bench"  # generated data and caches, reused between runs
+# Generated data and caches, reused between runs; the smoke test points it elsewhere.
+WORK = Path(os.environ.get("BENCH_WORK_DIR") or PROJECT / "var" / "bench")
 TOKEN = "bench-webhook-token"
 SITE_DOMAIN = "site{}.bench.test"  # wrk.lua spells the domains the same way
 
@@ -133,9 +134,9 @@ class Process:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"process exited early:\n{Path(self.log_path).read_text()[-3000:]}")
             try:
-                requests.get(self.url + path, timeout=1)
+                requests.get(self.url + path, timeout=2)
                 return self
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
                 time.sleep(0.05)
         raise RuntimeError(f"{self.url} did not answer within {timeout}s")
 
@@ -185,9 +186,12 @@ def wrk(url, duration, connections, threads=2, **lua_env):
     """
     ensure_tool("wrk")
     env = dict(os.environ, **{f"BENCH_{key.upper()}": str(value) for key, value in lua_env.items()})
-    command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s",
+    command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{int(duration)}s",
                "--timeout", "5s", "-s", str(BENCH / "wrk.lua"), url]
-    out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
+    out = done.stdout
     line = next(line for line in out.splitlines() if line.startswith("WRKJSON "))
     raw = json.loads(line[len("WRKJSON "):])
     seconds = raw["duration_us"] / 1e6

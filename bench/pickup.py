@@ -164,7 +164,8 @@ def report(backhook, polling, args):
     if backhook is None:
         return "\n".join(lines + ["Not measured: the worker is not merged into this branch yet.", "",
                                   f"Baseline (100 ms polling loop): p50 {base['p50']:.0f} ms, "
-                                  f"p99 {base['p99']:.0f} ms, idle CPU {polling['idle_cpu_pct']:.3f}%."])
+                                  f"p99 {base['p99']:.0f} ms, idle CPU {polling['idle_cpu_pct']:.3f}%.",
+                                  "", "- Verdict: not measured"])
     own = summary(backhook)
     rows = [[name, s["n"], f"{s['p50']:.0f}", f"{s['p99']:.0f}", f"{s['max']:.0f}",
              f"{s['created_p50']:.0f} / {s['created_p99']:.0f}", ", ".join(f"{v:.0f}" for v in s["long"]),

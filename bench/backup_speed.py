@@ -1,0 +1,270 @@
+"""Backup speed and memory: backhook's SQLite and directory backups vs the plain pipelines.
+
+Sources, generated once under var/bench/ and reused (--size-mb each):
+
+- a SQLite database of documents: compressible text and random blobs;
+- a directory tree of mixed files: text (logs, CSV-like) and random bytes.
+
+backhook runs the real path: gunicorn and `python -m worker`, a job per
+source with zstd compression, triggered with `POST /api/jobs/<id>/run`; the
+time is trigger -> Success as the client sees it (it includes pickup,
+fsync, the verifying re-read and retention). The baselines are the plain
+command lines, on the same sources, in the same run, alternating:
+
+    sqlite3 SRC ".backup TMP" && zstd -q TMP -o OUT
+    tar -cf - -C PARENT DIR | zstd -q -o OUT
+
+While backhook runs, the RSS of the worker and all its children is sampled
+every 20 ms from /proc; the worker's own peak is its VmHWM.
+
+Targets (SPEC.md): throughput >= 0.8x the plain pipeline; peak RSS < 150 MB.
+
+    .venv/bin/python bench/backup_speed.py [--size-mb 1024] [--rounds 2] [--quick]
+"""
+import argparse
+import os
+import random
+import sqlite3
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+import common
+
+TARGET_RATIO, TARGET_RSS_MB = 0.8, 150
+WORDS = ("backup restore worker stage verify the of and to in is for on with database archive stream "
+         "compress checksum retention lease claim pending running success failed website plugin "
+         "2026-11-22 INFO WARN GET POST 200 404 /api/jobs /var/lib/mysql user_id order_total").split()
+
+
+# --- sources ---------------------------------------------------------------------------
+
+def paragraphs(rng, count=512):
+    """A pool of ~4 KB pieces of word salad with numbers: compresses about like logs and CSV."""
+    return [" ".join(rng.choice(WORDS) if rng.random() < 0.8 else str(rng.randrange(10**6))
+                     for _ in range(600)).encode() for _ in range(count)]
+
+
+def make_sqlite(path, size_mb, rng):
+    pool = paragraphs(rng)
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE document (id INTEGER PRIMARY KEY, title TEXT, body TEXT, attachment BLOB)")
+    target, written = size_mb * 1024 * 1024, 0
+    while written < target:
+        rows = [(f"document {rng.randrange(10**9)}", rng.choice(pool).decode(), os.urandom(rng.choice((0, 1024, 2048))))
+                for _ in range(500)]
+        db.executemany("INSERT INTO document (title, body, attachment) VALUES (?, ?, ?)", rows)
+        db.commit()
+        written = path.stat().st_size
+    db.close()
+
+
+def make_files(root, size_mb, rng):
+    pool = paragraphs(rng)
+    target, written, number = size_mb * 1024 * 1024, 0, 0
+    while written < target:
+        folder = root / f"dir{number % 37:02d}" / f"sub{number % 5}"
+        folder.mkdir(parents=True, exist_ok=True)
+        size = min(int(rng.lognormvariate(11, 1.6)), 16 * 1024 * 1024, target - written) or 1
+        if rng.random() < 0.5:
+            name, data = f"file{number}.log", b"\n".join(rng.choice(pool) for _ in range(size // 4096 + 1))[:size]
+        else:
+            name, data = f"file{number}.bin", os.urandom(size)
+        (folder / name).write_bytes(data)
+        written += size
+        number += 1
+
+
+def sources(size_mb):
+    """(sqlite path, directory path), generated on first use; a marker says they are complete."""
+    base = common.WORK / f"backup-src-{size_mb}mb"
+    marker = base / ".complete"
+    if not marker.exists():
+        print(f"generating {size_mb} MB sources in {base} (reused later) …", flush=True)
+        base.mkdir(parents=True, exist_ok=True)
+        for leftover in base.iterdir():
+            subprocess.run(["rm", "-rf", str(leftover)], check=True)
+        rng = random.Random(6)
+        make_sqlite(base / "source.db", size_mb, rng)
+        make_files(base / "files", size_mb, rng)
+        marker.touch()
+    return base / "source.db", base / "files"
+
+
+def size_of(path):
+    if path.is_file():
+        return path.stat().st_size
+    return sum(entry.stat().st_size for entry in path.rglob("*") if entry.is_file())
+
+
+def warm(path):
+    """Read the source once so every contender starts with it in the page cache."""
+    subprocess.run(f"tar -cf - -C {path.parent} {path.name} > /dev/null", shell=True, check=True)
+
+
+# --- contenders ------------------------------------------------------------------------
+
+def plain(kind, source, out_dir):
+    """Run the plain pipeline; return (seconds, compressed bytes)."""
+    out = out_dir / f"plain-{kind}.zst"
+    if kind == "sqlite":
+        tmp = out_dir / "plain-snapshot.db"
+        command = f'sqlite3 "{source}" ".backup \'{tmp}\'" && zstd -q -f "{tmp}" -o "{out}"; rm -f "{tmp}"'
+    else:
+        command = f'tar -cf - -C "{source.parent}" "{source.name}" | zstd -q -f -o "{out}"'
+    started = time.monotonic()
+    subprocess.run(["bash", "-o", "pipefail", "-c", command], check=True)
+    seconds = time.monotonic() - started
+    size = out.stat().st_size
+    out.unlink()
+    return seconds, size, command
+
+
+class RssSampler(threading.Thread):
+    """Peak of the summed VmRSS of a process and its descendants, sampled every 20 ms."""
+
+    def __init__(self, pid):
+        super().__init__(daemon=True)
+        self.pid, self.peak_mb, self.running = pid, 0.0, True
+
+    def run(self):
+        while self.running:
+            total = sum(common.rss_mb(pid) for pid in common.descendants(self.pid))
+            self.peak_mb = max(self.peak_mb, total)
+            time.sleep(0.02)
+
+    def stop(self):
+        self.running = False
+        self.join()
+        return self.peak_mb
+
+
+class Backhook:
+    """gunicorn + worker on one database, with one job per source."""
+
+    def __init__(self, data_dir, sqlite_source, files_source):
+        common.open_backhook_db(data_dir)
+        destination = str(data_dir / "backups")
+        with common.models.database.atomic():
+            self.jobs = {
+                "sqlite": common.models.Job.create(name="bench-sqlite", source=f"sqlite://{sqlite_source}",
+                                                   destination=destination, keep=1).id,
+                "files": common.models.Job.create(name="bench-files", source=f"files://{files_source}",
+                                                  destination=destination, keep=1).id,
+            }
+        self.http = requests.Session()
+        self.http.headers["Authorization"] = f"Bearer {common.api_key()}"
+        common.models.database.close()
+        self.env = common.backhook_env(data_dir)
+        self.db = sqlite3.connect(data_dir / "backhook.db", timeout=10, isolation_level=None)
+
+    def backup(self, kind, web, worker):
+        """Trigger and wait; return (seconds, compressed bytes, peak tree RSS MB)."""
+        sampler = RssSampler(worker.pid)
+        sampler.start()
+        started = time.monotonic()
+        response = self.http.post(f"{web.url}/api/jobs/{self.jobs[kind]}/run", timeout=10)
+        response.raise_for_status()
+        execution_id = response.json()["executionId"]
+        while True:
+            status, size, error = self.db.execute("SELECT status, size, error FROM execution WHERE id = ?",
+                                                  (execution_id,)).fetchone()
+            if status in ("Success", "Failed", "Cancelled"):
+                break
+            time.sleep(0.01)
+        seconds = time.monotonic() - started
+        peak = sampler.stop()
+        if status != "Success":
+            raise RuntimeError(f"backhook {kind} backup ended {status}: {error}")
+        return seconds, size, peak
+
+
+def main(argv=()):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size-mb", type=int, default=1024, help="size of each source")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="8 MB sources, 1 round: checks the harness only")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.size_mb, args.rounds = 8, 1
+    common.ensure_tool("sqlite3")
+    common.ensure_tool("zstd")
+
+    sqlite_source, files_source = sources(args.size_mb)
+    source_of = {"sqlite": sqlite_source, "files": files_source}
+    data_dir = common.fresh_dir("backup")
+    runs = {(who, kind): [] for who in ("plain", "backhook") for kind in source_of}
+    commands = {}
+    for path in source_of.values():
+        warm(path)
+    backhook = Backhook(data_dir, sqlite_source, files_source) if common.worker_available() else None
+    web = common.gunicorn(backhook.env, name="web") if backhook else None
+    worker = common.worker(backhook.env) if backhook else None
+    worker_hwm = 0.0
+    try:
+        for round_number in range(args.rounds):
+            for kind, source in source_of.items():
+                seconds, size, commands[kind] = plain(kind, source, data_dir)
+                runs["plain", kind].append((seconds, size, None))
+                if backhook:
+                    runs["backhook", kind].append(backhook.backup(kind, web, worker))
+                for who in ("plain", "backhook"):
+                    if runs[who, kind]:
+                        seconds, size, _ = runs[who, kind][-1]
+                        print(f"round {round_number + 1} {kind:6} {who:8} {seconds:6.2f} s "
+                              f"{size_of(source) / seconds / 1e6:7.1f} MB/s  → {size / 1e6:.1f} MB", flush=True)
+        if worker:
+            worker_hwm = common.rss_mb(worker.pid, "VmHWM")
+    finally:
+        for process in (worker, web):
+            if process:
+                process.stop()
+    section = report(runs, {kind: size_of(path) for kind, path in source_of.items()}, commands, worker_hwm, args)
+    print(section)
+    return section
+
+
+def report(runs, sizes, commands, worker_hwm, args):
+    rows, all_met, peak = [], True, 0.0
+    for kind in ("sqlite", "files"):
+        plain_s = common.median([seconds for seconds, _, _ in runs["plain", kind]])
+        plain_size = runs["plain", kind][0][1]
+        row = [kind, f"{sizes[kind] / 1e6:.0f}", f"{sizes[kind] / plain_s / 1e6:.1f}", f"{plain_size / 1e6:.1f}"]
+        if runs["backhook", kind]:
+            own_s = common.median([seconds for seconds, _, _ in runs["backhook", kind]])
+            own_size = runs["backhook", kind][0][1]
+            ratio = plain_s / own_s
+            peak = max([peak] + [rss for _, _, rss in runs["backhook", kind]])
+            all_met &= ratio >= TARGET_RATIO
+            row += [f"{sizes[kind] / own_s / 1e6:.1f}", f"{own_size / 1e6:.1f}", f"**{ratio:.2f}×**",
+                    common.verdict(ratio >= TARGET_RATIO)]
+        else:
+            row += ["not measured"] * 4
+        rows.append(row)
+    lines = [
+        "## Backup speed and memory",
+        "",
+        f"Sources of {args.size_mb} MB each under var/bench/, page cache warm, {args.rounds} alternating rounds, "
+        f"medians. backhook: trigger → Success through gunicorn and `python -m worker`, zstd.",
+        "",
+        common.table(["source", "MB", "plain MB/s", "plain zst MB", "backhook MB/s", "backhook zst MB",
+                      "ratio", f"≥ {TARGET_RATIO}×"], rows),
+        "",
+        f"- Plain sqlite: `{commands.get('sqlite', '')}`",
+        f"- Plain files: `{commands.get('files', '')}`",
+    ]
+    if not runs["backhook", "sqlite"]:
+        return "\n".join(lines + ["- backhook: not measured, the worker is not merged yet."])
+    rss_met = max(peak, worker_hwm) < TARGET_RSS_MB
+    return "\n".join(lines + [
+        f"- Peak RSS of the worker's process tree (sampled every 20 ms): **{peak:.0f} MB**; "
+        f"the worker's own VmHWM: **{worker_hwm:.0f} MB** (target < {TARGET_RSS_MB} MB): {common.verdict(rss_met)}",
+        f"- Verdict: {common.verdict(all_met and rss_met)}",
+    ])
+
+
+if __name__ == "__main__":
+    common.run_standalone(main)

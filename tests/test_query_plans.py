@@ -1,0 +1,115 @@
+"""Every hot query uses an index: EXPLAIN QUERY PLAN of the SQL the real code runs.
+
+Each test runs one hot path of the code while recording the statements it
+sends to SQLite, then asks SQLite how it would run each of them. A plan step
+that reads a whole table ("SCAN execution") or a whole index ("SCAN execution
+USING INDEX ...") would make the path slower as the history grows, which is
+what bench/scale.py measures; here it fails at once, with no timing involved.
+"""
+import re
+
+import pytest
+
+import models
+from models import Backup, Execution, ExecutionLog, Job, Website
+
+FULL_SCAN = re.compile(r"^SCAN (?!CONSTANT ROW)(\w+)")
+
+
+@pytest.fixture
+def record_sql(app, monkeypatch):
+    """Record (sql, params) of every statement; yields the list."""
+    db = models.database.obj
+    original = db.execute_sql
+    statements = []
+
+    def execute_sql(sql, params=None, *args, **kwargs):
+        statements.append((sql, tuple(params or ())))
+        return original(sql, params, *args, **kwargs)
+
+    monkeypatch.setattr(db, "execute_sql", execute_sql)
+    return statements
+
+
+def full_scans(statements, allowed=()):
+    """The plan steps that read a whole table or index, with their statements."""
+    connection = models.database.obj.connection()
+    found = []
+    for sql, params in statements:
+        if not re.match(r"\s*(SELECT|UPDATE|DELETE|INSERT|WITH)", sql, re.IGNORECASE):
+            continue
+        tables = {alias: table for table, alias in re.findall(r'"(\w+)" AS "(\w+)"', sql)}
+        for *_ids, detail in connection.execute("EXPLAIN QUERY PLAN " + sql, params):
+            scan = FULL_SCAN.match(detail)
+            if scan and tables.get(scan.group(1), scan.group(1)) not in allowed:
+                found.append(f"{detail}\n    in: {sql}")
+    return found
+
+
+def test_a_query_without_an_index_is_caught(app, record_sql):
+    list(Execution.select().where(Execution.error == "disk full"))
+    assert [scan.splitlines()[0] for scan in full_scans(record_sql)] == ["SCAN t1"]
+
+
+@pytest.fixture
+def history(app, make_job):
+    """A job with a few finished executions, each with log lines."""
+    job = make_job()
+    with models.database.atomic():
+        for number in range(3):
+            execution = Execution.create(job=job.id, status=models.SUCCESS, created_at=1000 + number)
+            for line in range(3):
+                ExecutionLog.create(execution=execution.id, message=f"line {line}")
+    return job, execution
+
+
+def test_execution_by_id_uses_an_index(history, record_sql):
+    _job, execution = history
+    record_sql.clear()
+    Execution.with_job_name(execution.id).to_api()
+    assert record_sql and full_scans(record_sql) == []
+
+
+def test_execution_logs_by_execution_use_an_index(history, record_sql):
+    _job, execution = history
+    record_sql.clear()
+    assert len(Execution.with_job_name(execution.id).to_api(include_logs=True)["logs"]) == 3
+    assert full_scans(record_sql) == []
+
+
+def test_jobs_last_execution_uses_an_index(history, record_sql):
+    job, execution = history
+    record_sql.clear()
+    assert Job.get_by_id(job.id).last_execution().id == execution.id
+    assert full_scans(record_sql) == []
+
+
+def test_job_listing_reads_only_the_job_table_whole(history, client, auth, record_sql):
+    record_sql.clear()
+    assert client.get("/api/jobs", headers=auth).status_code == 200
+    # Listing every job reads the job table by design; each job's last execution must not scan.
+    assert full_scans(record_sql, allowed=("job",)) == []
+
+
+def test_polling_over_http_uses_indexes(history, client, auth, record_sql):
+    _job, execution = history
+    record_sql.clear()
+    assert client.get(f"/api/executions/{execution.id}?includeLogs=true", headers=auth).status_code == 200
+    assert full_scans(record_sql) == []
+
+
+def test_website_by_domain_uses_an_index(app, record_sql):
+    with models.database.atomic():
+        Website.create(domain="example.com")
+    record_sql.clear()
+    assert Website.by_domain(" Example.COM. ") is not None
+    assert full_scans(record_sql) == []
+
+
+def test_backup_by_website_and_backup_id_uses_an_index(app, record_sql):
+    with models.database.atomic():
+        site = Website.create(domain="example.com")
+        Backup.create(website=site.id, backup_id="b-1", status="pending")
+    record_sql.clear()
+    assert Backup.get_or_none((Backup.website == site.id) & (Backup.backup_id == "b-1")) is not None
+    assert full_scans(record_sql) == []
