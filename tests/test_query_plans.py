@@ -12,6 +12,7 @@ import pytest
 
 import models
 from models import Backup, Execution, ExecutionLog, Job, Website
+from support import PROJECT, TOKEN
 
 FULL_SCAN = re.compile(r"^SCAN (?!CONSTANT ROW)(\w+)")
 
@@ -112,4 +113,47 @@ def test_backup_by_website_and_backup_id_uses_an_index(app, record_sql):
         Backup.create(website=site.id, backup_id="b-1", status="pending")
     record_sql.clear()
     assert Backup.get_or_none((Backup.website == site.id) & (Backup.backup_id == "b-1")) is not None
+    assert full_scans(record_sql) == []
+
+
+WEBHOOKS_MERGED = (PROJECT / "routes" / "webhooks.py").exists()
+WORKER_MERGED = "not built yet" not in (PROJECT / "worker.py").read_text()
+
+
+@pytest.mark.skipif(not WEBHOOKS_MERGED, reason="the webhook routes are not merged yet")
+def test_progress_webhook_uses_indexes(client, record_sql):
+    with models.database.atomic():
+        site = Website.create(domain="example.com")
+        Backup.create(website=site.id, backup_id="b-1", status="pending")
+    headers = {"x-wpfort-token": TOKEN}
+    for backup_id in ("b-1", "b-2"):  # an update and a creation
+        record_sql.clear()
+        response = client.post("/webhooks/backup-progress", headers=headers,
+                               json={"domain": "example.com", "backup_id": backup_id, "progress": 40})
+        assert response.status_code == 200, response.get_json()
+        assert full_scans(record_sql) == []
+
+
+@pytest.mark.skipif(not WEBHOOKS_MERGED, reason="the website routes are not merged yet")
+def test_backup_listing_uses_an_index(client, auth, record_sql):
+    with models.database.atomic():
+        site = Website.create(domain="example.com")
+        for number in range(5):
+            Backup.create(website=site.id, backup_id=f"b-{number}", status="completed", created_at=number)
+    for query in ("", "?limit=2&before=b-3"):
+        record_sql.clear()
+        response = client.get(f"/api/websites/example.com/backups{query}", headers=auth)
+        assert response.status_code == 200, response.get_json()
+        assert full_scans(record_sql) == []
+
+
+@pytest.mark.skipif(not WORKER_MERGED, reason="the worker is not merged yet")
+def test_claim_and_running_count_use_indexes(history, data_dir, record_sql):
+    import config
+    import worker
+    job, _execution = history
+    pending = Execution.enqueue(job)
+    claimer = worker.Worker(config.load({"BACKHOOK_DATA_DIR": str(data_dir)}))
+    record_sql.clear()
+    assert [row.id for row in claimer.claim_pending()] == [pending.id]
     assert full_scans(record_sql) == []
