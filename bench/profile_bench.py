@@ -1,8 +1,8 @@
 """Profile a benchmark scenario with py-spy and print where the time goes.
 
-    .venv/bin/python bench/profile.py webhook [--seconds 15]
-    .venv/bin/python bench/profile.py poll [--seconds 15]      # GET /api/executions/<id>, full scale database
-    .venv/bin/python bench/profile.py backup-sqlite|backup-files [--size-mb 1024]
+    .venv/bin/python bench/profile_bench.py webhook [--seconds 15]
+    .venv/bin/python bench/profile_bench.py poll [--seconds 15]      # GET /api/executions/<id>, full scale database
+    .venv/bin/python bench/profile_bench.py backup-sqlite|backup-files [--size-mb 1024]
 
 The HTTP scenarios load gunicorn with wrk exactly as the benchmarks do and
 sample one gunicorn worker; the backup scenarios sample the worker process
