@@ -142,7 +142,9 @@ def main(argv=()):
     if args.quick:
         args.samples, args.baseline_samples, args.long_idle, args.long_samples = 5, 5, 1, 1
 
-    baseline_args = argparse.Namespace(**{**vars(args), "samples": args.baseline_samples})
+    # One long idle period is enough to read the polling loop's idle CPU.
+    baseline_args = argparse.Namespace(**{**vars(args), "samples": args.baseline_samples,
+                                          "long_samples": min(1, args.long_samples)})
     polling = run("polling", polling_worker, baseline_args)
     backhook = run("backhook", backhook_worker, args) if common.worker_available() else None
     section = report(backhook, polling, args)
