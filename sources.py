@@ -172,7 +172,7 @@ def dump_mysql(source, run, sink):
     user, host, port, database = _server_parts(source)
     tool = "mariadb-dump" if shutil.which("mariadb-dump") else "mysqldump"
     argv = [tool, "--single-transaction", "--quick", "--routines", "--triggers",
-            "--host", host, "--connect-timeout", "15"]
+            "--host", host]
     if port:
         argv += ["--port", str(port)]
     if user:
