@@ -381,7 +381,6 @@ class Run:
     # --- endings
 
     def end_success(self, artifact, size, sha256):
-        self.report.advance(stage="Completed", progress=100)
         if not self.report.finish(status=SUCCESS, stage="Completed", progress=100, ended_at=now_ms(),
                                   size=size, path=str(artifact), sha256=sha256,
                                   worker_id=None, lease_expires_at=None):

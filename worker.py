@@ -25,7 +25,7 @@ from peewee import OperationalError, fn
 import config
 import models
 from backup import MAX_ATTEMPTS, Run, remove_partial_files
-from models import FAILED, PENDING, RUNNING, Execution, Job, Setting, database, new_id, now_ms
+from models import CANCELLED, FAILED, PENDING, RUNNING, Execution, Job, Setting, database, new_id, now_ms
 from wakeup import drain, listen, stop_listening, wake_workers
 
 log = logging.getLogger("backhook.worker")
@@ -33,6 +33,7 @@ log = logging.getLogger("backhook.worker")
 IDLE_POLL_SECONDS = 1.0      # fallback when no wake-up arrives
 BUSY_POLL_SECONDS = 0.25     # while running: how often cancel and timeout are checked
 RECLAIM_EVERY_SECONDS = 1.0
+STOP_TIMEOUT_SECONDS = 10.0  # after the grace period, for interrupted runs to clean up
 
 
 class Worker:
@@ -111,7 +112,10 @@ class Worker:
     def requeue_or_fail(self, execution, removed):
         cleanup = f"; removed {', '.join(removed)}" if removed else ""
         lost = f"worker {execution.worker_id} stopped renewing its lease (attempt {execution.attempts} of {MAX_ATTEMPTS})"
-        if execution.attempts < MAX_ATTEMPTS:
+        if execution.cancel_requested:  # the cancel its dead worker never acted on
+            message = f"{lost}; cancelled as requested{cleanup}"
+            fields = dict(status=CANCELLED, stage="Cancelled", ended_at=now_ms())
+        elif execution.attempts < MAX_ATTEMPTS:
             fields, message = dict(status=PENDING, stage="Queued"), f"{lost}; re-queued{cleanup}"
         else:
             message = f"{lost}; no attempts left{cleanup}"
@@ -164,6 +168,14 @@ class Worker:
                      signum, self.grace_seconds, len(self.runs))
             self.stopping_since = time.monotonic()
 
+    def done_stopping(self):
+        if self.stopping_since is None:
+            return False
+        # Past the grace period runs are told to stop; one that cannot (a
+        # stuck system call) is left to the lease reclaim of another worker.
+        overdue = time.monotonic() - self.stopping_since > self.grace_seconds + STOP_TIMEOUT_SECONDS
+        return not self.runs or overdue
+
     def serve(self):
         wake = listen(self.data_dir, self.id)
         # A signal writes a byte to this pair, so it ends the wait at once.
@@ -175,7 +187,7 @@ class Worker:
         signal.signal(signal.SIGINT, self.request_stop)
         log.info("worker %s ready (lease %s s, grace %s s)", self.id, self.lease_ms / 1000, self.grace_seconds)
         try:
-            while not (self.stopping_since is not None and not self.runs):
+            while not self.done_stopping():
                 try:
                     self.tick()
                 except OperationalError as exc:  # a locked or unreachable database: try again shortly

@@ -32,6 +32,21 @@ def unique_name():
     return f"bh_{secrets.token_hex(6)}"
 
 
+def scratch_databases(execute, create, drop):
+    """A factory of uniquely named databases on a server other tests share; drops them afterwards."""
+    created = []
+
+    def make():
+        name = unique_name()
+        execute(create.format(name))
+        created.append(name)
+        return name
+
+    yield make
+    for name in created:
+        execute(drop.format(name))
+
+
 def assert_stored_as_reported(data):
     artifact = Path(data["path"])
     assert re.fullmatch(rf"\d{{8}}T\d{{6}}Z-{data['id']}\.[a-z]+(\.zst|\.gz)?", artifact.name)
@@ -181,18 +196,8 @@ def psql(database, *args, stdin=None):
 
 @pytest.fixture
 def pg_databases(postgres_url):
-    """Create uniquely named PostgreSQL databases for this test; drop them afterwards."""
-    created = []
-
-    def create():
-        name = unique_name()
-        psql("test", "-c", f"CREATE DATABASE {name}")
-        created.append(name)
-        return name
-
-    yield create
-    for name in created:
-        psql("test", "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    yield from scratch_databases(lambda sql: psql("test", "-c", sql),
+                                 "CREATE DATABASE {}", "DROP DATABASE IF EXISTS {} WITH (FORCE)")
 
 
 def test_postgresql_backup_restores_with_psql(client, auth, make_job, start_worker, pg_databases):
@@ -233,17 +238,8 @@ def mariadb(*args, database=None, stdin=None):
 
 @pytest.fixture
 def mysql_databases(mysql_url):
-    created = []
-
-    def create():
-        name = unique_name()
-        mariadb("-e", f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
-        created.append(name)
-        return name
-
-    yield create
-    for name in created:
-        mariadb("-e", f"DROP DATABASE IF EXISTS {name}")
+    yield from scratch_databases(lambda sql: mariadb("-e", sql),
+                                 "CREATE DATABASE {} CHARACTER SET utf8mb4", "DROP DATABASE IF EXISTS {}")
 
 
 def test_mysql_backup_restores_with_mariadb(client, auth, make_job, start_worker, mysql_databases):

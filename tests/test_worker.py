@@ -74,14 +74,21 @@ def test_each_execution_runs_once_and_never_beyond_the_global_limit(
     assert most == 2
 
 
+def kill_worker_during_attempt(start_worker, job, execution_id, attempt):
+    """Start a worker with a 1 s lease and kill -9 it while the attempt is writing."""
+    worker = start_worker(BACKHOOK_LEASE_SECONDS="1")
+    wait_until(lambda: Execution.get_by_id(execution_id).attempts == attempt and partials_in(job),
+               message=f"attempt {attempt} to be writing")
+    abandoned = partials_in(job)
+    worker.stop(sig=signal.SIGKILL)
+    return abandoned
+
+
 def test_a_killed_workers_execution_is_reclaimed_and_run_again(
         client, auth, make_job, start_worker):
     job = command_job(make_job, "echo started; sleep 2; echo finished")
-    first = start_worker(BACKHOOK_LEASE_SECONDS="1")
     execution_id = trigger(client, auth, job.id)
-    wait_until(lambda: partials_in(job), message="the first attempt to write its partial file")
-    abandoned = partials_in(job)
-    first.stop(sig=signal.SIGKILL)
+    abandoned = kill_worker_during_attempt(start_worker, job, execution_id, attempt=1)
 
     start_worker(BACKHOOK_LEASE_SECONDS="1")
     data = wait_for_status(client, auth, execution_id)
@@ -98,15 +105,26 @@ def test_an_execution_fails_when_its_last_attempt_loses_its_worker(
     job = command_job(make_job, "echo started; sleep 30")
     execution_id = trigger(client, auth, job.id)
     for attempt in (1, 2):
-        worker = start_worker(BACKHOOK_LEASE_SECONDS="1")
-        wait_until(lambda: Execution.get_by_id(execution_id).attempts == attempt
-                   and partials_in(job), message=f"attempt {attempt} to be writing")
-        worker.stop(sig=signal.SIGKILL)
+        kill_worker_during_attempt(start_worker, job, execution_id, attempt)
 
     start_worker(BACKHOOK_LEASE_SECONDS="1")
     data = wait_for_status(client, auth, execution_id)
     assert data["status"] == "Failed"
     assert "stopped renewing its lease" in data["error"] and "no attempts left" in data["error"]
+    assert partials_in(job) == []
+
+
+def test_a_cancel_its_dead_worker_missed_still_ends_the_execution_cancelled(
+        client, auth, make_job, start_worker):
+    job = command_job(make_job, "echo started; sleep 30")
+    execution_id = trigger(client, auth, job.id)
+    kill_worker_during_attempt(start_worker, job, execution_id, attempt=1)
+    assert client.post(f"/api/executions/{execution_id}/cancel", headers=auth).status_code == 200
+
+    start_worker(BACKHOOK_LEASE_SECONDS="1")
+    data = wait_for_status(client, auth, execution_id)
+    assert data["status"] == "Cancelled"
+    assert Execution.get_by_id(execution_id).attempts == 1
     assert partials_in(job) == []
 
 
