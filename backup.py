@@ -98,7 +98,8 @@ class HashingFile:
 
 def open_compressor(compression, out):
     if compression == "zstd":
-        return zstandard.ZstdCompressor(level=3).stream_writer(out, closefd=False)
+        # threads=-1: one compression thread per core, so compressing keeps up with the dump.
+        return zstandard.ZstdCompressor(level=3, threads=-1).stream_writer(out, closefd=False)
     if compression == "gzip":
         return gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6, mtime=0)
     return out

@@ -10,6 +10,12 @@ One loop in the main thread owns the protocol with the database:
 Each claimed execution runs in a thread of its own (backup.Run). The loop
 sleeps on a wake-up socket (wakeup.py) so that a trigger starts a backup
 within milliseconds, with a slow fallback poll in case a datagram is lost.
+
+SIGTERM (or SIGINT) stops claiming and lets running executions finish for
+BACKHOOK_WORKER_GRACE_SECONDS. Executions still running then are interrupted:
+their tools are killed, their partial files removed, and they go back to
+Pending without using up an attempt, because nothing failed; the next worker
+to start runs them. Cancelled is reserved for what a person cancelled.
 """
 import logging
 import os
