@@ -21,13 +21,13 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import unquote, urlparse
 
 import zstandard
 
 import models
 from models import CANCELLED, FAILED, PENDING, RUNNING, SUCCESS, Execution, ExecutionLog, now_ms
-from sources import CHUNK, DUMPERS, BackupError, password_of, source_kind
+from sources import CHUNK, DUMPERS, BackupError, source_kind
 
 log = logging.getLogger("backhook.backup")
 
@@ -200,6 +200,21 @@ class Reporter:
         return bool(changed)
 
 
+def secrets_of(source):
+    """The password of a source URL in every spelling that could reach a message."""
+    raw = urlparse(source).password if "://" in source else None
+    return [secret for secret in {raw, unquote(raw or "")} if secret]
+
+
+def kill_group(child):
+    """Kill a tool and everything it started (it leads its own process group)."""
+    if child.poll() is None:
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 # --- one attempt -----------------------------------------------------------------------
 
 class Run:
@@ -208,10 +223,8 @@ class Run:
         self.deadline = deadline  # time.monotonic() past which the job's timeout has passed
         self.stop_reason = None
         self.children = []
-        self.lock = threading.Lock()
-        password = password_of(job.source) if source_kind(job.source) in ("postgresql", "mysql") else None
-        secrets = [password, quote(password, safe="")] if password else []
-        self.report = Reporter(execution, worker_id, [s for s in secrets if s])
+        self.lock = threading.RLock()  # check() may stop() while spawn() holds it
+        self.report = Reporter(execution, worker_id, secrets_of(job.source))
         self.stamp = utc_stamp(now_ms())
         self.directory = job_directory(job)
         self.size_hint = None
@@ -224,11 +237,7 @@ class Run:
             if self.stop_reason is None:
                 self.stop_reason = reason
             for child in self.children:
-                if child.poll() is None:
-                    try:
-                        os.killpg(child.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+                kill_group(child)
 
     # --- the interface dumpers use (see sources.py)
 
@@ -420,12 +429,8 @@ class Run:
         with self.lock:
             children, self.children = self.children, []
         for child in children:
-            if child.poll() is None:
-                try:
-                    os.killpg(child.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                child.wait()
+            kill_group(child)
+            child.wait()
             if child.stdout:
                 child.stdout.close()
             if not child.stderr_file.closed:

@@ -5,14 +5,13 @@ import secrets
 import sqlite3
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
 
 from backup import job_directory
 from models import Execution
-from support import run_to_end, wait_until
+from support import run_to_end
 
 PG = ["-h", "127.0.0.1", "-p", "5432", "-U", "postgres"]
 MARIADB = ["-h", "127.0.0.1", "-P", "3306", "-u", "root"]
