@@ -100,6 +100,16 @@ def test_a_killed_workers_execution_is_reclaimed_and_run_again(
                for line in data["logs"])
 
 
+def test_a_live_worker_renews_its_lease_so_a_long_backup_is_not_taken_over(
+        client, auth, make_job, start_worker):
+    job = command_job(make_job, "echo started; sleep 3; echo finished")
+    start_worker(BACKHOOK_LEASE_SECONDS="1")
+    start_worker(BACKHOOK_LEASE_SECONDS="1")
+    data = run_to_end(client, auth, job.id)
+    assert data["status"] == "Success"
+    assert Execution.get_by_id(data["id"]).attempts == 1
+
+
 def test_an_execution_fails_when_its_last_attempt_loses_its_worker(
         client, auth, make_job, start_worker):
     job = command_job(make_job, "echo started; sleep 30")
@@ -227,3 +237,11 @@ def test_unsupported_sources_fail_with_a_clear_error(client, auth, make_job, sta
     data = run_to_end(client, auth, job.id)
     assert data["status"] == "Failed"
     assert "not supported by this worker yet" in data["error"]
+
+
+def test_a_missing_tool_fails_with_a_clear_error(client, auth, make_job, start_worker, tmp_path):
+    job = make_job(name="pg", source="postgresql://postgres@127.0.0.1:5432/test")
+    start_worker(PATH=str(tmp_path))
+    data = run_to_end(client, auth, job.id)
+    assert data["status"] == "Failed"
+    assert data["error"] == "pg_dump is not installed (not found on PATH)"
