@@ -335,24 +335,7 @@ class Run:
         source_text = "a command" if kind == "command" else self.report.scrub(job.source)
         self.log(f"backing up {source_text} to {artifact} ({job.compression})")
 
-        self.enter("Dumping")
-        started = time.monotonic()
-        writer = ArtifactWriter(self, str(artifact) + ".partial", job.compression)
-        try:
-            dumper.dump(job.source, self, writer)
-            self.check()
-            self.enter("Uploading")
-            size, sha256 = writer.seal()
-        except BaseException:
-            writer.discard()
-            raise
-        seconds = time.monotonic() - started
-        self.log(f"dumped {writer.raw_bytes:,} bytes in {seconds:.1f} s; stored {size:,} bytes "
-                 f"({job.compression})")
-        os.rename(writer.partial, artifact)
-        fsync_directory(self.directory)
-        self.report.advance(progress=BANDS["Uploading"][1])
-
+        size, sha256 = self.dump_and_store(dumper, artifact)
         try:
             self.enter("Verifying")
             self.verify(artifact, size, sha256)
@@ -362,6 +345,29 @@ class Run:
             artifact.unlink(missing_ok=True)
             raise
         self.end_success(artifact, size, sha256)
+
+    def dump_and_store(self, dumper, artifact):
+        """Dumping and Uploading: stream the dump into `<artifact>.partial`, make it durable, rename it."""
+        compression = self.job.compression
+        self.enter("Dumping")
+        started = time.monotonic()
+        writer = ArtifactWriter(self, str(artifact) + ".partial", compression)
+        try:
+            dumper.dump(self.job.source, self, writer)
+            self.check()
+            self.log(f"dumped {writer.raw_bytes:,} bytes in {time.monotonic() - started:.1f} s")
+            self.enter("Uploading")
+            started = time.monotonic()
+            size, sha256 = writer.seal()
+        except BaseException:
+            writer.discard()
+            raise
+        os.rename(writer.partial, artifact)
+        fsync_directory(self.directory)
+        self.log(f"stored {size:,} bytes ({compression}, {size / max(writer.raw_bytes, 1):.0%} of the dump); "
+                 f"flushed to disk in {time.monotonic() - started:.1f} s")
+        self.report.advance(progress=BANDS["Uploading"][1])
+        return size, sha256
 
     def verify(self, artifact, size, sha256):
         low, high = BANDS["Verifying"]
@@ -399,6 +405,7 @@ class Run:
     # --- endings
 
     def end_success(self, artifact, size, sha256):
+        self.log(f"backup complete: {artifact.name}, {size:,} bytes")
         if not self.report.finish(status=SUCCESS, stage="Completed", progress=100, ended_at=now_ms(),
                                   size=size, path=str(artifact), sha256=sha256,
                                   worker_id=None, lease_expires_at=None):
