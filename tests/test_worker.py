@@ -245,3 +245,18 @@ def test_a_missing_tool_fails_with_a_clear_error(client, auth, make_job, start_w
     data = run_to_end(client, auth, job.id)
     assert data["status"] == "Failed"
     assert data["error"] == "pg_dump is not installed (not found on PATH)"
+
+
+def peak_rss_mb(pid):
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
+
+
+def test_a_large_backup_streams_in_bounded_memory(client, auth, make_job, start_worker):
+    # Incompressible and larger than the memory bound: it can only fit by streaming.
+    job = command_job(make_job, "head -c 250000000 /dev/urandom")
+    worker = start_worker()
+    data = run_to_end(client, auth, job.id, timeout=120)
+    Path(data["path"]).unlink()
+    assert data["status"] == "Success" and data["size"] > 250_000_000
+    assert peak_rss_mb(worker.proc.pid) < 150
