@@ -60,6 +60,8 @@ class Worker:
         On SQLite `database.atomic()` is BEGIN IMMEDIATE: it takes the write
         lock before counting, so no other worker can claim between the count
         and the update, and the limit holds across all processes.
+        PostgreSQL has no such lock: its variant (FOR UPDATE SKIP LOCKED, and
+        a lock that serialises the count) belongs here, beside this one.
         """
         if not Execution.select().where(Execution.status == PENDING).exists():
             return []  # a read, so an idle poll never takes the write lock
@@ -105,12 +107,13 @@ class Worker:
         if time.monotonic() < self.next_reclaim:
             return
         self.next_reclaim = time.monotonic() + RECLAIM_EVERY_SECONDS
-        lapsed = (Execution.status == RUNNING) & (Execution.lease_expires_at < now_ms())
-        if not Execution.select().where(lapsed).exists():
-            return
+        def lapsed():
+            return (Execution.status == RUNNING) & (Execution.lease_expires_at < now_ms())
+
+        if not Execution.select().where(lapsed()).exists():
+            return  # a read, so the common case never takes the write lock
         with database.atomic():
-            lapsed = (Execution.status == RUNNING) & (Execution.lease_expires_at < now_ms())
-            for execution in Execution.select(Execution, Job).join(Job).where(lapsed):
+            for execution in Execution.select(Execution, Job).join(Job).where(lapsed()):
                 removed = remove_partial_files(execution.job, execution.id)
                 self.requeue_or_fail(execution, removed)
         wake_workers(self.data_dir)
