@@ -165,6 +165,29 @@ def test_command_backup_stores_its_stdout(client, auth, make_job, start_worker):
     assert decompress(data["path"]) == expected
 
 
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 1 MiB filesystem, so that a larger backup runs out of space for real."""
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_full_disk_fails_the_backup_and_leaves_no_partial_file(
+        client, auth, make_job, start_worker, full_disk):
+    job = make_job(name="too-big", source="command:head -c 3000000 /dev/urandom", destination=str(full_disk))
+    start_worker()
+    data = run_to_end(client, auth, job.id)
+    assert data["status"] == "Failed"
+    assert "No space left on device" in data["error"]
+    assert list(job_directory(job).iterdir()) == []
+
+
 # --- retention ---------------------------------------------------------------------------
 
 def test_retention_deletes_only_older_successful_artifacts_of_the_same_job(
