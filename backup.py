@@ -133,7 +133,10 @@ class ArtifactWriter:
         return self.stored.size, self.stored.sha256.hexdigest()
 
     def discard(self):
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError:
+            pass  # buffered bytes that cannot be written (a full disk) are being thrown away anyway
         Path(self.partial).unlink(missing_ok=True)
 
 
@@ -280,9 +283,10 @@ class Run:
     def wait_tool(self, child):
         """Wait for a tool; its stderr becomes the error if it failed, or warnings if not."""
         status = child.wait()
-        child.stderr_file.seek(0)
-        stderr = child.stderr_file.read().decode(errors="replace").strip()[-STDERR_TAIL:]
-        child.stderr_file.close()
+        with child.stderr_file as stream:
+            # Only the tail: a chatty tool's stderr can be larger than memory.
+            stream.seek(max(0, stream.seek(0, os.SEEK_END) - STDERR_TAIL))
+            stderr = stream.read().decode(errors="replace").strip()
         self.check()
         name = os.path.basename(child.args[0])
         if status != 0:
