@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from backup import job_directory
-from models import Execution
+from models import Execution, Job
 from support import run_to_end
 
 PG = ["-h", "127.0.0.1", "-p", "5432", "-U", "postgres"]
@@ -46,6 +46,27 @@ def scratch_databases(execute, create, drop):
         execute(drop.format(name))
 
 
+@pytest.fixture
+def back_up(client, auth, make_job, start_worker):
+    """Back up `source` once, through the API and a real worker; return the final execution."""
+    def run(name, source, **fields):
+        job = make_job(name=name, source=source, **fields)
+        start_worker()
+        return run_to_end(client, auth, job.id)
+
+    return run
+
+
+def assert_succeeded(data, suffix):
+    assert data["status"] == "Success", data["error"]
+    assert data["path"].endswith(suffix)
+    assert_stored_as_reported(data)
+
+
+def job_of(data):
+    return Job.get_by_id(data["jobId"])
+
+
 def assert_stored_as_reported(data):
     artifact = Path(data["path"])
     assert re.fullmatch(rf"\d{{8}}T\d{{6}}Z-{data['id']}\.[a-z]+(\.zst|\.gz)?", artifact.name)
@@ -66,13 +87,10 @@ def make_sqlite(path, rows):
 
 
 @pytest.mark.parametrize("compression", ["zstd", "gzip", "none"])
-def test_sqlite_backup_restores_with_sqlite3(client, auth, make_job, start_worker, tmp_path, compression):
+def test_sqlite_backup_restores_with_sqlite3(back_up, tmp_path, compression):
     source = make_sqlite(tmp_path / "app.db", rows=2000)
-    job = make_job(name="app-db", source=f"sqlite://{source}", compression=compression)
-    start_worker()
-    data = run_to_end(client, auth, job.id)
-    assert data["status"] == "Success", data["error"]
-    assert_stored_as_reported(data)
+    data = back_up("app-db", f"sqlite://{source}", compression=compression)
+    assert_succeeded(data, {"zstd": ".db.zst", "gzip": ".db.gz", "none": ".db"}[compression])
 
     restored = tmp_path / "restored.db"
     restored.write_bytes(decompress(data["path"]))
@@ -93,8 +111,7 @@ while True:
 """
 
 
-def test_sqlite_written_during_its_backup_gives_a_consistent_artifact(
-        client, auth, make_job, start_worker, tmp_path):
+def test_sqlite_written_during_its_backup_gives_a_consistent_artifact(back_up, tmp_path):
     source = make_sqlite(tmp_path / "busy.db", rows=150_000)
     with sqlite3.connect(source) as db:
         db.execute("CREATE TABLE tally (items INTEGER)")
@@ -102,13 +119,11 @@ def test_sqlite_written_during_its_backup_gives_a_consistent_artifact(
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(source)], stdout=subprocess.PIPE, text=True)
     try:
         assert writer.stdout.readline().strip() == "writing"
-        job = make_job(name="busy-db", source=f"sqlite://{source}")
-        start_worker()
-        data = run_to_end(client, auth, job.id)
+        data = back_up("busy-db", f"sqlite://{source}")
     finally:
         writer.kill()
         writer.wait()
-    assert data["status"] == "Success", data["error"]
+    assert_succeeded(data, ".db.zst")
 
     restored = tmp_path / "restored.db"
     restored.write_bytes(decompress(data["path"]))
@@ -119,28 +134,22 @@ def test_sqlite_written_during_its_backup_gives_a_consistent_artifact(
     assert items > 150_000  # the writer did commit while the backup was being prepared
 
 
-def test_a_missing_sqlite_database_fails_clearly(client, auth, make_job, start_worker, tmp_path):
-    job = make_job(name="gone", source=f"sqlite://{tmp_path}/missing.db")
-    start_worker()
-    data = run_to_end(client, auth, job.id)
+def test_a_missing_sqlite_database_fails_clearly(back_up, tmp_path):
+    data = back_up("gone", f"sqlite://{tmp_path}/missing.db")
     assert data["status"] == "Failed"
     assert data["error"] == f"SQLite database {tmp_path}/missing.db does not exist"
 
 
 # --- files and command -----------------------------------------------------------------
 
-def test_directory_backup_restores_with_tar(client, auth, make_job, start_worker, tmp_path):
+def test_directory_backup_restores_with_tar(back_up, tmp_path):
     tree = tmp_path / "site"
     (tree / "uploads" / "2026").mkdir(parents=True)
     (tree / "index.html").write_text("<h1>hello</h1>\n")
     (tree / "uploads" / "2026" / "photo.bin").write_bytes(secrets.token_bytes(300_000))
     (tree / "latest").symlink_to("uploads/2026/photo.bin")
-    job = make_job(name="site-files", source=f"files://{tree}", compression="gzip")
-    start_worker()
-    data = run_to_end(client, auth, job.id)
-    assert data["status"] == "Success", data["error"]
-    assert data["path"].endswith(".tar.gz")
-    assert_stored_as_reported(data)
+    data = back_up("site-files", f"files://{tree}", compression="gzip")
+    assert_succeeded(data, ".tar.gz")
 
     restored = tmp_path / "restored"
     restored.mkdir()
@@ -155,12 +164,9 @@ def test_directory_backup_restores_with_tar(client, auth, make_job, start_worker
             assert copy.is_dir()
 
 
-def test_command_backup_stores_its_stdout(client, auth, make_job, start_worker):
-    job = make_job(name="report", source="command:printf 'line one\\n'; seq 1 50000")
-    start_worker()
-    data = run_to_end(client, auth, job.id)
-    assert data["status"] == "Success", data["error"]
-    assert data["path"].endswith(".out.zst")
+def test_command_backup_stores_its_stdout(back_up):
+    data = back_up("report", "command:printf 'line one\\n'; seq 1 50000")
+    assert_succeeded(data, ".out.zst")
     expected = b"line one\n" + "".join(f"{i}\n" for i in range(1, 50001)).encode()
     assert decompress(data["path"]) == expected
 
@@ -178,14 +184,11 @@ def full_disk(tmp_path):
     subprocess.run(["umount", str(mount_point)], check=True)
 
 
-def test_a_full_disk_fails_the_backup_and_leaves_no_partial_file(
-        client, auth, make_job, start_worker, full_disk):
-    job = make_job(name="too-big", source="command:head -c 3000000 /dev/urandom", destination=str(full_disk))
-    start_worker()
-    data = run_to_end(client, auth, job.id)
+def test_a_full_disk_fails_the_backup_and_leaves_no_partial_file(back_up, full_disk):
+    data = back_up("too-big", "command:head -c 3000000 /dev/urandom", destination=str(full_disk))
     assert data["status"] == "Failed"
     assert "No space left on device" in data["error"]
-    assert list(job_directory(job).iterdir()) == []
+    assert list(job_directory(job_of(data)).iterdir()) == []
 
 
 # --- retention ---------------------------------------------------------------------------
@@ -222,16 +225,12 @@ def pg_databases(postgres_url):
                                  "CREATE DATABASE {}", "DROP DATABASE IF EXISTS {} WITH (FORCE)")
 
 
-def test_postgresql_backup_restores_with_psql(client, auth, make_job, start_worker, pg_databases):
+def test_postgresql_backup_restores_with_psql(back_up, pg_databases):
     source, target = pg_databases(), pg_databases()
     psql(source, "-c", "CREATE TABLE item (id serial PRIMARY KEY, name text, made timestamptz DEFAULT now());"
                        "INSERT INTO item (name) SELECT 'item ' || g || ' ☃' FROM generate_series(1, 5000) g;")
-    job = make_job(name="pg", source=f"postgresql://postgres@127.0.0.1:5432/{source}")
-    start_worker()
-    data = run_to_end(client, auth, job.id)
-    assert data["status"] == "Success", data["error"]
-    assert data["path"].endswith(".sql.zst")
-    assert_stored_as_reported(data)
+    data = back_up("pg", f"postgresql://postgres@127.0.0.1:5432/{source}")
+    assert_succeeded(data, ".sql.zst")
 
     psql(target, stdin=decompress(data["path"]))
     query = "SELECT * FROM item ORDER BY id"
@@ -239,16 +238,14 @@ def test_postgresql_backup_restores_with_psql(client, auth, make_job, start_work
 
 
 def test_postgresql_failure_shows_pg_dumps_error_without_the_password(
-        client, auth, make_job, start_worker, postgres_url):
+        back_up, client, auth, postgres_url):
     missing = unique_name()
-    job = make_job(name="pg-missing", source=f"postgresql://postgres:Sup3rS3cret@127.0.0.1:5432/{missing}")
-    start_worker()
-    data = run_to_end(client, auth, job.id)
+    data = back_up("pg-missing", f"postgresql://postgres:Sup3rS3cret@127.0.0.1:5432/{missing}")
     assert data["status"] == "Failed"
     assert "pg_dump exited with status 1" in data["error"] and missing in data["error"]
     listing = client.get("/api/jobs", headers=auth).get_data(as_text=True)
     assert "Sup3rS3cret" not in str(data) and "Sup3rS3cret" not in listing
-    assert job_directory(job).exists() and not list(job_directory(job).iterdir())
+    assert job_directory(job_of(data)).exists() and not list(job_directory(job_of(data)).iterdir())
 
 
 # --- mariadb / mysql -------------------------------------------------------------------------
@@ -264,28 +261,21 @@ def mysql_databases(mysql_url):
                                  "CREATE DATABASE {} CHARACTER SET utf8mb4", "DROP DATABASE IF EXISTS {}")
 
 
-def test_mysql_backup_restores_with_mariadb(client, auth, make_job, start_worker, mysql_databases):
+def test_mysql_backup_restores_with_mariadb(back_up, mysql_databases):
     source, target = mysql_databases(), mysql_databases()
     mariadb("-e", "CREATE TABLE item (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(100)) ENGINE=InnoDB;"
                   "INSERT INTO item (name) SELECT CONCAT('item ', seq, ' ☃') FROM seq_1_to_5000;",
             database=source)
-    job = make_job(name="maria", source=f"mysql://root@127.0.0.1:3306/{source}")
-    start_worker()
-    data = run_to_end(client, auth, job.id)
-    assert data["status"] == "Success", data["error"]
-    assert data["path"].endswith(".sql.zst")
-    assert_stored_as_reported(data)
+    data = back_up("maria", f"mysql://root@127.0.0.1:3306/{source}")
+    assert_succeeded(data, ".sql.zst")
 
     mariadb(database=target, stdin=decompress(data["path"]))
     query = ("-N", "-e", "SELECT * FROM item ORDER BY id")
     assert mariadb(*query, database=target) == mariadb(*query, database=source)
 
 
-def test_mysql_bad_credentials_fail_with_the_tools_error_without_the_password(
-        client, auth, make_job, start_worker, mysql_url):
-    job = make_job(name="maria-denied", source="mysql://root:Wr0ngPassw0rd@127.0.0.1:3306/test")
-    start_worker()
-    data = run_to_end(client, auth, job.id)
+def test_mysql_bad_credentials_fail_with_the_tools_error_without_the_password(back_up, mysql_url):
+    data = back_up("maria-denied", "mysql://root:Wr0ngPassw0rd@127.0.0.1:3306/test")
     assert data["status"] == "Failed"
     assert "Access denied" in data["error"]
     assert "Wr0ngPassw0rd" not in str(data)
