@@ -112,7 +112,7 @@ def test_a_live_worker_renews_its_lease_so_a_long_backup_is_not_taken_over(
 
 def test_an_execution_fails_when_its_last_attempt_loses_its_worker(
         client, auth, make_job, start_worker):
-    job = command_job(make_job, "echo started; sleep 30")
+    job = command_job(make_job, "echo started; sleep 5")
     execution_id = trigger(client, auth, job.id)
     for attempt in (1, 2):
         kill_worker_during_attempt(start_worker, job, execution_id, attempt)
@@ -126,7 +126,7 @@ def test_an_execution_fails_when_its_last_attempt_loses_its_worker(
 
 def test_a_cancel_its_dead_worker_missed_still_ends_the_execution_cancelled(
         client, auth, make_job, start_worker):
-    job = command_job(make_job, "echo started; sleep 30")
+    job = command_job(make_job, "echo started; sleep 5")
     execution_id = trigger(client, auth, job.id)
     kill_worker_during_attempt(start_worker, job, execution_id, attempt=1)
     assert client.post(f"/api/executions/{execution_id}/cancel", headers=auth).status_code == 200
