@@ -11,6 +11,7 @@ var/bench/profiles/<scenario>.txt (py-spy's collapsed format).
 """
 import argparse
 import collections
+import signal
 import subprocess
 import sys
 import time
@@ -97,7 +98,7 @@ def main(argv=()):
             time.sleep(1)
             spy = record(worker.pid, 600, out, subprocesses=True)
             seconds, size, peak = backhook.backup(kind, web, worker)
-            spy.terminate()  # py-spy writes what it has on SIGTERM... (SIGINT works too)
+            spy.send_signal(signal.SIGINT)  # like Ctrl-C: py-spy writes what it has and exits
             spy.wait()
         print(f"{kind}: {seconds:.2f} s, {size / 1e6:.1f} MB, peak RSS {peak:.0f} MB")
     print(summarize(out))
