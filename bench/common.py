@@ -43,6 +43,8 @@ def machine():
         "cpu": cpu,
         "memory": f"{int(meminfo['MemTotal'].split()[0]) / 1024 / 1024:.1f} GiB",
         "load": "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg()),
+        # Share of the last minute in which some runnable task waited for a CPU.
+        "cpu_pressure": Path("/proc/pressure/cpu").read_text().split()[2].split("=")[1] + "%",
         "python": platform.python_version(),
         "sqlite": sqlite3.sqlite_version,
     }

@@ -35,6 +35,7 @@ def header(before, after, minutes):
             ["machine", f"{before['host']}: {before['nproc']} cores ({before['cpu']}), {before['memory']}"],
             ["software", f"Python {before['python']}, SQLite {before['sqlite']}"],
             ["load (1/5/15 min)", f"before {before['load']}; after {after['load']}"],
+            ["CPU pressure (some, avg60)", f"before {before['cpu_pressure']}; after {after['cpu_pressure']}"],
             ["duration", f"{minutes:.1f} min"],
         ]),
     ])
