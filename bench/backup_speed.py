@@ -8,7 +8,7 @@ Sources, generated once under var/bench/ and reused (--size-mb each):
 backhook runs the real path: gunicorn and `python -m worker`, a job per
 source with zstd compression, triggered with `POST /api/jobs/<id>/run`; the
 time is trigger -> Success as the client sees it (it includes pickup,
-fsync, the verifying re-read and retention). The baselines are the plain
+fsync and the verifying re-read; no --keep, so no retention). The baselines are the plain
 command lines, on the same sources, in the same run, alternating:
 
     sqlite3 SRC ".backup TMP" && zstd -q TMP -o OUT
@@ -157,13 +157,15 @@ class Backhook:
 
     def __init__(self, data_dir, sqlite_source, files_source):
         common.open_backhook_db(data_dir)
-        destination = str(data_dir / "backups")
+        # No retention (--keep): the plain pipelines delete no older backups either.
+        # The bench removes each artifact itself, untimed.
+        self.destination = data_dir / "backups"
         with common.models.database.atomic():
             self.jobs = {
                 "sqlite": common.models.Job.create(name="bench-sqlite", source=f"sqlite://{sqlite_source}",
-                                                   destination=destination, keep=1).id,
+                                                   destination=str(self.destination)).id,
                 "files": common.models.Job.create(name="bench-files", source=f"files://{files_source}",
-                                                  destination=destination, keep=1).id,
+                                                  destination=str(self.destination)).id,
             }
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"Bearer {common.api_key()}"
@@ -192,6 +194,8 @@ class Backhook:
         if status != "Success":
             raise RuntimeError(f"backhook {kind} backup ended {status}: {error}")
         self.last_stages[kind] = self.stage_ends(execution_id)
+        for artifact in self.destination.rglob("*.zst"):
+            artifact.unlink()
         return seconds, size, peak, common.cpu_seconds(worker.pid, reaped_children=True) - cpu_before
 
     def stage_ends(self, execution_id):
