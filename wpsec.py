@@ -1,0 +1,1 @@
+"""The WPSec plugin API client."""
