@@ -452,3 +452,52 @@ def test_500_only_when_the_event_can_be_neither_stored_nor_spooled(app, site, ho
     holder.close()
     assert response.status_code == 500
     assert response.get_json() == {"error": "The event could not be stored"}
+
+
+HOLD_WRITE_LOCK = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+db.execute("COMMIT")
+"""
+
+
+def test_webhooks_arriving_while_another_process_holds_the_write_lock_are_all_kept(
+        site, data_dir, start_server):
+    import subprocess
+    import sys
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    server = start_server(processes=3, BACKHOOK_DATABASE_BUSY_SECONDS="0.2")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_WRITE_LOCK, str(data_dir / "backhook.db"), "3"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    local = threading.local()
+
+    def run_backup(number):
+        """One backup's life, in order: four progress events, then complete."""
+        session = getattr(local, "session", None) or requests.Session()
+        local.session = session
+        statuses = []
+        for kind, fields in [("progress", {"progress": p}) for p in (20, 40, 60, 80)] + [("complete", {})]:
+            response = session.post(f"{server.url}/webhooks/backup-{kind}", headers=HEADERS, timeout=30,
+                                    json={"domain": "example.com", "backup_id": f"load-{number}", **fields})
+            statuses.append(response.status_code)
+        return statuses
+
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        statuses = [code for codes in pool.map(run_backup, range(300)) for code in codes]
+    assert holder.wait(timeout=30) == 0
+    assert len(statuses) == 1500 and set(statuses) == {200}
+    spooled = len((data_dir / SPOOL_NAME).read_text().splitlines())
+    assert spooled > 0, "the lock should have forced some events into the spool"
+
+    assert replay_spool(data_dir) == spooled
+    assert Backup.select().where(Backup.status == "completed", Backup.progress == 100).count() == 300
+    assert BackupEvent.select().count() == 1500
+    assert not (data_dir / SPOOL_NAME).exists()
