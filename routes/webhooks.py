@@ -39,15 +39,15 @@ def receive(kind):
     if problem:
         error(problem, 400)
     try:
-        website = Website.by_domain(body["domain"])
+        website_id = Website.id_for_domain(body["domain"])
     except DatabaseError as exc:
         return keep_for_later(kind, body, None, exc)
-    if website is None:
+    if website_id is None:
         error("Website not found", 404)
     try:
-        Backup.apply_event(website.id, body["backup_id"], kind, body)
+        Backup.apply_event(website_id, body["backup_id"], kind, body)
     except DatabaseError as exc:
-        return keep_for_later(kind, body, website.id, exc)
+        return keep_for_later(kind, body, website_id, exc)
     return {"success": True}
 
 
