@@ -77,10 +77,15 @@ def open_database(url, busy_seconds=10.0):
 
 
 def run_sql(sql, params=()):
-    """Plain SQL written with `?` placeholders, on SQLite or PostgreSQL."""
+    """Plain SQL written with `?` placeholders, straight on the connection (SQLite or PostgreSQL).
+
+    Only for the hottest paths; everything else goes through peewee.
+    """
     if database.param != "?":
         sql = sql.replace("?", database.param)
-    return database.execute_sql(sql, params)
+    cursor = database.cursor()
+    cursor.execute(sql, params)
+    return cursor
 
 
 def is_sqlite():
@@ -474,7 +479,8 @@ class Backup(BaseModel):
                         (backup.id, website_id, backup_id, backup.status, backup.progress, backup.error_message,
                          backup.created_at, backup.updated_at, backup.completed_at))
             else:
-                backup = cls(website=website_id, backup_id=backup_id, **dict(zip(cls.STATE, row)))
+                backup = cls(__no_default__=True, website=website_id, backup_id=backup_id,
+                             **dict(zip(cls.STATE, row)))
                 if spool_id is not None and backup.has_event(spool_id):
                     return False
                 changed = backup.advance(kind, payload, received_at)
