@@ -442,6 +442,19 @@ def test_replay_validates_the_domain_of_events_spooled_before_the_lookup(site, d
     assert Backup.get().website_id == site.id
 
 
+def test_event_is_spooled_when_even_the_website_lookup_fails(app, site, hook, data_dir, tmp_path):
+    models.database.close()
+    models.database.initialize(models.SqliteDatabase(str(tmp_path / "no" / "such" / "dir.db")))
+    response = hook("complete")
+    assert response.status_code == 200 and response.get_json() == {"success": True}
+    record = json.loads((data_dir / SPOOL_NAME).read_text())
+    assert record["website_id"] is None and record["kind"] == "complete"
+    models.database.close()
+    models.open_database(f"sqlite:///{data_dir}/backhook.db")
+    assert replay_spool(data_dir) == 1
+    assert backup().status == "completed"
+
+
 def test_500_only_when_the_event_can_be_neither_stored_nor_spooled(app, site, hook, data_dir,
                                                                    short_busy_timeout):
     holder = lock_database(data_dir)
