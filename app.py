@@ -35,7 +35,7 @@ def create_app(overrides=None):
         limit_api(blueprint)
         app.register_blueprint(blueprint)
     app.register_blueprint(health.bp)
-    app.register_blueprint(webhooks.bp)  # not under /api/: never rate limited
+    app.register_blueprint(limiter.exempt(webhooks.bp))  # not under /api/: never rate limited
     limiter.init_app(app)
     return app
 

@@ -514,3 +514,12 @@ def test_webhooks_arriving_while_another_process_holds_the_write_lock_are_all_ke
     assert Backup.select().where(Backup.status == "completed", Backup.progress == 100).count() == 300
     assert BackupEvent.select().count() == 1500
     assert not (data_dir / SPOOL_NAME).exists()
+
+
+def test_webhooks_are_not_rate_limited(backhook_env, monkeypatch, site):
+    from app import create_app
+    monkeypatch.setenv("BACKHOOK_RATELIMIT_ENABLED", "true")
+    limited = create_app({"TESTING": True}).test_client()
+    codes = {limited.post(ROUTES[0], headers=HEADERS, json={"domain": "example.com", "backup_id": f"b{n}"}).status_code
+             for n in range(30)}
+    assert codes == {200}
