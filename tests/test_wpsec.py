@@ -24,6 +24,7 @@ class StandInSite:
         self.requests = []      # (method, route, x-api-key, body)
         self.faults = []        # per request, in order: ("status", code) | ("slow", seconds) | ("malformed",)
         self.wrapped_list = False
+        self.on_request = None  # called in the server thread before each answer
         self.released = threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self.handler())
         self.server.daemon_threads = True
@@ -61,6 +62,8 @@ class StandInSite:
                 body = json.loads(self.rfile.read(length)) if length else None
                 site.requests.append((method, route, self.headers.get("x-api-key"), body))
                 fault = site.faults.pop(0) if site.faults else None
+                if site.on_request:
+                    site.on_request()
                 if fault and fault[0] == "slow":
                     site.released.wait(fault[1])
                 if self.headers.get("x-api-key") != SITE_KEY:
@@ -234,17 +237,13 @@ def test_requested_sync_fetches_the_list_and_clears_the_request(client, site, st
 def test_a_request_renewed_during_the_sync_is_kept(client, site, stand_in):
     complete(client)
     requested = Website.get_by_id(site.id).sync_requested_at
-    stand_in.faults = [("slow", 0.1)]
 
-    def renew_meanwhile():
-        stand_in.released.wait(0.05)
-        Website.update(sync_requested_at=requested + 1).execute()
+    def renew_while_the_site_answers():
+        with models.database.connection_context():  # the server thread's own connection
+            Website.update(sync_requested_at=requested + 1).execute()
 
-    models.database.close()  # the renewing thread gets its own connection
-    renewer = threading.Thread(target=lambda: models.database.connection_context()(renew_meanwhile)())
-    renewer.start()
-    wpsec.sync_requested_websites()
-    renewer.join()
+    stand_in.on_request = renew_while_the_site_answers
+    assert wpsec.sync_requested_websites() == 1
     assert Website.get_by_id(site.id).sync_requested_at == requested + 1
 
 
