@@ -8,7 +8,6 @@ import hashlib
 import hmac
 import json
 import logging
-import math
 import re
 import secrets
 import time
@@ -362,7 +361,6 @@ class Setting(BaseModel):
 # --- WPSec backups and their webhook events --------------------------------------
 
 PROGRESS, COMPLETE, FAILED_EVENT = "progress", "complete", "failed"
-EVENT_KINDS = (PROGRESS, COMPLETE, FAILED_EVENT)
 OPEN_STATUSES = ("pending", "in_progress")
 TERMINAL_STATUSES = ("completed", "failed")
 DEFAULT_FAILURE = "Backup failed"
@@ -383,7 +381,8 @@ def event_problem(kind, body):
             return f"'{field}' is required and must be a non-empty string"
     if kind == PROGRESS:
         progress = body.get("progress")
-        if progress is not None and not (is_number(progress) and math.isfinite(progress) and 0 <= progress <= 100):
+        # The range test also refuses NaN and infinities, and never converts a huge int to float.
+        if progress is not None and not (is_number(progress) and 0 <= progress <= 100):
             return "'progress' must be a number from 0 to 100"
         status = body.get("status")
         if status is not None and status not in OPEN_STATUSES:
@@ -397,10 +396,9 @@ def round_half_up(value):
 
 
 def failure_message(value):
-    if isinstance(value, str) and value.strip():
-        return value.strip()[:10_000]
-    if value is None or value == "":
-        return DEFAULT_FAILURE
+    """The stored error of a failed backup: the plugin's text, or JSON of anything else it sent."""
+    if value is None or isinstance(value, str):
+        return (value or "").strip()[:10_000] or DEFAULT_FAILURE
     return json.dumps(value)[:10_000]
 
 

@@ -63,8 +63,9 @@ def test_failed_payload_from_the_seed_stores_the_error_message(hook):
     assert (record.status, record.error_message) == ("failed", "Insufficient disk space")
 
 
-def test_failed_without_error_message_stores_the_default(hook):
-    hook("failed")
+@pytest.mark.parametrize("message", [None, "", "   "], ids=["absent", "empty", "blank"])
+def test_failed_without_error_message_stores_the_default(hook, message):
+    hook("failed", **({} if message is None else {"error_message": message}))
     assert backup().error_message == "Backup failed"
 
 
@@ -159,7 +160,7 @@ def test_progress_not_a_finite_number_in_range_is_400(hook, progress):
     assert Backup.select().count() == 0
 
 
-@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1" + "0" * 400])
 def test_progress_nan_or_infinity_literals_are_400(client, site, literal):
     data = '{"domain": "example.com", "backup_id": "b", "progress": %s}' % literal
     response = client.post(ROUTES[0], data=data, content_type="application/json", headers=HEADERS)
