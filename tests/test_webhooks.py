@@ -524,3 +524,24 @@ def test_webhooks_are_not_rate_limited(backhook_env, monkeypatch, site):
     codes = {limited.post(ROUTES[0], headers=HEADERS, json={"domain": "example.com", "backup_id": f"b{n}"}).status_code
              for n in range(30)}
     assert codes == {200}
+
+
+def test_events_spooled_while_a_replay_runs_are_neither_lost_nor_doubled(site, data_dir):
+    import threading
+
+    from spool import spool_event
+
+    def spool_many(writer):
+        for number in range(250):
+            spool_event(data_dir, "progress", {"domain": "example.com", "backup_id": f"w{writer}-{number}"},
+                        site.id)
+
+    writers = [threading.Thread(target=spool_many, args=(n,)) for n in range(4)]
+    for writer in writers:
+        writer.start()
+    applied = 0
+    while any(writer.is_alive() for writer in writers):
+        applied += replay_spool(data_dir)
+    applied += replay_spool(data_dir)
+    assert applied == 1000
+    assert Backup.select().count() == 1000 and BackupEvent.select().count() == 1000
