@@ -451,6 +451,7 @@ class Backup(BaseModel):
 
     STATE = ("id", "status", "progress", "error_message", "execution_id", "created_at", "updated_at",
              "completed_at")
+    SELECT_STATE = f"SELECT {', '.join(STATE)} FROM backup WHERE website_id = ? AND backup_id = ?"
 
     @classmethod
     def apply_event(cls, website_id, backup_id, kind, payload, received_at=None, spool_id=None):
@@ -466,11 +467,11 @@ class Backup(BaseModel):
         # queries would cost more than SQLite's work, and the write lock is
         # held for the shortest time.
         with database.atomic():  # BEGIN IMMEDIATE: the write lock up front
-            row = run_sql(f"SELECT {', '.join(cls.STATE)} FROM backup WHERE website_id = ? AND backup_id = ?",
-                          (website_id, backup_id)).fetchone()
+            row = run_sql(cls.SELECT_STATE, (website_id, backup_id)).fetchone()
             if row is None:
-                backup = cls(id=new_id(), website=website_id, backup_id=backup_id, status="pending",
-                             progress=0, created_at=received_at, updated_at=received_at)
+                backup = cls(__no_default__=True, id=new_id(), website=website_id, backup_id=backup_id,
+                             status="pending", progress=0, error_message=None, execution_id=None,
+                             created_at=received_at, updated_at=received_at, completed_at=None)
                 changed = backup.advance(kind, payload, received_at)
                 run_sql("INSERT INTO backup (id, website_id, backup_id, status, progress, error_message, "
                         "created_at, updated_at, completed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
