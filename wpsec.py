@@ -45,6 +45,7 @@ RETRIES = 3
 BACKOFF_FACTOR = 0.5  # 0.5 s, 1 s, 2 s, ... each plus up to BACKOFF_JITTER s
 BACKOFF_JITTER = 0.5
 RETRY_STATUSES = (429, 500, 502, 503, 504)
+RETRY_AFTER_MAX = 30  # a site's Retry-After of hours must not stall the worker
 # A site whose list cannot be fetched is tried again after these delays, then given up on.
 SYNC_RETRY_DELAYS_MS = (10_000, 60_000, 300_000)
 
@@ -57,6 +58,7 @@ def _session():
     retry = Retry(total=RETRIES, connect=RETRIES, read=RETRIES, status=RETRIES, other=0, redirect=3,
                   backoff_factor=BACKOFF_FACTOR, backoff_jitter=BACKOFF_JITTER, backoff_max=30,
                   status_forcelist=RETRY_STATUSES, allowed_methods=Retry.DEFAULT_ALLOWED_METHODS,
+                  retry_after_max=RETRY_AFTER_MAX,
                   raise_on_status=False)
     session = requests.Session()
     adapter = HTTPAdapter(max_retries=retry)

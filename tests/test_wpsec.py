@@ -2,6 +2,7 @@
 import json
 import logging
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
@@ -76,6 +77,8 @@ class StandInSite:
                 elif fault and fault[0] == "malformed":
                     data = b'{"backup_id": '
                 self.send_response(code)
+                if fault and fault[0] == "status" and len(fault) > 2:
+                    self.send_header("Retry-After", str(fault[2]))
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -109,6 +112,7 @@ def quick_retries(monkeypatch):
     monkeypatch.setattr(wpsec, "BACKOFF_JITTER", 0.01)
     monkeypatch.setattr(wpsec, "READ_TIMEOUT", 0.5)
     monkeypatch.setattr(wpsec, "CONNECT_TIMEOUT", 0.5)
+    monkeypatch.setattr(wpsec, "RETRY_AFTER_MAX", 0.05)
     wpsec._sync_failures.clear()
     wpsec._last_poll.clear()
 
@@ -145,6 +149,14 @@ def test_get_is_retried_after_a_server_error(site, stand_in, code):
     stand_in.faults = [("status", code), ("status", code)]
     assert wpsec.list_backups(site) == []
     assert stand_in.routes() == ["backup/list"] * 3
+
+
+def test_a_huge_retry_after_is_capped(site, stand_in):
+    stand_in.faults = [("status", 503, 3600)]
+    started = time.monotonic()
+    assert wpsec.list_backups(site) == []
+    assert time.monotonic() - started < 5
+    assert len(stand_in.requests) == 2
 
 
 def test_get_gives_up_after_its_retries(site, stand_in, caplog):
