@@ -6,17 +6,14 @@ One client, sequential requests to gunicorn; prints the median and p99 of
 each and the ratio of the medians. Target: within 1.3x of the empty database.
 """
 import argparse
-import os
 import sqlite3
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 
 import requests
 
-from webhooks import PROJECT, TOKEN, serve
+from webhooks import TOKEN, prepare, serve
 
 
 def populate(db_path, websites, backups_per_site):
@@ -46,12 +43,7 @@ def latencies(url, count, domain):
 
 def measure(websites, backups_per_site, count):
     with tempfile.TemporaryDirectory() as data_dir:
-        env = {**os.environ, "BACKHOOK_DATA_DIR": data_dir, "WPFORT_BACKEND_TOKEN": TOKEN,
-               "BACKHOOK_RATELIMIT_ENABLED": "false", "PYTHONPATH": str(PROJECT)}
-        subprocess.run([sys.executable, "-m", "cli", "init"], cwd=PROJECT, env=env, check=True, capture_output=True)
-        populate(os.path.join(data_dir, "backhook.db"), websites, backups_per_site)
-        subprocess.run([sys.executable, "-m", "cli", "websites", "add", "bench.example"], cwd=PROJECT, env=env,
-                       check=True, capture_output=True)
+        env = prepare(data_dir, lambda db_path: populate(db_path, websites, backups_per_site))
         proc, url = serve("app:create_app()", 1, env, "/livez")
         try:
             latencies(url, 200, "bench.example")  # warm up

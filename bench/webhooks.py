@@ -39,6 +39,18 @@ def free_port():
         return sock.getsockname()[1]
 
 
+def prepare(data_dir, before_site=None):
+    """A fresh database in `data_dir` with the site bench.example; the environment to serve it with."""
+    env = {**os.environ, "BACKHOOK_DATA_DIR": data_dir, "WPFORT_BACKEND_TOKEN": TOKEN,
+           "BACKHOOK_RATELIMIT_ENABLED": "false", "PYTHONPATH": f"{PROJECT}:{PROJECT / 'bench'}"}
+    subprocess.run([sys.executable, "-m", "cli", "init"], cwd=PROJECT, env=env, check=True, capture_output=True)
+    if before_site:
+        before_site(os.path.join(data_dir, "backhook.db"))
+    subprocess.run([sys.executable, "-m", "cli", "websites", "add", "bench.example"], cwd=PROJECT, env=env,
+                   check=True, capture_output=True)
+    return env
+
+
 def serve(target, processes, env, path):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers",
@@ -78,11 +90,7 @@ def main():
     parser.add_argument("--connections", type=int, default=16)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as data_dir:
-        env = {**os.environ, "BACKHOOK_DATA_DIR": data_dir, "WPFORT_BACKEND_TOKEN": TOKEN,
-               "BACKHOOK_RATELIMIT_ENABLED": "false", "PYTHONPATH": f"{PROJECT}:{PROJECT / 'bench'}"}
-        subprocess.run([sys.executable, "-m", "cli", "init"], cwd=PROJECT, env=env, check=True, capture_output=True)
-        subprocess.run([sys.executable, "-m", "cli", "websites", "add", "bench.example"], cwd=PROJECT, env=env,
-                       check=True, capture_output=True)
+        env = prepare(data_dir)
         results = {}
         for name, target, path in [("hello", "hello_app:app", "/hello"),
                                    ("webhook", "app:create_app()", "/webhooks/backup-progress")]:
