@@ -12,7 +12,7 @@ import models
 import wpsec
 from models import Backup, Execution, ExecutionLog, Website
 from spool import replay_spool
-from support import TOKEN
+from support import TOKEN, wait_until
 
 SITE_KEY = "site-key-0123456789abcdef"
 
@@ -381,3 +381,44 @@ def test_spooled_webhooks_drive_the_execution_once_replayed(client, app, claimed
     spool_event(data_dir, "complete", {"domain": "example.com", "backup_id": "wp-1"})
     assert replay_spool(data_dir) == 1
     assert state(claimed.id) == ("Running", "Syncing", 95)
+
+
+# --- wpsec:// jobs through a real worker process ------------------------------------------
+
+def trigger_site_backup(client, auth, make_job):
+    job = make_job(name="wp", source="wpsec://example.com")
+    execution_id = client.post(f"/api/jobs/{job.id}/run", headers=auth).get_json()["executionId"]
+    wait_until(lambda: Backup.get_or_none(Backup.execution == execution_id), timeout=20,
+               message="the worker to start the remote backup")
+    return execution_id
+
+
+def test_worker_runs_a_site_backup_driven_by_webhooks(client, auth, site, make_job, stand_in, start_worker):
+    start_worker()
+    execution_id = trigger_site_backup(client, auth, make_job)
+    assert stand_in.routes("POST") == ["backup/start"]
+    hook(client, "progress", status="in_progress", progress=40)
+    assert state(execution_id) == ("Running", "Remote Backup", 41)
+    hook(client, "complete")
+    wait_until(lambda: state(execution_id) == ("Success", "Completed", 100), timeout=20,
+               message="the worker's list sync to finish the execution")
+    assert "backup/list" in stand_in.routes("GET")
+    assert json.loads(Website.get().remote_backups)[0]["id"] == "wp-1"
+
+
+def test_worker_finishes_a_site_backup_whose_webhooks_are_lost(client, auth, site, make_job, stand_in,
+                                                               start_worker):
+    start_worker(BACKHOOK_WPSEC_POLL_AFTER="0.5")
+    execution_id = trigger_site_backup(client, auth, make_job)
+    stand_in.backups["wp-1"].update(status="completed", progress=100)
+    wait_until(lambda: state(execution_id)[0] == "Success", timeout=20,
+               message="polling to notice the finished remote backup")
+    assert "backup/status/wp-1" in stand_in.routes("GET")
+
+
+def test_cancelling_a_running_site_backup_ends_it_cancelled(client, auth, site, make_job, stand_in,
+                                                            start_worker):
+    start_worker()
+    execution_id = trigger_site_backup(client, auth, make_job)
+    assert client.post(f"/api/executions/{execution_id}/cancel", headers=auth).status_code == 200
+    wait_until(lambda: state(execution_id)[0] == "Cancelled", timeout=5, message="the cancel to land")
