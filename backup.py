@@ -27,6 +27,7 @@ from urllib.parse import unquote, urlparse
 import zstandard
 
 import models
+import wpsec
 from models import CANCELLED, FAILED, PENDING, RUNNING, SUCCESS, Execution, ExecutionLog, now_ms
 from sources import CHUNK, DUMPERS, BackupError, source_kind
 
@@ -45,6 +46,7 @@ UNKNOWN_SIZE_SCALE = 256 * 1024 * 1024  # bytes at which an unsized dump shows h
 STDERR_TAIL = 4000          # characters of a tool's stderr kept for the error message
 EXTENSIONS = {"zstd": ".zst", "gzip": ".gz", "none": ""}
 MAX_ATTEMPTS = 2
+REMOTE_CHECK_SECONDS = 0.5  # how often a wpsec:// attempt looks whether its execution ended
 
 
 class Stopped(Exception):
@@ -227,6 +229,7 @@ class Run:
         self.execution, self.job = execution, job
         self.deadline = deadline  # time.monotonic() past which the job's timeout has passed
         self.stop_reason = None
+        self.stopped = threading.Event()
         self.children = []
         self.lock = threading.RLock()  # check() may stop() while spawn() holds it
         self.report = Reporter(execution, worker_id, secrets_of(job.source))
@@ -241,6 +244,7 @@ class Run:
         with self.lock:
             if self.stop_reason is None:
                 self.stop_reason = reason
+            self.stopped.set()
             for child in self.children:
                 kill_group(child)
 
@@ -329,6 +333,8 @@ class Run:
     def back_up(self):
         job, execution = self.job, self.execution
         kind = source_kind(job.source)
+        if kind == "wpsec":
+            return self.follow_remote_backup()
         self.enter("Initializing", f"attempt {execution.attempts} of {MAX_ATTEMPTS}")
         dumper = DUMPERS.get(kind)
         if dumper is None:
@@ -349,6 +355,17 @@ class Run:
             artifact.unlink(missing_ok=True)
             raise
         self.end_success(artifact, size, sha256)
+
+    def follow_remote_backup(self):
+        """wpsec://: the site runs the backup, and wpsec.py writes the execution's stages
+        and its end as webhooks (or status polls) arrive. This attempt only waits, so
+        that the worker keeps renewing the lease and can cancel or time it out."""
+        if wpsec.start_remote_backup(self.execution) is None:
+            return  # already Failed, with the site's answer as the error
+        while (Execution.select(Execution.status).where(Execution.id == self.execution.id).scalar()
+               == RUNNING):
+            self.stopped.wait(REMOTE_CHECK_SECONDS)
+            self.check()
 
     def dump_and_store(self, dumper, artifact):
         """Dumping and Uploading: stream the dump into `<artifact>.partial`, make it durable, rename it."""

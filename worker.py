@@ -30,6 +30,7 @@ from peewee import OperationalError, fn
 
 import config
 import models
+import wpsec
 from backup import MAX_ATTEMPTS, Run, remove_partial_files
 from models import CANCELLED, FAILED, PENDING, RUNNING, Execution, Job, Setting, database, new_id, now_ms
 from wakeup import drain, listen, stop_listening, wake_workers
@@ -39,6 +40,7 @@ log = logging.getLogger("backhook.worker")
 IDLE_POLL_SECONDS = 1.0      # fallback when no wake-up arrives
 BUSY_POLL_SECONDS = 0.25     # while running: how often cancel and timeout are checked
 RECLAIM_EVERY_SECONDS = 1.0
+CHORES_EVERY_SECONDS = 1.0   # webhook follow-ups: spool replay, backup-list syncs, silent-backup polls
 STOP_TIMEOUT_SECONDS = 10.0  # after the grace period, for interrupted runs to clean up
 
 
@@ -48,6 +50,7 @@ class Worker:
         self.data_dir = settings["DATA_DIR"]
         self.lease_ms = int(settings["LEASE_SECONDS"] * 1000)
         self.grace_seconds = settings["WORKER_GRACE_SECONDS"]
+        self.poll_after_seconds = settings["WPSEC_POLL_AFTER"]
         self.runs = {}          # execution id -> (Run, thread)
         self.stopping_since = None
         self.next_renewal = self.next_reclaim = 0.0
@@ -169,6 +172,26 @@ class Worker:
             if time.monotonic() > run.deadline:
                 run.stop("timeout")
 
+    # --- webhook follow-ups ------------------------------------------------------------
+
+    def do_chores(self, stopping):
+        """Replay spooled webhooks, sync backup lists, poll silent remote backups.
+
+        A thread of its own: a slow WPSec site may take minutes to answer, and
+        the claim loop must not wait on it.
+        """
+        chores = (lambda: replay_spool(self.data_dir), wpsec.sync_requested_websites,
+                  lambda: wpsec.poll_silent_remote_backups(self.poll_after_seconds))
+        try:
+            while not stopping.wait(CHORES_EVERY_SECONDS):
+                for chore in chores:
+                    try:
+                        chore()
+                    except Exception:  # one failing chore must not stop the others
+                        log.exception("webhook follow-up failed")
+        finally:
+            database.close()
+
     # --- the loop ---------------------------------------------------------------------
 
     def request_stop(self, signum, frame):
@@ -195,6 +218,9 @@ class Worker:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         log.info("worker %s ready (lease %s s, grace %s s)", self.id, self.lease_ms / 1000, self.grace_seconds)
+        stopping = threading.Event()
+        chores = threading.Thread(target=self.do_chores, args=(stopping,), name="chores", daemon=True)
+        chores.start()
         try:
             while not self.done_stopping():
                 try:
@@ -205,6 +231,7 @@ class Worker:
                 for ready in select.select([wake, signal_pipe], [], [], timeout)[0]:
                     drain(ready)
         finally:
+            stopping.set()
             stop_listening(wake)
             signal.set_wakeup_fd(-1)
             signal_pipe.close()

@@ -230,15 +230,6 @@ def test_progress_never_decreases_and_moves_through_the_stages(client, auth, mak
     assert len({p for p in progress if 5 < p < 60}) >= 2
 
 
-def test_unsupported_sources_fail_with_a_clear_error(client, auth, make_job, start_worker):
-    with models.database.atomic():
-        job = make_job(name="site", source="wpsec://example.com")
-    start_worker()
-    data = run_to_end(client, auth, job.id)
-    assert data["status"] == "Failed"
-    assert "not supported by this worker yet" in data["error"]
-
-
 def test_a_missing_tool_fails_with_a_clear_error(client, auth, make_job, start_worker, tmp_path):
     job = make_job(name="pg", source="postgresql://postgres@127.0.0.1:5432/test")
     start_worker(PATH=str(tmp_path))
