@@ -142,9 +142,10 @@ def main(argv=()):
     if args.quick:
         args.samples, args.baseline_samples, args.long_idle, args.long_samples = 5, 5, 1, 1
 
-    # One long idle period is enough to read the polling loop's idle CPU.
+    # One shorter long idle period is enough to read the polling loop's idle CPU.
     baseline_args = argparse.Namespace(**{**vars(args), "samples": args.baseline_samples,
-                                          "long_samples": min(1, args.long_samples)})
+                                          "long_samples": min(1, args.long_samples),
+                                          "long_idle": args.long_idle / 2})
     polling = run("polling", polling_worker, baseline_args)
     backhook = run("backhook", backhook_worker, args) if common.worker_available() else None
     section = report(backhook, polling, args)
