@@ -28,6 +28,8 @@ def main(argv=()):
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--processes", type=int, default=common.cli.DEFAULT_PROCESSES,
+                        help="gunicorn processes for both apps (default: that of `backhook serve`)")
     parser.add_argument("--quick", action="store_true", help="1 round of 1 s: checks the harness only")
     args = parser.parse_args(argv)
     if args.quick:
@@ -40,10 +42,8 @@ def main(argv=()):
     env = common.backhook_env(data_dir)
 
     runs = {"hello": [], "webhook": []}
-    real = (common.PROJECT / "routes" / "webhooks.py").exists()
-    target = "app:create_app()" if real else "bench.standin_webhook:create_app()"  # until the merge
-    with common.gunicorn(env, "bench.hello_app:app", name="hello") as hello, \
-            common.gunicorn(env, target, name="webhook") as webhook:
+    with common.gunicorn(env, "bench.hello_app:app", args.processes, name="hello") as hello, \
+            common.gunicorn(env, "app:create_app()", args.processes, name="webhook") as webhook:
         servers = {"hello": hello, "webhook": webhook}
         for server in servers.values():  # imports, connections, first pages: not measured
             measure(server, 1 if args.quick else 2, args.connections)
@@ -78,7 +78,7 @@ def report(runs, args):
         "## Webhook intake",
         "",
         f"`POST {PATH}` vs a bare Flask hello route, both under `cli.gunicorn_command` with "
-        f"{common.cli.DEFAULT_PROCESSES} sync processes; wrk, {args.connections} connections, 2 threads, "
+        f"{args.processes} sync processes; wrk, {args.connections} connections, 2 threads, "
         f"{args.rounds} alternating rounds of {args.seconds} s; bodies over {SITES} sites and "
         f"{BACKUP_IDS} backup ids.",
         "",
