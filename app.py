@@ -9,7 +9,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 import config
 import models
 from ratelimit import limit_api, limiter, retry_after_seconds
-from routes import ApiError, error, executions, health, jobs
+from routes import ApiError, error, executions, health, jobs, openapi
 
 MAX_BODY_BYTES = 1024 * 1024
 log = logging.getLogger("backhook")
@@ -31,7 +31,7 @@ def create_app(overrides=None):
     refuse_large_bodies_early(app)
     register_error_handlers(app)
 
-    for blueprint in (jobs.bp, executions.bp):
+    for blueprint in (jobs.bp, executions.bp, openapi.bp):
         limit_api(blueprint)
         app.register_blueprint(blueprint)
     app.register_blueprint(health.bp)

@@ -42,7 +42,10 @@ def require_permission(permission):
 
 def json_object():
     """The request body as a JSON object, or a 400."""
-    body = request.get_json(silent=True, force=True)
+    try:
+        body = request.get_json(silent=True, force=True)
+    except RecursionError:  # nested deeper than the parser's stack; `silent` covers only ValueError
+        body = None
     if not isinstance(body, dict):
         error("Request body must be a JSON object", 400)
     return body

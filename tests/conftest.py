@@ -108,7 +108,7 @@ def start_server(backhook_env):
         def ready():
             try:
                 return requests.get(server.url + "/livez", timeout=1).ok
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # booting, or a busy machine
                 assert server.proc.poll() is None, server.output()
                 return False
 
