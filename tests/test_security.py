@@ -8,7 +8,7 @@ hashed storage (test_auth.py), X-Forwarded-For with 0 trusted proxies
 import ast
 import http.client
 import json
-from pathlib import Path
+import re
 
 import pytest
 import requests
@@ -280,3 +280,15 @@ def test_shell_metacharacters_in_ids_do_nothing(start_server, make_key, make_job
             assert response.status_code == 404 and set(response.json()) == {"error"}
     assert not marker.exists()
     assert models.Execution.select().count() == 0
+
+
+# --- SECURITY.md ------------------------------------------------------------------
+
+def test_every_test_named_in_security_md_exists():
+    text = (PROJECT / "SECURITY.md").read_text()
+    references = set(re.findall(r"`(tests/test_\w+\.py)::(test_\w+)`", text))
+    assert len(references) >= 20
+    for path, name in sorted(references):
+        module = ast.parse((PROJECT / path).read_text())
+        defined = {node.name for node in ast.walk(module) if isinstance(node, ast.FunctionDef)}
+        assert name in defined, f"SECURITY.md names {path}::{name}, which does not exist"
