@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import requests
@@ -108,7 +109,7 @@ def start_server(backhook_env):
         def ready():
             try:
                 return requests.get(server.url + "/livez", timeout=1).ok
-            except (requests.ConnectionError, requests.Timeout):  # booting, or a busy machine
+            except (requests.ConnectionError, requests.Timeout):  # booting, or a loaded machine
                 assert server.proc.poll() is None, server.output()
                 return False
 
@@ -136,3 +137,27 @@ def mysql_url():
 def redis_url():
     require_service("Redis", "127.0.0.1", 6379)
     return "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def start_worker(backhook_env):
+    """Start `python -m worker` on this test's database; stopped after the test."""
+    started = []
+
+    def start(**env_overrides):
+        # A short grace period keeps teardown quick; tests of the grace period set their own.
+        env = {**backhook_env, "BACKHOOK_WORKER_GRACE_SECONDS": "1", **env_overrides}
+        before = set((Path(env["BACKHOOK_DATA_DIR"]) / "wake").glob("*.sock"))
+        worker = LiveProcess([sys.executable, "-m", "worker"], env)
+        started.append(worker)
+
+        def listening():
+            assert worker.proc.poll() is None, worker.output()
+            return set((Path(env["BACKHOOK_DATA_DIR"]) / "wake").glob("*.sock")) - before
+
+        wait_until(listening, timeout=20, message="the worker to listen for wake-ups")
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
