@@ -19,7 +19,10 @@ def create_app(overrides=None):
     app = Flask(__name__)
     app.config.from_mapping(config.load())
     app.config.update(overrides or {})
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["MAX_BODY_BYTES"] = MAX_BODY_BYTES
+    # One byte past the limit: werkzeug ends a chunked body at MAX_CONTENT_LENGTH
+    # without an error, so json_object reads one byte more to tell "over" from "at".
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES + 1
     app.json.sort_keys = False
 
     if app.config["TRUSTED_PROXIES"]:

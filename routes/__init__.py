@@ -1,7 +1,7 @@
 """What every blueprint shares: the JSON error, the auth decorator, the body parser."""
 import functools
 
-from flask import g, request
+from flask import current_app, g, request
 
 
 class ApiError(Exception):
@@ -41,7 +41,9 @@ def require_permission(permission):
 
 
 def json_object():
-    """The request body as a JSON object, or a 400."""
+    """The request body as a JSON object, or a 400; a 413 when a body without Content-Length is too large."""
+    if len(request.get_data(cache=True)) > current_app.config["MAX_BODY_BYTES"]:
+        error("Request body is larger than 1 MiB", 413)
     try:
         body = request.get_json(silent=True, force=True)
     except RecursionError:  # nested deeper than the parser's stack; `silent` covers only ValueError

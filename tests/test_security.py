@@ -15,8 +15,8 @@ import requests
 
 import models
 from models import ApiKey
-from routes import json_object
-from support import PROJECT
+from routes import json_object, webhooks
+from support import PROJECT, TOKEN, trigger, wait_for_status
 
 
 def protected_routes(app):
@@ -118,6 +118,41 @@ def test_a_used_key_leaves_no_trace_in_any_file_of_the_data_dir(start_server, ma
         assert other_key(key)[12:].encode() not in path.read_bytes(), path
 
 
+# --- the webhook token (its other failures: test_webhooks.py) ---------------------------
+
+WEBHOOK = "/webhooks/backup-progress"
+EVENT = {"domain": "example.com", "backup_id": "b-1", "progress": 10}
+
+
+@pytest.fixture
+def website(app):
+    with models.database.atomic():
+        return models.Website.create(domain="example.com")
+
+
+@pytest.mark.parametrize("where", ["last character differs", "a prefix", "query string", "cookie"])
+def test_a_webhook_token_not_exactly_in_its_header_is_401(client, website, where):
+    headers, url = {}, WEBHOOK
+    if where == "last character differs":
+        headers = {"x-wpfort-token": TOKEN[:-1] + ("A" if TOKEN[-1] != "A" else "B")}
+    elif where == "a prefix":
+        headers = {"x-wpfort-token": TOKEN[:-1]}
+    elif where == "query string":
+        url = f"{WEBHOOK}?x-wpfort-token={TOKEN}"
+    else:
+        headers = {"Cookie": f"x-wpfort-token={TOKEN}"}
+    assert_json_error(client.post(url, json=EVENT, headers=headers), 401)
+    assert models.Backup.select().count() == 0
+
+
+def test_the_webhook_token_is_compared_in_constant_time(client, website, monkeypatch):
+    compared = []
+    real = webhooks.hmac.compare_digest
+    monkeypatch.setattr(webhooks.hmac, "compare_digest", lambda a, b: compared.append((a, b)) or real(a, b))
+    assert client.post(WEBHOOK, json=EVENT, headers={"x-wpfort-token": TOKEN}).status_code == 200
+    assert compared == [(TOKEN.encode(), TOKEN.encode())]
+
+
 # --- path tricks in ids ------------------------------------------------------------
 
 PATH_TRICKS = [
@@ -134,7 +169,8 @@ PATH_TRICKS = [
     "x'%20OR%20'1'='1",
     "x" * 8000,
 ]
-ID_ROUTES = [("GET", "/api/executions/{}"), ("POST", "/api/jobs/{}/run"), ("POST", "/api/executions/{}/cancel")]
+ID_ROUTES = [("GET", "/api/executions/{}"), ("POST", "/api/jobs/{}/run"), ("POST", "/api/executions/{}/cancel"),
+             ("GET", "/api/websites/{}/backups")]
 
 
 def raw_request(url, method, path, headers):
@@ -210,6 +246,35 @@ def test_deeply_nested_json_is_a_400_not_a_recursion_error(echo_client, body):
 ])
 def test_a_body_that_is_not_a_json_object_is_a_400(echo_client, content_type, body):
     assert_json_error(echo_client.post("/echo", data=body, content_type=content_type), 400)
+
+
+def chunked(body, size=64 * 1024):
+    """The body as a chunked upload: no Content-Length for the server to refuse it by."""
+    for start in range(0, len(body), size):
+        yield body[start:start + size]
+
+
+@pytest.mark.parametrize("route", ["/webhooks/backup-progress", "/webhooks/backup-complete",
+                                   "/webhooks/backup-failed"])
+def test_hostile_webhook_bodies_are_refused_cleanly_by_the_live_server(start_server, website, route):
+    server = start_server(processes=2)
+    url, headers = server.url + route, {"x-wpfort-token": TOKEN, "Content-Type": "application/json"}
+    oversized = json.dumps({**EVENT, "padding": "x" * (2 * 1024 * 1024)}).encode()
+    at_the_limit = json.dumps({**EVENT, "padding": ""}).encode()
+    at_the_limit = at_the_limit.replace(b'""', b'"' + b"x" * (1024 * 1024 - len(at_the_limit)) + b'"')
+    assert len(at_the_limit) == 1024 * 1024
+    cases = [
+        ("nested 100,000 deep", "[" * 100_000, 400),
+        ("an object nested 100,000 deep", '{"a":' * 100_000, 400),
+        ("over 1 MiB", oversized, 413),
+        ("over 1 MiB, chunked", chunked(oversized), 413),
+        ("exactly 1 MiB", at_the_limit, 200),
+        ("exactly 1 MiB, chunked", chunked(at_the_limit), 200),
+    ]
+    for name, body, status in cases:
+        response = requests.post(url, data=body, headers=headers, timeout=30)
+        assert response.status_code == status, (name, response.status_code, response.text[:200])
+        assert set(response.json()) == ({"error"} if status >= 400 else {"success"}), name
 
 
 # --- no shell built from user input -----------------------------------------------
@@ -292,3 +357,23 @@ def test_every_test_named_in_security_md_exists():
         module = ast.parse((PROJECT / path).read_text())
         defined = {node.name for node in ast.walk(module) if isinstance(node, ast.FunctionDef)}
         assert name in defined, f"SECURITY.md names {path}::{name}, which does not exist"
+
+
+def test_shell_metacharacters_in_webhook_fields_and_source_paths_run_nothing(
+        client, auth, website, make_job, start_worker, tmp_path):
+    marker = tmp_path / "pwned"
+    for injection in SHELL_INJECTIONS:
+        value = injection.format(marker=marker)
+        response = client.post(WEBHOOK, json={**EVENT, "backup_id": value}, headers={"x-wpfort-token": TOKEN})
+        assert response.status_code == 200
+        assert models.Backup.get(models.Backup.backup_id == value)  # stored as data, verbatim
+    relative = f"pwned-{tmp_path.name}"  # a path holds no slash in a name: the shell would run in the cwd
+    source = tmp_path / f"data $(touch {relative}) `touch {relative}`; touch {relative}"
+    source.mkdir()
+    (source / "file").write_text("contents\n")
+    job = make_job(name="odd-path", source=f"files://{source}")
+    start_worker()
+    data = wait_for_status(client, auth, trigger(client, auth, job.id))
+    assert data["status"] == "Success", data["error"]
+    assert not marker.exists()
+    assert not (PROJECT / relative).exists() and not list(tmp_path.rglob(relative))
