@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import io
 import random
-import re
 import resource
 import shutil
 import signal
@@ -30,8 +29,7 @@ import models
 import wpsec
 from backup import job_directory
 from models import Execution, Website
-from support import PROJECT, TOKEN, LiveProcess, free_port, hold_write_lock, poll, trigger, wait_for_status, \
-    wait_until
+from support import TOKEN, LiveProcess, free_port, hold_write_lock, poll, trigger, wait_for_status, wait_until
 from test_backups import MARIADB, PG, mariadb, psql, unique_name
 from test_wpsec import SITE_KEY, StandInSite
 
@@ -117,7 +115,8 @@ def test_an_artifact_renamed_into_place_by_a_worker_that_died_is_removed_on_recl
     job = make_job(name="died-late", source="command:echo payload")
     execution_id = trigger(client, auth, job.id)
     # As a worker killed after the rename but before recording success leaves it.
-    Execution.update(status="Running", attempts=1, worker_id="dead", lease_expires_at=models.now_ms() - 1).execute()
+    Execution.update(status="Running", attempts=1, worker_id="dead", lease_expires_at=models.now_ms() - 1).where(
+        Execution.id == execution_id).execute()
     job_directory(job).mkdir(parents=True)
     unrecorded = job_directory(job) / f"20261122T000000Z-{execution_id}.out.zst"
     unrecorded.write_bytes(b"complete but never reported")
@@ -245,7 +244,7 @@ def test_a_files_source_that_does_not_exist_fails_clearly(client, auth, make_job
 
 # --- credentials never in ps, logs, errors or API output while a dump runs -------------------
 
-PASSWORD = "Pr0cSecret-" + "x7Q9"
+PASSWORD = "Pr0cSecret-x7Q9"
 
 
 def command_lines():
