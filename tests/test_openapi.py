@@ -1,6 +1,8 @@
 """openapi.yaml and the routes the app registers agree both ways, and it is served as JSON."""
 import re
 
+import schemathesis
+
 from routes import openapi
 
 METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE"}
@@ -74,3 +76,7 @@ def test_document_is_served_as_json(client):
     body = response.get_json()
     assert body == openapi.document()
     assert body["openapi"].startswith("3.1")
+
+
+def test_document_is_valid_openapi_3_1():
+    schemathesis.openapi.from_dict(openapi.document()).validate()  # the 3.1 meta-schema, or raises
