@@ -3,7 +3,10 @@ hostile bodies, hashed keys and no shell built from what a client sends.
 
 Single cases already pinned elsewhere are not repeated here: key format and
 hashed storage (test_auth.py), X-Forwarded-For with 0 trusted proxies
-(test_ratelimit.py), oversized bodies on the trigger route (test_errors.py).
+(test_ratelimit.py), oversized bodies on the trigger route (test_errors.py),
+a missing, wrong or unconfigured webhook token (test_webhooks.py), passwords
+in ps output while a dump runs (test_faults.py). SECURITY.md maps each promise
+to its tests.
 """
 import ast
 import http.client
