@@ -2,6 +2,7 @@
 import os
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -40,14 +41,32 @@ def require_service(name, host, port):
         pytest.skip(message)
 
 
+HOLD_WRITE_LOCK = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+db.execute("COMMIT")
+"""
+
+
+def hold_write_lock(database_path, seconds):
+    """Another process holding the SQLite write lock for `seconds`; returns once it holds it."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_WRITE_LOCK, str(database_path), str(seconds)],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
 class LiveProcess:
     """A backhook process (gunicorn or worker) started for one test."""
 
-    def __init__(self, command, env, url=None):
+    def __init__(self, command, env, url=None, preexec_fn=None):
         self.url = url
         self.log = open(Path(env["BACKHOOK_DATA_DIR"]) / f"process-{time.monotonic_ns()}.log", "w+")
-        self.proc = subprocess.Popen(command, env=env, cwd=PROJECT, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(command, env=env, cwd=PROJECT, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True, preexec_fn=preexec_fn)
 
     def output(self):
         self.log.flush()

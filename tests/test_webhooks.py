@@ -6,7 +6,7 @@ import pytest
 import models
 from models import Backup, BackupEvent, Execution, ExecutionLog, Website
 from spool import SPOOL_NAME, replay_spool
-from support import TOKEN
+from support import TOKEN, hold_write_lock
 
 HEADERS = {"x-wpfort-token": TOKEN}
 ROUTES = ["/webhooks/backup-progress", "/webhooks/backup-complete", "/webhooks/backup-failed"]
@@ -468,29 +468,15 @@ def test_500_only_when_the_event_can_be_neither_stored_nor_spooled(app, site, ho
     assert response.get_json() == {"error": "The event could not be stored"}
 
 
-HOLD_WRITE_LOCK = """
-import sqlite3, sys, time
-db = sqlite3.connect(sys.argv[1], isolation_level=None)
-db.execute("BEGIN IMMEDIATE")
-print("locked", flush=True)
-time.sleep(float(sys.argv[2]))
-db.execute("COMMIT")
-"""
-
-
 def test_webhooks_arriving_while_another_process_holds_the_write_lock_are_all_kept(
         site, data_dir, start_server):
-    import subprocess
-    import sys
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
     import requests
 
     server = start_server(processes=3, BACKHOOK_DATABASE_BUSY_SECONDS="0.2")
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_WRITE_LOCK, str(data_dir / "backhook.db"), "3"],
-                              stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "locked"
+    holder = hold_write_lock(data_dir / "backhook.db", 3)
     local = threading.local()
 
     def run_backup(number):
