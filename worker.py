@@ -33,6 +33,7 @@ import models
 import wpsec
 from backup import MAX_ATTEMPTS, Run, remove_partial_files
 from models import CANCELLED, FAILED, PENDING, RUNNING, Execution, Job, Setting, database, new_id, now_ms
+from spool import replay_spool
 from wakeup import drain, listen, stop_listening, wake_workers
 
 log = logging.getLogger("backhook.worker")

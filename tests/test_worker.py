@@ -251,3 +251,13 @@ def test_a_large_backup_streams_in_bounded_memory(client, auth, make_job, start_
     Path(data["path"]).unlink()
     assert data["status"] == "Success" and data["size"] > 250_000_000
     assert peak_rss_mb(worker.proc.pid) < 150
+
+
+def test_the_worker_replays_spooled_webhooks(app, data_dir, start_worker):
+    from spool import SPOOL_NAME, spool_event
+    with models.database.atomic():
+        site = models.Website.create(domain="example.com")
+    spool_event(data_dir, "progress", {"domain": "example.com", "backup_id": "b-1", "progress": 30}, site.id)
+    start_worker()
+    wait_until(lambda: not (data_dir / SPOOL_NAME).exists(), timeout=10, message="the spool to be replayed")
+    assert models.Backup.get(models.Backup.backup_id == "b-1").progress == 30
