@@ -19,7 +19,7 @@ every 20 ms from /proc; the worker's own peak is its VmHWM.
 
 Targets (SPEC.md): throughput >= 0.8x the plain pipeline; peak RSS < 150 MB.
 
-    .venv/bin/python bench/backup_speed.py [--size-mb 1024] [--rounds 2] [--quick]
+    .venv/bin/python bench/backup_speed.py [--size-mb 1024] [--rounds 3] [--quick]
 """
 import argparse
 import os
@@ -209,7 +209,7 @@ class Backhook:
 def main(argv=()):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size-mb", type=int, default=1024, help="size of each source")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="8 MB sources, 1 round: checks the harness only")
     args = parser.parse_args(argv)
     if args.quick:

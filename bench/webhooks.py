@@ -7,7 +7,7 @@ requests: progress webhooks whose bodies vary over 50 registered sites and
 
 Target (SPEC.md): webhook req/s >= 0.6x hello, 0 errors, p99 <= 25 ms at 16 connections.
 
-    .venv/bin/python bench/webhooks.py [--rounds 3] [--seconds 10] [--quick]
+    .venv/bin/python bench/webhooks.py [--rounds 5] [--seconds 6] [--processes N] [--quick]
 """
 import argparse
 
@@ -25,8 +25,8 @@ def measure(server, seconds, connections):
 
 def main(argv=()):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=6)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--processes", type=int, default=common.cli.DEFAULT_PROCESSES,
                         help="gunicorn processes for both apps (default: that of `backhook serve`)")
