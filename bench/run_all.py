@@ -41,6 +41,16 @@ def header(before, after, minutes):
     ])
 
 
+def verdicts(sections):
+    """One line per benchmark: its title and the verdict line it printed."""
+    rows = []
+    for section in sections:
+        lines = section.splitlines()
+        verdict = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("- Verdict:")), "failed")
+        rows.append([lines[0].lstrip("# "), verdict])
+    return common.table(["benchmark", "verdict"], rows)
+
+
 def main(argv=()):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="every benchmark in --quick mode; no RESULTS.md")
@@ -58,7 +68,8 @@ def main(argv=()):
         except Exception:  # one broken benchmark must not hide the others' figures
             traceback.print_exc()
             sections.append(f"## bench/{name}.py\n\nFailed:\n\n```\n{traceback.format_exc()[-2000:]}```")
-    generated = "\n\n".join([header(before, common.machine(), (time.monotonic() - started) / 60)] + sections)
+    generated = "\n\n".join([header(before, common.machine(), (time.monotonic() - started) / 60),
+                               verdicts(sections)] + sections)
     if args.quick or args.only:
         return  # only a full run replaces the recorded figures
     text = RESULTS.read_text() if RESULTS.exists() else f"{BEGIN}\n{END}\n"
