@@ -2,7 +2,7 @@
 import logging
 
 from flask import Flask, jsonify, request
-from peewee import OperationalError
+from peewee import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -64,6 +64,7 @@ def register_error_handlers(app):
         return response
 
     @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)  # a PostgreSQL connection lost mid-transaction
     def database_busy(exc):
         log.warning("database unavailable during %s %s: %s", request.method, request.path, exc)
         return jsonify(error="Database is busy, retry shortly"), 503, {"Retry-After": "1"}

@@ -19,6 +19,7 @@ from peewee import (
     DatabaseProxy,
     ForeignKeyField,
     IntegerField,
+    InterfaceError,
     Model,
     OperationalError,
     PostgresqlDatabase,
@@ -26,6 +27,8 @@ from peewee import (
     TextField,
 )
 from playhouse.db_url import connect as connect_url
+from playhouse.db_url import parse as parse_url
+from playhouse.shortcuts import ReconnectMixin
 
 log = logging.getLogger("backhook.models")
 
@@ -54,9 +57,45 @@ def iso(ms):
 
 # --- opening and migrating ---------------------------------------------------
 
+class ServerDatabase(ReconnectMixin, PostgresqlDatabase):
+    """PostgreSQL with one connection per process, reopened when the server drops it.
+
+    A statement outside a transaction (and every BEGIN) is retried once on a
+    fresh connection; inside a transaction the error surfaces, because the
+    transaction's earlier work is gone with the old connection.
+    """
+
+    reconnect_errors = (
+        (OperationalError, "server closed the connection"),
+        (OperationalError, "terminating connection"),
+        (OperationalError, "connection not open"),
+        (OperationalError, "could not receive data"),
+        (OperationalError, "ssl syscall error"),
+        (InterfaceError, "connection already closed"),
+    )
+
+
+def is_postgresql_url(url):
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+def connect_postgresql(url, busy_seconds=10.0):
+    """An unopened PostgreSQL database for `url`.
+
+    Lock waits give up after `busy_seconds`, as SQLite's busy timeout does, so
+    a request blocked on a lock fails with OperationalError (a 503) in time.
+    """
+    params = parse_url(url, unquote_password=True, unquote_user=True)
+    params.setdefault("options", f"-c lock_timeout={int(busy_seconds * 1000)}")
+    params.setdefault("application_name", "backhook")
+    return ServerDatabase(**params)
+
+
 def open_database(url, busy_seconds=10.0):
     """Bind the proxy to the database named by `url` and return it."""
-    if url.startswith("sqlite:///"):
+    if is_postgresql_url(url):
+        db = connect_postgresql(url, busy_seconds)
+    elif url.startswith("sqlite:///"):
         path = Path(urlparse(url).path)
         path.parent.mkdir(parents=True, exist_ok=True)
         db = SqliteDatabase(
@@ -73,12 +112,16 @@ def open_database(url, busy_seconds=10.0):
     return db
 
 
-def is_sqlite():
-    return isinstance(database.obj, SqliteDatabase)
+def _actual(db):
+    return database.obj if db is None or db is database else db
 
 
-def is_postgresql():
-    return isinstance(database.obj, PostgresqlDatabase)
+def is_sqlite(db=None):
+    return isinstance(_actual(db), SqliteDatabase)
+
+
+def is_postgresql(db=None):
+    return isinstance(_actual(db), PostgresqlDatabase)
 
 
 def schema_sections():
@@ -98,37 +141,74 @@ def _statements(text):
     return [stmt.strip() for stmt in text.split(";") if stmt.strip()]
 
 
-def _dialect(statement):
-    """SQLite's spelling of the schema, adapted where PostgreSQL differs."""
-    if is_postgresql():
-        return statement.replace("INTEGER PRIMARY KEY", "BIGSERIAL PRIMARY KEY")
+_TABLE = re.compile(r"\s*(?:CREATE\s+TABLE(?:\s+IF\s+NOT\s+EXISTS)?|ALTER\s+TABLE)\s+(\w+)", re.I)
+
+
+def _dialect(statement, db=None):
+    """SQLite's spelling of the schema, adapted where PostgreSQL differs.
+
+    Two differences: a rowid alias (INTEGER PRIMARY KEY) becomes BIGSERIAL, and
+    a column that models.py maps to a BooleanField, spelled INTEGER with a
+    0/1 default on SQLite, becomes a real BOOLEAN, which Peewee expects there.
+    """
+    if not is_postgresql(db):
+        return statement
+    statement = statement.replace("INTEGER PRIMARY KEY", "BIGSERIAL PRIMARY KEY")
+    table = _TABLE.match(statement)
+    for column in _boolean_columns().get(table.group(1).lower() if table else None, ()):
+        statement = re.sub(
+            rf"\b({column})\s+INTEGER\b((?:\s+NOT\s+NULL)?)(?:(\s+DEFAULT\s+)([01])\b)?",
+            lambda m: f"{m.group(1)} BOOLEAN{m.group(2)}"
+                      + (f"{m.group(3)}{'TRUE' if m.group(4) == '1' else 'FALSE'}" if m.group(3) else ""),
+            statement, flags=re.I)
     return statement
 
 
-def schema_version():
-    if is_sqlite():
-        return database.execute_sql("PRAGMA user_version").fetchone()[0]
-    database.execute_sql("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    row = database.execute_sql("SELECT max(version) FROM schema_version").fetchone()
+def _boolean_columns():
+    return {model._meta.table_name: [field.column_name for field in model._meta.sorted_fields
+                                     if isinstance(field, BooleanField)]
+            for model in ALL_MODELS}
+
+
+def schema_version(db=None):
+    db = db or database
+    if is_sqlite(db):
+        return db.execute_sql("PRAGMA user_version").fetchone()[0]
+    db.execute_sql("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = db.execute_sql("SELECT max(version) FROM schema_version").fetchone()
     return row[0] or 0
 
 
-def migrate():
+MIGRATION_LOCK = 0x6261636B686F6F6B  # "backhook": the advisory lock `init` holds on PostgreSQL
+
+
+def migrate(db=None):
     """Apply every schema section newer than the database; return (old, new)."""
-    with database.connection_context():
-        old = schema_version()
-        new = old
-        for version, statements in schema_sections():
-            if version <= old:
-                continue
-            with database.atomic():
-                for statement in statements:
-                    database.execute_sql(_dialect(statement))
-                if is_sqlite():
-                    database.execute_sql(f"PRAGMA user_version = {int(version)}")
-                else:
-                    database.execute_sql("INSERT INTO schema_version (version) VALUES (%s)", (version,))
-            new = version
+    db = db or database
+    with db.connection_context():
+        if is_postgresql(db):
+            # Two processes running `init` at once must not both apply a section.
+            # On SQLite the IMMEDIATE transaction around each section does that.
+            db.execute_sql("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        try:
+            old = new = schema_version(db)
+            for version, statements in schema_sections():
+                if version <= old:
+                    continue
+                with db.atomic():
+                    if schema_version(db) >= version:  # a concurrent `init` applied it first
+                        new = version
+                        continue
+                    for statement in statements:
+                        db.execute_sql(_dialect(statement, db))
+                    if is_sqlite(db):
+                        db.execute_sql(f"PRAGMA user_version = {int(version)}")
+                    else:
+                        db.execute_sql("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+                new = version
+        finally:
+            if is_postgresql(db):
+                db.execute_sql("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
     return old, new
 
 

@@ -1,5 +1,6 @@
 """Shared fixtures: an app over a temporary database, keys, jobs, live servers, services."""
 import os
+import secrets
 import subprocess
 import sys
 
@@ -10,7 +11,41 @@ import cli
 import models
 from app import create_app
 from models import ApiKey, Job
-from support import PROJECT, TOKEN, LiveProcess, free_port, require_service, wait_until
+from support import (PROJECT, TOKEN, LiveProcess, free_port, require_postgres, require_service,
+                     scratch_postgres_database, wait_until)
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--backend", choices=BACKENDS, default=os.environ.get("BACKHOOK_TEST_BACKEND", "sqlite"),
+                     help="the metadata database every test runs on (default: sqlite, or $BACKHOOK_TEST_BACKEND)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "sqlite_only(reason): the test is about SQLite itself; skipped on PostgreSQL")
+    config.addinivalue_line("markers", "postgresql_only(reason): the test is about PostgreSQL itself; "
+                                       "skipped on SQLite")
+
+
+def pytest_report_header(config):
+    return f"backhook metadata backend: {config.getoption('--backend')}"
+
+
+def pytest_collection_modifyitems(config, items):
+    backend = config.getoption("--backend")
+    for item in items:
+        for name, other in (("sqlite_only", "postgresql"), ("postgresql_only", "sqlite")):
+            marker = item.get_closest_marker(name)
+            if marker and backend == other:
+                reason = marker.args[0] if marker.args else name.replace("_", " ")
+                item.add_marker(pytest.mark.skip(reason=f"{name}: {reason}"))
+
+
+@pytest.fixture(scope="session")
+def backend(request):
+    return request.config.getoption("--backend")
+
 
 @pytest.fixture
 def data_dir(tmp_path):
@@ -20,8 +55,22 @@ def data_dir(tmp_path):
 
 
 @pytest.fixture
-def database_url(data_dir):
-    return f"sqlite:///{data_dir}/backhook.db"
+def database_url(backend, data_dir):
+    """A fresh, empty metadata database on the selected backend."""
+    if backend == "sqlite":
+        yield f"sqlite:///{data_dir}/backhook.db"
+        return
+    require_postgres()
+    with scratch_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture
+def scratch_postgres():
+    """A fresh PostgreSQL database besides the test's own, dropped afterwards."""
+    require_postgres()
+    with scratch_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture
@@ -108,7 +157,7 @@ def start_server(backhook_env):
         def ready():
             try:
                 return requests.get(server.url + "/livez", timeout=1).ok
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # still booting, perhaps on a busy machine
                 assert server.proc.poll() is None, server.output()
                 return False
 
@@ -136,3 +185,16 @@ def mysql_url():
 def redis_url():
     require_service("Redis", "127.0.0.1", 6379)
     return "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def redis_prefix(redis_url):
+    """A key prefix of this test's own on the shared Redis; its keys are deleted afterwards."""
+    import redis
+
+    prefix = f"bh-test-{secrets.token_hex(6)}"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(match=f"*{prefix}*"):
+        client.delete(key)
+    client.close()

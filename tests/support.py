@@ -1,10 +1,14 @@
 """Helpers the tests share that are not fixtures."""
 import os
+import secrets
 import socket
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlparse
 
+import psycopg2
 import pytest
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -38,6 +42,34 @@ def require_service(name, host, port):
         if REQUIRE_SERVICES:
             pytest.fail(message)
         pytest.skip(message)
+
+
+# The server whose scratch databases the tests use (--backend=postgresql, migrate-db).
+POSTGRES_SERVER = os.environ.get("BACKHOOK_TEST_POSTGRES_SERVER", "postgresql://postgres@127.0.0.1:5432")
+
+
+def require_postgres():
+    server = urlparse(POSTGRES_SERVER)
+    require_service("PostgreSQL", server.hostname, server.port or 5432)
+
+
+@contextmanager
+def scratch_postgres_database():
+    """Create a uniquely named database on the shared server; drop it on exit.
+
+    Other test runs use the same server at the same time, so nothing is ever
+    created under a fixed name.
+    """
+    name = f"bh_{secrets.token_hex(8)}"
+    admin = psycopg2.connect(f"{POSTGRES_SERVER}/postgres")
+    admin.autocommit = True
+    try:
+        admin.cursor().execute(f'CREATE DATABASE "{name}"')
+        yield f"{POSTGRES_SERVER}/{name}"
+    finally:
+        # FORCE ends connections a stopped test process may have left behind.
+        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
 
 
 class LiveProcess:

@@ -1,0 +1,50 @@
+"""PostgreSQL as the metadata store: connections that outlive the server's patience, real booleans."""
+import psycopg2
+import pytest
+
+import models
+from models import Job, Setting
+
+pytestmark = pytest.mark.postgresql_only("about PostgreSQL connections and types")
+
+
+def terminate_backhook_connections(database_url):
+    """What a server restart or an idle-connection reaper does to backhook."""
+    admin = psycopg2.connect(database_url)
+    admin.autocommit = True
+    admin.cursor().execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    admin.close()
+
+
+def test_a_dropped_connection_is_reopened_for_the_next_request(client, auth, database_url):
+    assert client.get("/api/jobs", headers=auth).status_code == 200
+    terminate_backhook_connections(database_url)
+    assert client.get("/api/jobs", headers=auth).status_code == 200
+
+
+def test_a_dropped_connection_is_reopened_for_the_next_transaction(app, database_url):
+    Setting.write("max_concurrent_jobs", 2)
+    terminate_backhook_connections(database_url)
+    Setting.write("max_concurrent_jobs", 3)  # its BEGIN meets the dead connection first
+    assert Setting.read("max_concurrent_jobs") == "3"
+
+
+def test_readyz_reports_an_unreachable_database(app, client, monkeypatch):
+    assert client.get("/readyz").status_code == 200
+    models.database.close()
+    monkeypatch.setitem(models.database.obj.connect_params, "port", 1)
+    response = client.get("/readyz")
+    assert response.status_code == 503 and "error" in response.get_json()
+
+
+def test_flags_are_real_booleans(make_job):
+    job = make_job()
+    with models.database.atomic():
+        Job.update(enabled=False).where(Job.id == job.id).execute()
+    assert Job.select().where(Job.enabled).count() == 0
+    assert Job.select().where(~Job.enabled).count() == 1
+    column = models.database.execute_sql(
+        "SELECT data_type, column_default FROM information_schema.columns "
+        "WHERE table_name = 'job' AND column_name = 'enabled'").fetchone()
+    assert column == ("boolean", "true")
