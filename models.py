@@ -93,6 +93,13 @@ def connect_postgresql(url, busy_seconds=10.0):
 
 def open_database(url, busy_seconds=10.0):
     """Bind the proxy to the database named by `url` and return it."""
+    db = connect_database(url, busy_seconds)
+    database.initialize(db)
+    return db
+
+
+def connect_database(url, busy_seconds=10.0):
+    """The unopened database named by `url`, not bound to the models."""
     if is_postgresql_url(url):
         db = connect_postgresql(url, busy_seconds)
     elif url.startswith("sqlite:///"):
@@ -108,7 +115,6 @@ def open_database(url, busy_seconds=10.0):
         )
     else:
         db = connect_url(url)
-    database.initialize(db)
     return db
 
 
