@@ -74,6 +74,15 @@ class ServerDatabase(ReconnectMixin, PostgresqlDatabase):
         (InterfaceError, "connection already closed"),
     )
 
+    def cursor(self, *args, **kwargs):
+        # A connection psycopg2 has seen die is replaced before use, so code
+        # that runs SQL straight on a cursor recovers on its next statement too.
+        conn = self._state.conn
+        if conn is not None and conn.closed and not self.in_transaction():
+            self.close()
+            self.connect()
+        return super().cursor(*args, **kwargs)
+
 
 def is_postgresql_url(url):
     return url.startswith(("postgresql://", "postgres://"))

@@ -157,7 +157,7 @@ def start_server(backhook_env):
         def ready():
             try:
                 return requests.get(server.url + "/livez", timeout=1).ok
-            except (requests.ConnectionError, requests.Timeout):  # still booting, perhaps on a busy machine
+            except (requests.ConnectionError, requests.Timeout):  # booting, or a loaded machine
                 assert server.proc.poll() is None, server.output()
                 return False
 

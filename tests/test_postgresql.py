@@ -48,3 +48,13 @@ def test_flags_are_real_booleans(make_job):
         "SELECT data_type, column_default FROM information_schema.columns "
         "WHERE table_name = 'job' AND column_name = 'enabled'").fetchone()
     assert column == ("boolean", "true")
+
+
+def test_sql_on_a_raw_cursor_gets_a_live_connection_after_a_drop(app, database_url):
+    models.database.execute_sql("SELECT 1")
+    terminate_backhook_connections(database_url)
+    with pytest.raises(psycopg2.OperationalError):
+        models.database.cursor().execute("SELECT 1")  # the statement that finds the connection dead
+    cursor = models.database.cursor()
+    cursor.execute("SELECT 1")
+    assert cursor.fetchone() == (1,)
