@@ -1,6 +1,7 @@
 """PostgreSQL as the metadata store: connections that outlive the server's patience, real booleans."""
 import psycopg2
 import pytest
+import requests
 
 import models
 from models import Job, Setting
@@ -58,3 +59,18 @@ def test_sql_on_a_raw_cursor_gets_a_live_connection_after_a_drop(app, database_u
     cursor = models.database.cursor()
     cursor.execute("SELECT 1")
     assert cursor.fetchone() == (1,)
+
+
+def test_each_web_process_keeps_one_connection_across_requests(start_server, make_key, database_url):
+    server = start_server(processes=2)
+    auth = {"Authorization": f"Bearer {make_key()}", "Connection": "close"}
+    for _ in range(30):
+        assert requests.get(server.url + "/api/jobs", headers=auth, timeout=10).status_code == 200
+    admin = psycopg2.connect(database_url)
+    cursor = admin.cursor()
+    cursor.execute("SELECT count(*) FROM pg_stat_activity "
+                   "WHERE datname = current_database() AND application_name = 'backhook' AND pid <> pg_backend_pid()")
+    connections = cursor.fetchone()[0]
+    admin.close()
+    # One per gunicorn process, plus the test's own app (the key); none opened per request.
+    assert 1 <= connections <= 3
