@@ -74,6 +74,19 @@ def scratch_postgres():
 
 
 @pytest.fixture
+def redis_prefix(redis_url):
+    """A key prefix of this test's own on the shared Redis; its keys are deleted afterwards."""
+    import redis
+
+    prefix = f"bh-test-{secrets.token_hex(6)}"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(match=f"*{prefix}*"):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture
 def backhook_env(data_dir, database_url):
     """The environment a backhook process of this test runs with."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("BACKHOOK_")}
@@ -185,16 +198,3 @@ def mysql_url():
 def redis_url():
     require_service("Redis", "127.0.0.1", 6379)
     return "redis://127.0.0.1:6379/0"
-
-
-@pytest.fixture
-def redis_prefix(redis_url):
-    """A key prefix of this test's own on the shared Redis; its keys are deleted afterwards."""
-    import redis
-
-    prefix = f"bh-test-{secrets.token_hex(6)}"
-    yield prefix
-    client = redis.Redis.from_url(redis_url)
-    for key in client.scan_iter(match=f"*{prefix}*"):
-        client.delete(key)
-    client.close()
