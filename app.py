@@ -9,7 +9,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 import config
 import models
 from ratelimit import limit_api, limiter, retry_after_seconds
-from routes import ApiError, error, executions, health, jobs
+from routes import ApiError, error, executions, health, jobs, webhooks, websites
 
 MAX_BODY_BYTES = 1024 * 1024
 log = logging.getLogger("backhook")
@@ -31,10 +31,11 @@ def create_app(overrides=None):
     refuse_large_bodies_early(app)
     register_error_handlers(app)
 
-    for blueprint in (jobs.bp, executions.bp):
+    for blueprint in (jobs.bp, executions.bp, websites.bp):
         limit_api(blueprint)
         app.register_blueprint(blueprint)
     app.register_blueprint(health.bp)
+    app.register_blueprint(limiter.exempt(webhooks.bp))  # not under /api/: never rate limited
     limiter.init_app(app)
     return app
 

@@ -39,6 +39,26 @@ def find(model, row_id, what):
     return row
 
 
+def add_lifecycle_commands(group, model, what, delete_note=""):
+    """`enable ID`, `disable ID` and `delete ID` for keys and jobs alike."""
+    for name, enabled in (("enable", True), ("disable", False)):
+        @group.command(name, help=f"{name.capitalize()} a {what}.")
+        @click.argument("row_id", metavar="ID")
+        def toggle(row_id, enabled=enabled, name=name):
+            row = find(model, row_id, what)
+            with models.database.atomic():
+                model.update(enabled=enabled).where(model.id == row.id).execute()
+            click.echo(f"{what} {row.id} {name}d")
+
+    @group.command("delete", help=f"Delete a {what}{delete_note}.")
+    @click.argument("row_id", metavar="ID")
+    def delete(row_id):
+        row = find(model, row_id, what)
+        with models.database.atomic():
+            row.delete_instance(recursive=True)
+        click.echo(f"{what} {row.id} deleted")
+
+
 # --- processes -----------------------------------------------------------------
 
 def gunicorn_command(bind, processes):
@@ -168,32 +188,7 @@ def keys_list():
                    f"  expires={iso(key.expires_at) or 'never'}  last_used={iso(key.last_used_at) or 'never'}")
 
 
-def set_key_enabled(key_id, enabled):
-    key = find(ApiKey, key_id, "key")
-    with models.database.atomic():
-        ApiKey.update(enabled=enabled).where(ApiKey.id == key.id).execute()
-    click.echo(f"key {key.id} {'enabled' if enabled else 'disabled'}")
-
-
-@keys.command("disable")
-@click.argument("key_id")
-def keys_disable(key_id):
-    set_key_enabled(key_id, False)
-
-
-@keys.command("enable")
-@click.argument("key_id")
-def keys_enable(key_id):
-    set_key_enabled(key_id, True)
-
-
-@keys.command("delete")
-@click.argument("key_id")
-def keys_delete(key_id):
-    key = find(ApiKey, key_id, "key")
-    with models.database.atomic():
-        key.delete_instance()
-    click.echo(f"key {key.id} deleted")
+add_lifecycle_commands(keys, ApiKey, "key")
 
 
 # --- jobs ----------------------------------------------------------------------
@@ -238,33 +233,7 @@ def jobs_list():
                    f"  {job.compression}  {state}  last={last.status if last else 'never'}")
 
 
-def set_job_enabled(job_id, enabled):
-    job = find(Job, job_id, "job")
-    with models.database.atomic():
-        Job.update(enabled=enabled).where(Job.id == job.id).execute()
-    click.echo(f"job {job.id} {'enabled' if enabled else 'disabled'}")
-
-
-@jobs.command("disable")
-@click.argument("job_id")
-def jobs_disable(job_id):
-    set_job_enabled(job_id, False)
-
-
-@jobs.command("enable")
-@click.argument("job_id")
-def jobs_enable(job_id):
-    set_job_enabled(job_id, True)
-
-
-@jobs.command("delete")
-@click.argument("job_id")
-def jobs_delete(job_id):
-    """Delete a job and its execution history (stored artifacts stay on disk)."""
-    job = find(Job, job_id, "job")
-    with models.database.atomic():
-        job.delete_instance(recursive=True)
-    click.echo(f"job {job.id} deleted")
+add_lifecycle_commands(jobs, Job, "job", " and its history (stored artifacts stay on disk)")
 
 
 # --- websites ------------------------------------------------------------------

@@ -22,6 +22,9 @@ def load(environ=None):
         "RATELIMIT_ENABLED": _flag(env.get("BACKHOOK_RATELIMIT_ENABLED", "true")),
         "TRUSTED_PROXIES": int(env.get("BACKHOOK_TRUSTED_PROXIES", "0")),
         "LEASE_SECONDS": float(env.get("BACKHOOK_LEASE_SECONDS", "30")),
+        # How long a stopping worker lets running backups finish before it
+        # interrupts them and puts them back in the queue.
+        "WORKER_GRACE_SECONDS": float(env.get("BACKHOOK_WORKER_GRACE_SECONDS", "30")),
         "WPSEC_POLL_AFTER": float(env.get("BACKHOOK_WPSEC_POLL_AFTER", "300")),
         # How long a request waits on a locked SQLite database before giving up.
         "DATABASE_BUSY_SECONDS": float(env.get("BACKHOOK_DATABASE_BUSY_SECONDS", "10")),

@@ -6,10 +6,12 @@ factory, the worker and the CLI call `open_database(url)` once.
 import datetime
 import hashlib
 import hmac
+import json
 import logging
 import re
 import secrets
 import time
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -125,6 +127,18 @@ def connect_database(url, busy_seconds=10.0):
     else:
         db = connect_url(url)
     return db
+
+
+def run_sql(sql, params=()):
+    """Plain SQL written with `?` placeholders, straight on the connection (SQLite or PostgreSQL).
+
+    Only for the hottest paths; everything else goes through peewee.
+    """
+    if database.param != "?":
+        sql = sql.replace("?", database.param)
+    cursor = database.cursor()
+    cursor.execute(sql, params)
+    return cursor
 
 
 def _actual(db):
@@ -439,6 +453,56 @@ class Setting(BaseModel):
                 conflict_target=[cls.key], update={cls.value: str(value)}).execute()
 
 
+# --- WPSec backups and their webhook events --------------------------------------
+
+PROGRESS, COMPLETE, FAILED_EVENT = "progress", "complete", "failed"
+OPEN_STATUSES = ("pending", "in_progress")
+TERMINAL_STATUSES = ("completed", "failed")
+DEFAULT_FAILURE = "Backup failed"
+# The stages of a wpsec:// execution and the band of global progress each owns.
+REQUESTING, REMOTE_BACKUP, SYNCING = "Requesting", "Remote Backup", "Syncing"
+REMOTE_BAND = (5, 95)
+
+
+def is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def event_problem(kind, body):
+    """Why a webhook body of `kind` is unacceptable, or None when it is fine."""
+    for field in ("domain", "backup_id"):
+        value = body.get(field)
+        if not isinstance(value, str) or not value.strip() or (field == "domain" and not normalize_domain(value)):
+            return f"'{field}' is required and must be a non-empty string"
+    if kind == PROGRESS:
+        progress = body.get("progress")
+        # The range test also refuses NaN and infinities, and never converts a huge int to float.
+        if progress is not None and not (is_number(progress) and 0 <= progress <= 100):
+            return "'progress' must be a number from 0 to 100"
+        status = body.get("status")
+        if status is not None and status not in OPEN_STATUSES:
+            return "'status' must be 'pending' or 'in_progress'"
+    return None
+
+
+def round_half_up(value):
+    # Decimal(value) is the float's exact value, so 45.5 -> 46 and 0.49999999999999994 -> 0.
+    return int(Decimal(value).to_integral_value(ROUND_HALF_UP))
+
+
+def failure_message(value):
+    """The stored error of a failed backup: the plugin's text, or JSON of anything else it sent."""
+    if value is None or isinstance(value, str):
+        return (value or "").strip()[:10_000] or DEFAULT_FAILURE
+    return json.dumps(value)[:10_000]
+
+
+def remote_progress(progress):
+    """A remote backup's 0-100 mapped into the execution's Remote Backup band."""
+    low, high = REMOTE_BAND
+    return low + round_half_up(progress * (high - low) / 100)
+
+
 def normalize_domain(domain):
     """Domains match ignoring case, surrounding space and a trailing dot."""
     return domain.strip().rstrip(".").lower()
@@ -458,6 +522,12 @@ class Website(BaseModel):
     def by_domain(cls, domain):
         return cls.get_or_none(cls.domain == normalize_domain(domain))
 
+    @classmethod
+    def id_for_domain(cls, domain):
+        """The webhook's lookup: one indexed read, in plain SQL (see Backup.apply_event)."""
+        row = run_sql("SELECT id FROM website WHERE domain = ?", (normalize_domain(domain),)).fetchone()
+        return row[0] if row else None
+
 
 class Backup(BaseModel):
     id = TextField(primary_key=True, default=new_id)
@@ -474,6 +544,139 @@ class Backup(BaseModel):
     class Meta:
         indexes = ((("website", "backup_id"), True),)
 
+    STATE = ("id", "status", "progress", "error_message", "execution_id", "created_at", "updated_at",
+             "completed_at")
+    SELECT_STATE = f"SELECT {', '.join(STATE)} FROM backup WHERE website_id = ? AND backup_id = ?"
+
+    @classmethod
+    def apply_event(cls, website_id, backup_id, kind, payload, received_at=None, spool_id=None):
+        """Apply one webhook (or polled) event in one transaction; False if it was a replayed duplicate.
+
+        `payload` has passed `event_problem`. An unknown backup_id creates the
+        record; terminal states stick; progress only rises; every event joins
+        the history. A replayed event carries its `spool_id` and applies once.
+        """
+        received_at = received_at or now_ms()
+        backup_id = backup_id.strip()
+        # Plain SQL: this is the webhook's hot path, where building peewee
+        # queries would cost more than SQLite's work, and the write lock is
+        # held for the shortest time.
+        with database.atomic():  # BEGIN IMMEDIATE: the write lock up front
+            row = run_sql(cls.SELECT_STATE, (website_id, backup_id)).fetchone()
+            if row is None:
+                backup = cls(__no_default__=True, id=new_id(), website=website_id, backup_id=backup_id,
+                             status="pending", progress=0, error_message=None, execution_id=None,
+                             created_at=received_at, updated_at=received_at, completed_at=None)
+                changed = backup.advance(kind, payload, received_at)
+                run_sql("INSERT INTO backup (id, website_id, backup_id, status, progress, error_message, "
+                        "created_at, updated_at, completed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (backup.id, website_id, backup_id, backup.status, backup.progress, backup.error_message,
+                         backup.created_at, backup.updated_at, backup.completed_at))
+            else:
+                backup = cls(__no_default__=True, website=website_id, backup_id=backup_id,
+                             **dict(zip(cls.STATE, row)))
+                if spool_id is not None and backup.has_event(spool_id):
+                    return False
+                changed = backup.advance(kind, payload, received_at)
+                if changed:
+                    run_sql("UPDATE backup SET status = ?, progress = ?, error_message = ?, updated_at = ?, "
+                            "completed_at = ? WHERE id = ?",
+                            (backup.status, backup.progress, backup.error_message, backup.updated_at,
+                             backup.completed_at, backup.id))
+            record = dict(payload, spool_id=spool_id) if spool_id else payload
+            run_sql("INSERT INTO backup_event (backup_pk, kind, payload, received_at) VALUES (?, ?, ?, ?)",
+                    (backup.id, kind, json.dumps(record), received_at))
+            if changed and kind == COMPLETE:
+                Website.update(sync_requested_at=now_ms()).where(Website.id == website_id).execute()
+            if changed and backup.execution_id:
+                backup.mirror_to_execution()
+        return True
+
+    def advance(self, kind, payload, at):
+        """Move this backup's state by one event; False when it was already final."""
+        if self.status in TERMINAL_STATUSES:
+            return False
+        self.updated_at = at
+        if kind == COMPLETE:
+            self.status, self.progress, self.completed_at = "completed", 100, at
+        elif kind == FAILED_EVENT:
+            self.status, self.error_message = "failed", failure_message(payload.get("error_message"))
+        else:
+            if payload.get("progress") is not None:
+                self.progress = max(self.progress or 0, round_half_up(payload["progress"]))
+            if "in_progress" in (self.status, payload.get("status") or "in_progress"):
+                self.status = "in_progress"
+        return True
+
+    def has_event(self, spool_id):
+        return (BackupEvent.select().where((BackupEvent.backup_pk == self.id)
+                                           & BackupEvent.payload.contains(spool_id)).exists())
+
+    def mirror_to_execution(self):
+        """Make the wpsec:// execution this backup belongs to follow it (inside the caller's transaction)."""
+        execution = Execution.get_or_none((Execution.id == self.execution_id) & (Execution.status == RUNNING))
+        if execution is None:
+            return
+        if self.status == "completed":
+            if execution.stage != SYNCING:
+                execution.stage, execution.progress = SYNCING, REMOTE_BAND[1]
+                note = f"Remote backup {self.backup_id} completed; syncing the site's backup list"
+            else:
+                return
+        elif self.status == "failed":
+            execution.status, execution.stage, execution.error = FAILED, FAILED, self.error_message
+            execution.ended_at = now_ms()
+            note = f"Remote backup {self.backup_id} failed: {self.error_message}"
+        else:
+            progress = max(execution.progress, remote_progress(self.progress))
+            if execution.stage == REMOTE_BACKUP and progress == execution.progress:
+                return
+            note = None if execution.stage == REMOTE_BACKUP else f"Remote backup {self.backup_id} is running"
+            execution.stage, execution.progress = REMOTE_BACKUP, progress
+        execution.save(only=[Execution.status, Execution.stage, Execution.progress, Execution.error,
+                             Execution.ended_at])
+        if note:
+            ExecutionLog.create(execution=execution.id, stage=execution.stage, message=note,
+                                level="error" if self.status == "failed" else "info")
+
+    @classmethod
+    def link_execution(cls, website_id, backup_id, execution_id):
+        """Tie a remote backup to the wpsec:// execution that started it.
+
+        The backup's webhooks may have arrived first: the execution then
+        catches up with the state they left.
+        """
+        with database.atomic():
+            backup = cls.get_or_none((cls.website == website_id) & (cls.backup_id == backup_id))
+            if backup is None:
+                backup = cls.create(website=website_id, backup_id=backup_id, status="pending",
+                                    execution=execution_id)
+            else:
+                backup.execution = execution_id
+                backup.save(only=[cls.execution])
+            backup.mirror_to_execution()
+        return backup
+
+    @classmethod
+    def finish_synced_executions(cls, website_id, note):
+        """End as Success the executions whose remote backup completed and whose sync has run."""
+        now = now_ms()
+        with database.atomic():
+            waiting = [row.id for row in Execution.select(Execution.id).join(
+                cls, on=(cls.execution == Execution.id)).where(
+                (cls.website == website_id) & (cls.status == "completed")
+                & (Execution.status == RUNNING) & (Execution.stage == SYNCING))]
+            for execution_id in waiting:
+                Execution.update(status=SUCCESS, stage="Completed", progress=100, ended_at=now).where(
+                    (Execution.id == execution_id) & (Execution.status == RUNNING)).execute()
+                ExecutionLog.create(execution=execution_id, stage=SYNCING, message=note)
+        return waiting
+
+    def to_api(self):
+        return {"backupId": self.backup_id, "status": self.status, "progress": self.progress,
+                "errorMessage": self.error_message, "createdAt": iso(self.created_at),
+                "updatedAt": iso(self.updated_at), "completedAt": iso(self.completed_at)}
+
 
 class BackupEvent(BaseModel):
     id = BigIntegerField(primary_key=True)
@@ -484,3 +687,4 @@ class BackupEvent(BaseModel):
 
 
 ALL_MODELS = (ApiKey, Job, Execution, ExecutionLog, Setting, Website, Backup, BackupEvent)
+

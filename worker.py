@@ -1,8 +1,262 @@
-"""The worker process: claims Pending executions and runs them (see issue 3)."""
+"""The worker process: claims Pending executions and runs them (`python -m worker`).
+
+One loop in the main thread owns the protocol with the database:
+
+- claim_pending: takes Pending executions, never more than the global limit;
+- renew_leases: keeps this worker's Running executions alive;
+- watch_runs: stops runs that were cancelled or ran past their timeout;
+- reclaim_lapsed: takes back executions whose worker died.
+
+Each claimed execution runs in a thread of its own (backup.Run). The loop
+sleeps on a wake-up socket (wakeup.py) so that a trigger starts a backup
+within milliseconds, with a slow fallback poll in case a datagram is lost.
+
+SIGTERM (or SIGINT) stops claiming and lets running executions finish for
+BACKHOOK_WORKER_GRACE_SECONDS. Executions still running then are interrupted:
+their tools are killed, their partial files removed, and they go back to
+Pending without using up an attempt, because nothing failed; the next worker
+to start runs them. Cancelled is reserved for what a person cancelled.
+"""
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+
+from peewee import OperationalError, fn
+
+import config
+import models
+import wpsec
+from backup import MAX_ATTEMPTS, Run, remove_partial_files
+from models import CANCELLED, FAILED, PENDING, RUNNING, Execution, Job, Setting, database, new_id, now_ms
+from wakeup import drain, listen, stop_listening, wake_workers
+
+log = logging.getLogger("backhook.worker")
+
+IDLE_POLL_SECONDS = 1.0      # fallback when no wake-up arrives
+BUSY_POLL_SECONDS = 0.25     # while running: how often cancel and timeout are checked
+RECLAIM_EVERY_SECONDS = 1.0
+CHORES_EVERY_SECONDS = 1.0   # webhook follow-ups: spool replay, backup-list syncs, silent-backup polls
+STOP_TIMEOUT_SECONDS = 10.0  # after the grace period, for interrupted runs to clean up
+
+
+class Worker:
+    def __init__(self, settings):
+        self.id = f"{socket.gethostname()}-{os.getpid()}-{new_id()[-8:]}"
+        self.data_dir = settings["DATA_DIR"]
+        self.lease_ms = int(settings["LEASE_SECONDS"] * 1000)
+        self.grace_seconds = settings["WORKER_GRACE_SECONDS"]
+        self.poll_after_seconds = settings["WPSEC_POLL_AFTER"]
+        self.runs = {}          # execution id -> (Run, thread)
+        self.stopping_since = None
+        self.next_renewal = self.next_reclaim = 0.0
+
+    # --- the claim protocol -------------------------------------------------------
+
+    def claim_pending(self):
+        """Atomically move up to `max_concurrent_jobs - Running` executions to Running.
+
+        On SQLite `database.atomic()` is BEGIN IMMEDIATE: it takes the write
+        lock before counting, so no other worker can claim between the count
+        and the update, and the limit holds across all processes.
+        PostgreSQL has no such lock: its variant (FOR UPDATE SKIP LOCKED, and
+        a lock that serialises the count) belongs here, beside this one.
+        """
+        if not Execution.select().where(Execution.status == PENDING).exists():
+            return []  # a read, so an idle poll never takes the write lock
+        with database.atomic():
+            running = Execution.select().where(Execution.status == RUNNING).count()
+            demand = int(Setting.read("max_concurrent_jobs")) - running
+            if demand <= 0:
+                return []
+            now = now_ms()
+            oldest_pending = (Execution.select(Execution.id).where(Execution.status == PENDING)
+                              .order_by(Execution.created_at).limit(demand))
+            claimed = (Execution.update(status=RUNNING, stage="Initializing",
+                                        started_at=fn.COALESCE(Execution.started_at, now),
+                                        worker_id=self.id, lease_expires_at=now + self.lease_ms,
+                                        attempts=Execution.attempts + 1, cancel_requested=False)
+                       .where(Execution.id.in_(oldest_pending))
+                       .returning(Execution.id).execute())
+            ids = [row.id for row in claimed]
+        return list(Execution.select(Execution, Job).join(Job).where(Execution.id.in_(ids))
+                    .order_by(Execution.created_at))
+
+    def renew_leases(self):
+        """Extend this worker's leases; a run whose lease was taken over must stop."""
+        if not self.runs or time.monotonic() < self.next_renewal:
+            return
+        self.next_renewal = time.monotonic() + self.lease_ms / 1000 / 3
+        with database.atomic():
+            renewed = (Execution.update(lease_expires_at=now_ms() + self.lease_ms)
+                       .where(Execution.id.in_(list(self.runs)) & (Execution.worker_id == self.id)
+                              & (Execution.status == RUNNING))
+                       .returning(Execution.id).execute())
+            still_ours = {row.id for row in renewed}
+        for execution_id, (run, _thread) in self.runs.items():
+            if execution_id not in still_ours:
+                run.stop("lost")
+
+    def reclaim_lapsed(self):
+        """Take back Running executions whose worker stopped renewing its lease.
+
+        Their partial files are removed inside the transaction, before any
+        worker can claim the execution again and start writing new ones.
+        """
+        if time.monotonic() < self.next_reclaim:
+            return
+        self.next_reclaim = time.monotonic() + RECLAIM_EVERY_SECONDS
+        def lapsed():
+            return (Execution.status == RUNNING) & (Execution.lease_expires_at < now_ms())
+
+        if not Execution.select().where(lapsed()).exists():
+            return  # a read, so the common case never takes the write lock
+        with database.atomic():
+            for execution in Execution.select(Execution, Job).join(Job).where(lapsed()):
+                removed = remove_partial_files(execution.job, execution.id)
+                self.requeue_or_fail(execution, removed)
+        wake_workers(self.data_dir)
+
+    def requeue_or_fail(self, execution, removed):
+        cleanup = f"; removed {', '.join(removed)}" if removed else ""
+        lost = f"worker {execution.worker_id} stopped renewing its lease (attempt {execution.attempts} of {MAX_ATTEMPTS})"
+        if execution.cancel_requested:  # the cancel its dead worker never acted on
+            message = f"{lost}; cancelled as requested{cleanup}"
+            fields = dict(status=CANCELLED, stage="Cancelled", ended_at=now_ms())
+        elif execution.attempts < MAX_ATTEMPTS:
+            fields, message = dict(status=PENDING, stage="Queued"), f"{lost}; re-queued{cleanup}"
+        else:
+            message = f"{lost}; no attempts left{cleanup}"
+            fields = dict(status=FAILED, stage="Failed", ended_at=now_ms(), error=message)
+        Execution.update(worker_id=None, lease_expires_at=None, **fields).where(
+            (Execution.id == execution.id) & (Execution.status == RUNNING)).execute()
+        models.ExecutionLog.create(execution=execution.id, level="warning", stage=execution.stage,
+                                   message=message)
+        log.warning("execution %s: %s", execution.id, message)
+
+    # --- running ----------------------------------------------------------------------
+
+    def start(self, execution):
+        deadline = time.monotonic() + execution.job.timeout_seconds
+        run = Run(execution, execution.job, self.id, deadline)
+        thread = threading.Thread(target=self.execute, args=(run,), name=f"run-{execution.id}", daemon=True)
+        self.runs[execution.id] = (run, thread)
+        thread.start()
+        log.info("started execution %s of job %s", execution.id, execution.job.name)
+
+    def execute(self, run):
+        try:
+            run.execute()
+        finally:
+            database.close()  # this thread's connection
+            wake_workers(self.data_dir)  # a slot is free: any idle worker may claim now
+
+    def reap_finished(self):
+        for execution_id, (_run, thread) in list(self.runs.items()):
+            if not thread.is_alive():
+                del self.runs[execution_id]
+
+    def watch_runs(self):
+        """Stop runs whose execution was cancelled or whose timeout passed."""
+        if not self.runs:
+            return
+        cancelled = Execution.select(Execution.id).where(
+            Execution.id.in_(list(self.runs)) & Execution.cancel_requested)
+        for row in cancelled:
+            self.runs[row.id][0].stop("cancel")
+        for run, _thread in self.runs.values():
+            if time.monotonic() > run.deadline:
+                run.stop("timeout")
+
+    # --- webhook follow-ups ------------------------------------------------------------
+
+    def do_chores(self, stopping):
+        """Replay spooled webhooks, sync backup lists, poll silent remote backups.
+
+        A thread of its own: a slow WPSec site may take minutes to answer, and
+        the claim loop must not wait on it.
+        """
+        chores = (lambda: replay_spool(self.data_dir), wpsec.sync_requested_websites,
+                  lambda: wpsec.poll_silent_remote_backups(self.poll_after_seconds))
+        try:
+            while not stopping.wait(CHORES_EVERY_SECONDS):
+                for chore in chores:
+                    try:
+                        chore()
+                    except Exception:  # one failing chore must not stop the others
+                        log.exception("webhook follow-up failed")
+        finally:
+            database.close()
+
+    # --- the loop ---------------------------------------------------------------------
+
+    def request_stop(self, signum, frame):
+        if self.stopping_since is None:
+            log.info("received signal %s: no new claims; waiting up to %s s for %d running execution(s)",
+                     signum, self.grace_seconds, len(self.runs))
+            self.stopping_since = time.monotonic()
+
+    def done_stopping(self):
+        if self.stopping_since is None:
+            return False
+        # Past the grace period runs are told to stop; one that cannot (a
+        # stuck system call) is left to the lease reclaim of another worker.
+        overdue = time.monotonic() - self.stopping_since > self.grace_seconds + STOP_TIMEOUT_SECONDS
+        return not self.runs or overdue
+
+    def serve(self):
+        wake = listen(self.data_dir, self.id)
+        # A signal writes a byte to this pair, so it ends the wait at once.
+        signal_pipe, signal_wakeup = socket.socketpair()
+        for end in (signal_pipe, signal_wakeup):
+            end.setblocking(False)
+        signal.set_wakeup_fd(signal_wakeup.fileno())
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        log.info("worker %s ready (lease %s s, grace %s s)", self.id, self.lease_ms / 1000, self.grace_seconds)
+        stopping = threading.Event()
+        chores = threading.Thread(target=self.do_chores, args=(stopping,), name="chores", daemon=True)
+        chores.start()
+        try:
+            while not self.done_stopping():
+                try:
+                    self.tick()
+                except OperationalError as exc:  # a locked or unreachable database: try again shortly
+                    log.warning("database unavailable: %s", exc)
+                timeout = BUSY_POLL_SECONDS if self.runs or self.stopping_since else IDLE_POLL_SECONDS
+                for ready in select.select([wake, signal_pipe], [], [], timeout)[0]:
+                    drain(ready)
+        finally:
+            stopping.set()
+            stop_listening(wake)
+            signal.set_wakeup_fd(-1)
+            signal_pipe.close()
+            signal_wakeup.close()
+        log.info("worker %s stopped", self.id)
+
+    def tick(self):
+        self.reap_finished()
+        if self.stopping_since is None:
+            self.reclaim_lapsed()
+            for execution in self.claim_pending():
+                self.start(execution)
+        elif time.monotonic() - self.stopping_since > self.grace_seconds:
+            for run, _thread in self.runs.values():
+                run.stop("shutdown")
+        self.renew_leases()
+        self.watch_runs()
 
 
 def main():
-    raise SystemExit("the worker is not built yet")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = config.load()
+    models.open_database(settings["DATABASE_URL"], settings["DATABASE_BUSY_SECONDS"])
+    Worker(settings).serve()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-from flask import Blueprint
+from flask import Blueprint, current_app
 
 from models import Execution
 from routes import error, query_flag, require_permission
+from wakeup import wake_workers
 
 bp = Blueprint("executions", __name__, url_prefix="/api/executions")
 
@@ -28,4 +29,6 @@ def cancel_execution(execution_id):
         error("Execution not found", 404)
     if not accepted:
         error(f"Execution already finished ({execution.status})", 409)
+    if execution.status == "Running":
+        wake_workers(current_app.config["DATA_DIR"])  # its worker stops it at once
     return {"success": True, "data": execution.to_api()}

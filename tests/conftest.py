@@ -3,6 +3,7 @@ import os
 import secrets
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import requests
@@ -198,3 +199,27 @@ def mysql_url():
 def redis_url():
     require_service("Redis", "127.0.0.1", 6379)
     return "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def start_worker(backhook_env):
+    """Start `python -m worker` on this test's database; stopped after the test."""
+    started = []
+
+    def start(**env_overrides):
+        # A short grace period keeps teardown quick; tests of the grace period set their own.
+        env = {**backhook_env, "BACKHOOK_WORKER_GRACE_SECONDS": "1", **env_overrides}
+        before = set((Path(env["BACKHOOK_DATA_DIR"]) / "wake").glob("*.sock"))
+        worker = LiveProcess([sys.executable, "-m", "worker"], env)
+        started.append(worker)
+
+        def listening():
+            assert worker.proc.poll() is None, worker.output()
+            return set((Path(env["BACKHOOK_DATA_DIR"]) / "wake").glob("*.sock")) - before
+
+        wait_until(listening, timeout=20, message="the worker to listen for wake-ups")
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()

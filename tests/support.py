@@ -95,3 +95,29 @@ class LiveProcess:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+
+
+FINISHED = ("Success", "Failed", "Cancelled")
+
+
+def trigger(client, auth, job_id):
+    response = client.post(f"/api/jobs/{job_id}/run", headers=auth)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["executionId"]
+
+
+def poll(client, auth, execution_id, logs=False):
+    response = client.get(f"/api/executions/{execution_id}" + ("?includeLogs=true" if logs else ""),
+                          headers=auth)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["data"]
+
+
+def wait_for_status(client, auth, execution_id, statuses=FINISHED, timeout=30):
+    """Poll the API, as a client would, until the execution reaches one of `statuses`."""
+    return wait_until(lambda: (data := poll(client, auth, execution_id, logs=True))["status"] in statuses
+                      and data, timeout=timeout, message=f"execution {execution_id} to reach {statuses}")
+
+
+def run_to_end(client, auth, job_id, timeout=30):
+    return wait_for_status(client, auth, trigger(client, auth, job_id), timeout=timeout)

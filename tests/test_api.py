@@ -153,7 +153,7 @@ def test_readyz_is_503_when_the_database_cannot_be_reached(app, client, tmp_path
     assert response.get_json() == {"error": "Database unavailable"}
 
 
-@pytest.mark.parametrize("path", ["/api/jobs", "/api/executions/x"])
+@pytest.mark.parametrize("path", ["/api/jobs", "/api/executions/x", "/api/websites/example.com/backups"])
 def test_api_routes_require_a_key(client, path):
     response = client.get(path)
     assert response.status_code == 401

@@ -128,3 +128,16 @@ def test_settings_set_max_concurrent_jobs(runner):
     assert Setting.read("max_concurrent_jobs") == "3"
     assert runner("settings", "set", "max_concurrent_jobs", "0").exit_code != 0
     assert runner("settings", "set", "unknown_thing", "2").exit_code != 0
+
+
+def test_websites_remove_matches_the_domain_like_webhooks(runner):
+    runner("websites", "add", "example.com", "--wpsec-api-key", "site-key-123456")
+    result = runner("websites", "remove", "EXAMPLE.com.")
+    assert result.exit_code == 0 and Website.select().count() == 0
+    assert runner("websites", "remove", "example.com").exit_code != 0
+
+
+def test_websites_list_never_shows_the_api_key_in_full(runner):
+    runner("websites", "add", "example.com", "--wpsec-api-key", "site-key-123456")
+    listing = runner("websites", "list").output
+    assert "example.com" in listing and "site-key-123456" not in listing

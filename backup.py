@@ -1,0 +1,473 @@
+"""One attempt at one backup execution: stages, streaming store, verify, retention.
+
+The worker (worker.py) claims an execution and runs `Run.execute()` in a
+thread of its own. From the worker's thread it may call `Run.stop(reason)`
+(cancel, timeout, shutdown, lost lease): that kills the attempt's child
+processes at once, and the attempt's thread then removes its partial files
+and writes the matching final state.
+
+Every write to the execution row is conditional on this attempt still owning
+it (same worker, same attempt, still Running), so an attempt whose lease was
+taken over can never overwrite its successor's state.
+"""
+import fcntl
+import gzip
+import hashlib
+import logging
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import zstandard
+
+import models
+import wpsec
+from models import CANCELLED, FAILED, PENDING, RUNNING, SUCCESS, Execution, ExecutionLog, now_ms
+from sources import CHUNK, DUMPERS, BackupError, source_kind
+
+log = logging.getLogger("backhook.backup")
+
+# Each stage owns a band of the global 0-100 progress (SPEC "Stages").
+BANDS = {
+    "Initializing": (0, 5),
+    "Dumping": (5, 60),
+    "Uploading": (60, 85),
+    "Verifying": (85, 95),
+    "Applying Retention": (95, 100),
+}
+FLUSH_INTERVAL = 1.0        # seconds between progress/log writes of one execution
+UNKNOWN_SIZE_SCALE = 256 * 1024 * 1024  # bytes at which an unsized dump shows half its band
+STDERR_TAIL = 4000          # characters of a tool's stderr kept for the error message
+EXTENSIONS = {"zstd": ".zst", "gzip": ".gz", "none": ""}
+MAX_ATTEMPTS = 2
+REMOTE_CHECK_SECONDS = 0.5  # how often a wpsec:// attempt looks whether its execution ended
+
+
+class Stopped(Exception):
+    """The attempt must stop: `reason` is cancel, timeout, shutdown or lost."""
+
+    def __init__(self, reason):
+        super().__init__(reason)
+        self.reason = reason
+
+
+# --- where artifacts go ------------------------------------------------------------
+
+def job_directory(job):
+    """`<dest>/<job name>`, or the job id when the name is not a safe directory name."""
+    safe = re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._ -]{0,100}", job.name)
+    return Path(job.destination) / (job.name if safe else job.id)
+
+
+def partial_files(job, execution_id):
+    """Every temporary file an attempt of this execution may have left behind."""
+    return list(job_directory(job).glob(f"*-{execution_id}.*.partial"))
+
+
+def remove_partial_files(job, execution_id):
+    removed = []
+    for path in partial_files(job, execution_id):
+        path.unlink(missing_ok=True)
+        removed.append(path.name)
+    return removed
+
+
+def utc_stamp(ms):
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(ms / 1000))
+
+
+# --- the artifact being written -------------------------------------------------------
+
+class HashingFile:
+    """A file that counts and hashes every byte written to it."""
+
+    def __init__(self, file):
+        self.file, self.size, self.sha256 = file, 0, hashlib.sha256()
+
+    def write(self, data):
+        self.sha256.update(data)
+        self.size += len(data)
+        return self.file.write(data)
+
+    def flush(self):
+        self.file.flush()
+
+
+def open_compressor(compression, out):
+    if compression == "zstd":
+        # One thread, like the zstd tool's default: multi-threaded compression
+        # costs about 45 MB more per running backup and gains nothing on a busy host.
+        return zstandard.ZstdCompressor(level=3).stream_writer(out, closefd=False, write_size=CHUNK)
+    if compression == "gzip":
+        return gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6, mtime=0)
+    return out
+
+
+class ArtifactWriter:
+    """The sink dumpers write into: compress, hash and write to `<artifact>.partial`."""
+
+    def __init__(self, run, partial, compression):
+        self.run, self.partial = run, partial
+        self.file = open(partial, "xb")
+        self.stored = HashingFile(self.file)
+        self.compressor = open_compressor(compression, self.stored)
+        self.raw_bytes = 0
+
+    def write(self, chunk):
+        self.run.check()
+        self.compressor.write(chunk)
+        self.raw_bytes += len(chunk)
+        self.run.dumped(self.raw_bytes)
+
+    def seal(self):
+        """Finish compression and make the bytes durable; returns (size, sha256)."""
+        if self.compressor is not self.stored:
+            self.compressor.close()
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        return self.stored.size, self.stored.sha256.hexdigest()
+
+    def discard(self):
+        try:
+            self.file.close()
+        except OSError:
+            pass  # buffered bytes that cannot be written (a full disk) are being thrown away anyway
+        Path(self.partial).unlink(missing_ok=True)
+
+
+def fsync_directory(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --- progress and logs, batched ----------------------------------------------------
+
+class Reporter:
+    """Holds an attempt's stage, progress and log lines; writes them at most once a second."""
+
+    def __init__(self, execution, worker_id, secrets):
+        self.execution_id, self.attempt = execution.id, execution.attempts
+        self.worker_id, self.secrets = worker_id, secrets
+        self.stage, self.progress = execution.stage, execution.progress
+        self.lines, self.last_flush = [], 0.0
+
+    def scrub(self, text):
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def log(self, message, level="info"):
+        message = self.scrub(message)
+        log.log(logging.WARNING if level != "info" else logging.INFO, "%s: %s", self.execution_id, message)
+        self.lines.append({"timestamp": now_ms(), "level": level, "stage": self.stage, "message": message})
+        self.flush_if_due()
+
+    def advance(self, stage=None, progress=None):
+        if stage is not None:
+            self.stage = stage
+        if progress is not None:
+            self.progress = max(self.progress, int(progress))  # never backwards
+        self.flush_if_due()
+
+    def owned(self):
+        return ((Execution.id == self.execution_id) & (Execution.worker_id == self.worker_id)
+                & (Execution.attempts == self.attempt) & (Execution.status == RUNNING))
+
+    def flush_if_due(self):
+        if time.monotonic() - self.last_flush >= FLUSH_INTERVAL:
+            self.flush()
+
+    def flush(self):
+        if not self.write(progress=self.progress, stage=self.stage):
+            raise Stopped("lost")
+
+    def finish(self, **fields):
+        """Write the final state and the remaining logs; False if the attempt no longer owns the row."""
+        return self.write(**fields)
+
+    def write(self, **fields):
+        self.last_flush = time.monotonic()
+        with models.database.atomic():
+            changed = Execution.update(**fields).where(self.owned()).execute()
+            if changed and self.lines:
+                ExecutionLog.insert_many(
+                    [{"execution": self.execution_id, **line} for line in self.lines]).execute()
+        if changed:
+            self.lines = []
+        return bool(changed)
+
+
+def secrets_of(source):
+    """The password of a source URL in every spelling that could reach a message."""
+    raw = urlparse(source).password if "://" in source else None
+    return [secret for secret in {raw, unquote(raw or "")} if secret]
+
+
+def kill_group(child):
+    """Kill a tool and everything it started (it leads its own process group)."""
+    if child.poll() is None:
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+# --- one attempt -----------------------------------------------------------------------
+
+class Run:
+    def __init__(self, execution, job, worker_id, deadline):
+        self.execution, self.job = execution, job
+        self.deadline = deadline  # time.monotonic() past which the job's timeout has passed
+        self.stop_reason = None
+        self.stopped = threading.Event()
+        self.children = []
+        self.lock = threading.RLock()  # check() may stop() while spawn() holds it
+        self.report = Reporter(execution, worker_id, secrets_of(job.source))
+        self.stamp = utc_stamp(now_ms())
+        self.directory = job_directory(job)
+        self.size_hint = None
+
+    # --- called from the worker's thread
+
+    def stop(self, reason):
+        """Make the attempt stop: remember why and kill its child processes now."""
+        with self.lock:
+            if self.stop_reason is None:
+                self.stop_reason = reason
+            self.stopped.set()
+            for child in self.children:
+                kill_group(child)
+
+    # --- the interface dumpers use (see sources.py)
+
+    def check(self):
+        if self.stop_reason is None and time.monotonic() > self.deadline:
+            self.stop("timeout")
+        if self.stop_reason is not None:
+            raise Stopped(self.stop_reason)
+
+    def log(self, message, level="info"):
+        self.report.log(message, level)
+
+    def scratch_path(self, kind):
+        return str(self.directory / f"{self.stamp}-{self.execution.id}.{kind}.partial")
+
+    def spawn(self, argv, env=None):
+        """Start a tool in its own process group, stdout piped, stderr kept for errors."""
+        stderr = tempfile.TemporaryFile()
+        with self.lock:
+            self.check()
+            try:
+                child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=stderr, env={**os.environ, **(env or {})},
+                                         start_new_session=True)
+            except FileNotFoundError:
+                stderr.close()
+                raise BackupError(f"{argv[0]} is not installed (not found on PATH)") from None
+            child.stderr_file = stderr
+            self.children.append(child)
+        try:
+            # A pipe larger than the default 64 KiB lets the tool run on while
+            # this thread compresses the previous chunk.
+            fcntl.fcntl(child.stdout.fileno(), fcntl.F_SETPIPE_SZ, CHUNK)
+        except OSError:
+            pass  # above the system's pipe-max-size: the default still works
+        return child
+
+    def wait_tool(self, child):
+        """Wait for a tool; its stderr becomes the error if it failed, or warnings if not."""
+        status = child.wait()
+        with child.stderr_file as stream:
+            # Only the tail: a chatty tool's stderr can be larger than memory.
+            stream.seek(max(0, stream.seek(0, os.SEEK_END) - STDERR_TAIL))
+            stderr = stream.read().decode(errors="replace").strip()
+        self.check()
+        name = os.path.basename(child.args[0])
+        if status != 0:
+            raise BackupError(f"{name} exited with status {status}: {stderr or '(no error output)'}")
+        for line in stderr.splitlines()[-20:]:
+            self.log(f"{name}: {line}", "warning")
+
+    def dumped(self, raw_bytes):
+        """Map dumped bytes onto the Dumping band; never reaches its end before the dump does."""
+        low, high = BANDS["Dumping"]
+        if self.size_hint:
+            fraction = min(raw_bytes / self.size_hint, 0.99)
+        else:
+            fraction = 1 - 0.5 ** (raw_bytes / UNKNOWN_SIZE_SCALE)
+        self.report.advance(progress=low + (high - low) * fraction)
+
+    # --- the stages
+
+    def execute(self):
+        """Run the attempt to its end and write its final state; never raises."""
+        try:
+            self.back_up()
+        except Stopped as stop:
+            self.stop_children()
+            self.end_stopped(stop.reason)
+        except (BackupError, OSError) as exc:
+            self.stop_children()
+            self.end_failed(str(exc))
+        except Exception as exc:  # a bug must still end the execution, not leave it Running
+            log.exception("execution %s crashed", self.execution.id)
+            self.stop_children()
+            self.end_failed(f"internal error in the worker: {exc!r}")
+
+    def enter(self, stage, message=None):
+        self.check()
+        self.report.advance(stage=stage, progress=BANDS[stage][0])
+        if message:
+            self.log(message)
+
+    def back_up(self):
+        job, execution = self.job, self.execution
+        kind = source_kind(job.source)
+        if kind == "wpsec":
+            return self.follow_remote_backup()
+        self.enter("Initializing", f"attempt {execution.attempts} of {MAX_ATTEMPTS}")
+        dumper = DUMPERS.get(kind)
+        if dumper is None:
+            raise BackupError(f"{kind}:// backups are not supported by this worker yet")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        artifact = self.directory / f"{self.stamp}-{execution.id}.{dumper.suffix}{EXTENSIONS[job.compression]}"
+        self.size_hint = dumper.estimate(job.source)
+        source_text = "a command" if kind == "command" else self.report.scrub(job.source)
+        self.log(f"backing up {source_text} to {artifact} ({job.compression})")
+
+        size, sha256 = self.dump_and_store(dumper, artifact)
+        try:
+            self.enter("Verifying")
+            self.verify(artifact, size, sha256)
+            self.enter("Applying Retention")
+            self.apply_retention()
+        except BaseException:
+            artifact.unlink(missing_ok=True)
+            raise
+        self.end_success(artifact, size, sha256)
+
+    def follow_remote_backup(self):
+        """wpsec://: the site runs the backup, and wpsec.py writes the execution's stages
+        and its end as webhooks (or status polls) arrive. This attempt only waits, so
+        that the worker keeps renewing the lease and can cancel or time it out."""
+        if wpsec.start_remote_backup(self.execution) is None:
+            return  # already Failed, with the site's answer as the error
+        while (Execution.select(Execution.status).where(Execution.id == self.execution.id).scalar()
+               == RUNNING):
+            self.stopped.wait(REMOTE_CHECK_SECONDS)
+            self.check()
+
+    def dump_and_store(self, dumper, artifact):
+        """Dumping and Uploading: stream the dump into `<artifact>.partial`, make it durable, rename it."""
+        compression = self.job.compression
+        self.enter("Dumping")
+        started = time.monotonic()
+        writer = ArtifactWriter(self, str(artifact) + ".partial", compression)
+        try:
+            dumper.dump(self.job.source, self, writer)
+            self.check()
+            self.log(f"dumped {writer.raw_bytes:,} bytes in {time.monotonic() - started:.1f} s")
+            self.enter("Uploading")
+            started = time.monotonic()
+            size, sha256 = writer.seal()
+        except BaseException:
+            writer.discard()
+            raise
+        os.rename(writer.partial, artifact)
+        fsync_directory(self.directory)
+        self.log(f"stored {size:,} bytes ({compression}, {size / max(writer.raw_bytes, 1):.0%} of the dump); "
+                 f"flushed to disk in {time.monotonic() - started:.1f} s")
+        self.report.advance(progress=BANDS["Uploading"][1])
+        return size, sha256
+
+    def verify(self, artifact, size, sha256):
+        low, high = BANDS["Verifying"]
+        digest, seen = hashlib.sha256(), 0
+        with open(artifact, "rb") as stream:
+            while chunk := stream.read(CHUNK):
+                self.check()
+                digest.update(chunk)
+                seen += len(chunk)
+                self.report.advance(progress=low + (high - low) * seen / max(size, 1))
+        if seen != size or digest.hexdigest() != sha256:
+            raise BackupError(f"verification failed: {artifact} does not match what was written "
+                              f"({seen:,} of {size:,} bytes read back)")
+        self.log(f"verified {size:,} bytes, sha256 {sha256}")
+
+    def apply_retention(self):
+        """Keep the job's `keep` newest successful artifacts, this one included."""
+        keep = self.job.keep
+        if not keep:
+            return
+        older = list(Execution.select(Execution.id, Execution.path)
+                     .where((Execution.job == self.job.id) & (Execution.status == SUCCESS)
+                            & Execution.path.is_null(False) & (Execution.id != self.execution.id))
+                     .order_by(Execution.created_at.desc()))
+        expired = older[keep - 1:]
+        for old in expired:
+            self.check()
+            Path(old.path).unlink(missing_ok=True)
+            with models.database.atomic():
+                Execution.update(path=None).where(Execution.id == old.id).execute()
+            self.log(f"retention: deleted {old.path} (execution {old.id})")
+        self.log(f"retention: keeping {min(len(older) + 1, keep)} of at most {keep} backups; "
+                 f"deleted {len(expired)}")
+
+    # --- endings
+
+    def end_success(self, artifact, size, sha256):
+        self.log(f"backup complete: {artifact.name}, {size:,} bytes")
+        if not self.report.finish(status=SUCCESS, stage="Completed", progress=100, ended_at=now_ms(),
+                                  size=size, path=str(artifact), sha256=sha256,
+                                  worker_id=None, lease_expires_at=None):
+            # Our lease lapsed and another worker owns the execution now.
+            artifact.unlink(missing_ok=True)
+
+    def end_failed(self, message):
+        message = self.report.scrub(message)
+        self.remove_partials()
+        self.report.log(message, "error")
+        self.report.finish(status=FAILED, stage="Failed", error=message, ended_at=now_ms(),
+                           worker_id=None, lease_expires_at=None)
+
+    def end_stopped(self, reason):
+        if reason == "lost":
+            log.warning("execution %s: lease lost to another worker; abandoning this attempt",
+                        self.execution.id)
+            return
+        removed = self.remove_partials()
+        cleanup = f"; removed {', '.join(removed)}" if removed else ""
+        if reason == "cancel":
+            self.report.log(f"cancelled on request: stopped the backup{cleanup}", "warning")
+            self.report.finish(status=CANCELLED, stage="Cancelled", ended_at=now_ms(),
+                               worker_id=None, lease_expires_at=None)
+        elif reason == "timeout":
+            self.end_failed(f"timed out after {self.job.timeout_seconds} s (the job's timeout){cleanup}")
+        else:  # shutdown: the attempt did not fail, so it goes back to the queue without using one up
+            self.report.log(f"worker stopping: attempt interrupted and re-queued{cleanup}", "warning")
+            self.report.finish(status=PENDING, stage="Queued", attempts=Execution.attempts - 1,
+                               worker_id=None, lease_expires_at=None)
+
+    def remove_partials(self):
+        return remove_partial_files(self.job, self.execution.id)
+
+    def stop_children(self):
+        with self.lock:
+            children, self.children = self.children, []
+        for child in children:
+            kill_group(child)
+            child.wait()
+            if child.stdout:
+                child.stdout.close()
+            if not child.stderr_file.closed:
+                child.stderr_file.close()

@@ -1,0 +1,281 @@
+"""Real backups of every source kind, through the API and a worker, restored with stock tools."""
+import hashlib
+import re
+import secrets
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from backup import job_directory
+from models import Execution, Job
+from support import run_to_end
+
+PG = ["-h", "127.0.0.1", "-p", "5432", "-U", "postgres"]
+MARIADB = ["-h", "127.0.0.1", "-P", "3306", "-u", "root"]
+
+
+def decompress(artifact):
+    """The artifact's plain bytes, through the stock zstd or gzip tool."""
+    artifact = Path(artifact)
+    if artifact.suffix == ".zst":
+        return subprocess.run(["zstd", "-dc", str(artifact)], check=True, capture_output=True).stdout
+    if artifact.suffix == ".gz":
+        return subprocess.run(["gzip", "-dc", str(artifact)], check=True, capture_output=True).stdout
+    return artifact.read_bytes()
+
+
+def unique_name():
+    return f"bh_{secrets.token_hex(6)}"
+
+
+def scratch_databases(execute, create, drop):
+    """A factory of uniquely named databases on a server other tests share; drops them afterwards."""
+    created = []
+
+    def make():
+        name = unique_name()
+        execute(create.format(name))
+        created.append(name)
+        return name
+
+    yield make
+    for name in created:
+        execute(drop.format(name))
+
+
+@pytest.fixture
+def back_up(client, auth, make_job, start_worker):
+    """Back up `source` once, through the API and a real worker; return the final execution."""
+    def run(name, source, **fields):
+        job = make_job(name=name, source=source, **fields)
+        start_worker()
+        return run_to_end(client, auth, job.id)
+
+    return run
+
+
+def assert_succeeded(data, suffix):
+    assert data["status"] == "Success", data["error"]
+    assert data["path"].endswith(suffix)
+    assert_stored_as_reported(data)
+
+
+def job_of(data):
+    return Job.get_by_id(data["jobId"])
+
+
+def assert_stored_as_reported(data):
+    artifact = Path(data["path"])
+    assert re.fullmatch(rf"\d{{8}}T\d{{6}}Z-{data['id']}\.[a-z]+(\.zst|\.gz)?", artifact.name)
+    assert artifact.stat().st_size == data["size"]
+    assert hashlib.sha256(artifact.read_bytes()).hexdigest() == Execution.get_by_id(data["id"]).sha256
+    assert not list(artifact.parent.glob("*.partial"))
+
+
+# --- sqlite ------------------------------------------------------------------------
+
+def make_sqlite(path, rows):
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA journal_mode=wal")
+        db.execute("CREATE TABLE item (id INTEGER PRIMARY KEY, name TEXT, blob BLOB)")
+        db.executemany("INSERT INTO item (name, blob) VALUES (?, randomblob(200))",
+                       [(f"item {i} ☃",) for i in range(rows)])
+    return path
+
+
+@pytest.mark.parametrize("compression", ["zstd", "gzip", "none"])
+def test_sqlite_backup_restores_with_sqlite3(back_up, tmp_path, compression):
+    source = make_sqlite(tmp_path / "app.db", rows=2000)
+    data = back_up("app-db", f"sqlite://{source}", compression=compression)
+    assert_succeeded(data, {"zstd": ".db.zst", "gzip": ".db.gz", "none": ".db"}[compression])
+
+    restored = tmp_path / "restored.db"
+    restored.write_bytes(decompress(data["path"]))
+    dump = ["sqlite3", "-readonly"]
+    assert (subprocess.run([*dump, str(restored), ".dump item"], capture_output=True, check=True).stdout
+            == subprocess.run([*dump, str(source), ".dump item"], capture_output=True, check=True).stdout)
+
+
+WRITER = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
+print("writing", flush=True)
+while True:
+    db.execute("BEGIN IMMEDIATE")
+    db.execute("INSERT INTO item (name, blob) VALUES ('written during backup', randomblob(4000))")
+    db.execute("UPDATE tally SET items = items + 1")
+    db.execute("COMMIT")
+"""
+
+
+def test_sqlite_written_during_its_backup_gives_a_consistent_artifact(back_up, tmp_path):
+    source = make_sqlite(tmp_path / "busy.db", rows=150_000)
+    with sqlite3.connect(source) as db:
+        db.execute("CREATE TABLE tally (items INTEGER)")
+        db.execute("INSERT INTO tally SELECT count(*) FROM item")
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(source)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+        data = back_up("busy-db", f"sqlite://{source}")
+    finally:
+        writer.kill()
+        writer.wait()
+    assert_succeeded(data, ".db.zst")
+
+    restored = tmp_path / "restored.db"
+    restored.write_bytes(decompress(data["path"]))
+    with sqlite3.connect(restored) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        items, tally = db.execute("SELECT (SELECT count(*) FROM item), (SELECT items FROM tally)").fetchone()
+    assert items == tally  # each writer transaction is either wholly in the snapshot or not at all
+    assert items > 150_000  # the writer did commit while the backup was being prepared
+
+
+def test_a_missing_sqlite_database_fails_clearly(back_up, tmp_path):
+    data = back_up("gone", f"sqlite://{tmp_path}/missing.db")
+    assert data["status"] == "Failed"
+    assert data["error"] == f"SQLite database {tmp_path}/missing.db does not exist"
+
+
+# --- files and command -----------------------------------------------------------------
+
+def test_directory_backup_restores_with_tar(back_up, tmp_path):
+    tree = tmp_path / "site"
+    (tree / "uploads" / "2026").mkdir(parents=True)
+    (tree / "index.html").write_text("<h1>hello</h1>\n")
+    (tree / "uploads" / "2026" / "photo.bin").write_bytes(secrets.token_bytes(300_000))
+    (tree / "latest").symlink_to("uploads/2026/photo.bin")
+    data = back_up("site-files", f"files://{tree}", compression="gzip")
+    assert_succeeded(data, ".tar.gz")
+
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    subprocess.run(["tar", "-xzf", data["path"], "-C", str(restored)], check=True)
+    for original in tree.rglob("*"):
+        copy = restored / original.relative_to(tree)
+        if original.is_symlink():
+            assert copy.readlink() == original.readlink()
+        elif original.is_file():
+            assert copy.read_bytes() == original.read_bytes()
+        else:
+            assert copy.is_dir()
+
+
+def test_command_backup_stores_its_stdout(back_up):
+    data = back_up("report", "command:printf 'line one\\n'; seq 1 50000")
+    assert_succeeded(data, ".out.zst")
+    expected = b"line one\n" + "".join(f"{i}\n" for i in range(1, 50001)).encode()
+    assert decompress(data["path"]) == expected
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 1 MiB filesystem, so that a larger backup runs out of space for real."""
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_full_disk_fails_the_backup_and_leaves_no_partial_file(back_up, full_disk):
+    data = back_up("too-big", "command:head -c 3000000 /dev/urandom", destination=str(full_disk))
+    assert data["status"] == "Failed"
+    assert "No space left on device" in data["error"]
+    assert list(job_directory(job_of(data)).iterdir()) == []
+
+
+# --- retention ---------------------------------------------------------------------------
+
+def test_retention_deletes_only_older_successful_artifacts_of_the_same_job(
+        client, auth, make_job, start_worker):
+    job = make_job(name="kept", source="command:echo data", keep=2)
+    neighbour = make_job(name="neighbour", source="command:echo other")
+    failing = make_job(name="kept-too", source="command:exit 1", keep=1)
+    start_worker()
+    neighbour_data = run_to_end(client, auth, neighbour.id)
+    run_to_end(client, auth, failing.id)
+    runs = [run_to_end(client, auth, job.id) for _ in range(3)]
+
+    assert [run["status"] for run in runs] == ["Success"] * 3
+    assert not Path(runs[0]["path"]).exists()
+    assert Execution.get_by_id(runs[0]["id"]).path is None
+    assert all(Path(run["path"]).exists() for run in runs[1:])
+    assert sorted(p.name for p in job_directory(job).iterdir()) == sorted(Path(r["path"]).name for r in runs[1:])
+    assert Path(neighbour_data["path"]).exists()
+    assert any("retention: deleted" in line["message"] for line in runs[2]["logs"])
+
+
+# --- postgresql ----------------------------------------------------------------------------
+
+def psql(database, *args, stdin=None):
+    return subprocess.run(["psql", *PG, "-d", database, "-v", "ON_ERROR_STOP=1", "-X", "-q", *args],
+                          input=stdin, capture_output=True, check=True).stdout
+
+
+@pytest.fixture
+def pg_databases(postgres_url):
+    yield from scratch_databases(lambda sql: psql("test", "-c", sql),
+                                 "CREATE DATABASE {}", "DROP DATABASE IF EXISTS {} WITH (FORCE)")
+
+
+def test_postgresql_backup_restores_with_psql(back_up, pg_databases):
+    source, target = pg_databases(), pg_databases()
+    psql(source, "-c", "CREATE TABLE item (id serial PRIMARY KEY, name text, made timestamptz DEFAULT now());"
+                       "INSERT INTO item (name) SELECT 'item ' || g || ' ☃' FROM generate_series(1, 5000) g;")
+    data = back_up("pg", f"postgresql://postgres@127.0.0.1:5432/{source}")
+    assert_succeeded(data, ".sql.zst")
+
+    psql(target, stdin=decompress(data["path"]))
+    query = "SELECT * FROM item ORDER BY id"
+    assert psql(target, "-At", "-c", query) == psql(source, "-At", "-c", query)
+
+
+def test_postgresql_failure_shows_pg_dumps_error_without_the_password(
+        back_up, client, auth, postgres_url):
+    missing = unique_name()
+    data = back_up("pg-missing", f"postgresql://postgres:Sup3rS3cret@127.0.0.1:5432/{missing}")
+    assert data["status"] == "Failed"
+    assert "pg_dump exited with status 1" in data["error"] and missing in data["error"]
+    listing = client.get("/api/jobs", headers=auth).get_data(as_text=True)
+    assert "Sup3rS3cret" not in str(data) and "Sup3rS3cret" not in listing
+    assert job_directory(job_of(data)).exists() and not list(job_directory(job_of(data)).iterdir())
+
+
+# --- mariadb / mysql -------------------------------------------------------------------------
+
+def mariadb(*args, database=None, stdin=None):
+    return subprocess.run(["mariadb", *MARIADB, *args, *([database] if database else [])],
+                          input=stdin, capture_output=True, check=True).stdout
+
+
+@pytest.fixture
+def mysql_databases(mysql_url):
+    yield from scratch_databases(lambda sql: mariadb("-e", sql),
+                                 "CREATE DATABASE {} CHARACTER SET utf8mb4", "DROP DATABASE IF EXISTS {}")
+
+
+def test_mysql_backup_restores_with_mariadb(back_up, mysql_databases):
+    source, target = mysql_databases(), mysql_databases()
+    mariadb("-e", "CREATE TABLE item (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(100)) ENGINE=InnoDB;"
+                  "INSERT INTO item (name) SELECT CONCAT('item ', seq, ' ☃') FROM seq_1_to_5000;",
+            database=source)
+    data = back_up("maria", f"mysql://root@127.0.0.1:3306/{source}")
+    assert_succeeded(data, ".sql.zst")
+
+    mariadb(database=target, stdin=decompress(data["path"]))
+    query = ("-N", "-e", "SELECT * FROM item ORDER BY id")
+    assert mariadb(*query, database=target) == mariadb(*query, database=source)
+
+
+def test_mysql_bad_credentials_fail_with_the_tools_error_without_the_password(back_up, mysql_url):
+    data = back_up("maria-denied", "mysql://root:Wr0ngPassw0rd@127.0.0.1:3306/test")
+    assert data["status"] == "Failed"
+    assert "Access denied" in data["error"]
+    assert "Wr0ngPassw0rd" not in str(data)
