@@ -28,6 +28,7 @@ from peewee import (
     SqliteDatabase,
     TextField,
 )
+from peewee import __exception_wrapper__ as translate_driver_errors
 from playhouse.db_url import connect as connect_url
 from playhouse.db_url import parse as parse_url
 from playhouse.shortcuts import ReconnectMixin
@@ -137,7 +138,8 @@ def run_sql(sql, params=()):
     if database.param != "?":
         sql = sql.replace("?", database.param)
     cursor = database.cursor()
-    cursor.execute(sql, params)
+    with translate_driver_errors:  # raise peewee's errors, as execute_sql does
+        cursor.execute(sql, params)
     return cursor
 
 
@@ -381,7 +383,9 @@ class Execution(BaseModel):
         Returns (execution, accepted); accepted is False when it had finished.
         """
         with database.atomic():
-            execution = cls.get_or_none(cls.id == execution_id)
+            # On PostgreSQL the row lock makes a claim that is under way either
+            # finish first (the cancel then asks its worker) or skip this row.
+            execution = cls.select().where(cls.id == execution_id).for_update(is_postgresql()).first()
             if execution is None or execution.status in FINISHED:
                 return execution, False
             if execution.status == PENDING:

@@ -12,8 +12,8 @@ import cli
 import models
 from app import create_app
 from models import ApiKey, Job
-from support import (PROJECT, TOKEN, LiveProcess, free_port, require_postgres, require_service,
-                     scratch_postgres_database, wait_until)
+from support import (PROJECT, TOKEN, LiveProcess, free_port, postgres_listeners, require_postgres,
+                     require_service, scratch_postgres_database, wait_until)
 
 BACKENDS = ("sqlite", "postgresql")
 
@@ -202,20 +202,25 @@ def redis_url():
 
 
 @pytest.fixture
-def start_worker(backhook_env):
+def start_worker(backhook_env, backend):
     """Start `python -m worker` on this test's database; stopped after the test."""
     started = []
+
+    def listeners(env):
+        if backend == "postgresql":
+            return postgres_listeners(env["BACKHOOK_DATABASE_URL"])
+        return set((Path(env["BACKHOOK_DATA_DIR"]) / "wake").glob("*.sock"))
 
     def start(**env_overrides):
         # A short grace period keeps teardown quick; tests of the grace period set their own.
         env = {**backhook_env, "BACKHOOK_WORKER_GRACE_SECONDS": "1", **env_overrides}
-        before = set((Path(env["BACKHOOK_DATA_DIR"]) / "wake").glob("*.sock"))
+        before = listeners(env)
         worker = LiveProcess([sys.executable, "-m", "worker"], env)
         started.append(worker)
 
         def listening():
             assert worker.proc.poll() is None, worker.output()
-            return set((Path(env["BACKHOOK_DATA_DIR"]) / "wake").glob("*.sock")) - before
+            return listeners(env) - before
 
         wait_until(listening, timeout=20, message="the worker to listen for wake-ups")
         return worker

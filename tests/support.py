@@ -72,6 +72,18 @@ def scratch_postgres_database():
         admin.close()
 
 
+def postgres_listeners(database_url):
+    """The backend pids of the workers LISTENing for wake-ups on this database."""
+    import wakeup
+
+    with psycopg2.connect(database_url) as db, db.cursor() as cursor:
+        cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                       "AND application_name = %s", (wakeup.LISTENER_NAME,))
+        pids = {row[0] for row in cursor.fetchall()}
+    db.close()
+    return pids
+
+
 class LiveProcess:
     """A backhook process (gunicorn or worker) started for one test."""
 

@@ -1,10 +1,14 @@
 """PostgreSQL as the metadata store: connections that outlive the server's patience, real booleans."""
+import statistics
+import threading
+
 import psycopg2
 import pytest
 import requests
 
 import models
-from models import Job, Setting
+from models import Execution, Job, Setting
+from support import postgres_listeners, run_to_end, wait_until
 
 pytestmark = pytest.mark.postgresql_only("about PostgreSQL connections and types")
 
@@ -74,3 +78,45 @@ def test_each_web_process_keeps_one_connection_across_requests(start_server, mak
     admin.close()
     # One per gunicorn process, plus the test's own app (the key); none opened per request.
     assert 1 <= connections <= 3
+
+
+def test_a_cancel_racing_a_claim_is_never_lost(app, make_job, database_url):
+    """The claim commits while the cancel waits for the row: the cancel must see Running and ask its worker."""
+    execution = Execution.enqueue(make_job())
+    claim = psycopg2.connect(database_url)
+    claim.cursor().execute("UPDATE execution SET status = 'Running' WHERE id = %s", (execution.id,))
+    outcome = {}
+    canceller = threading.Thread(target=lambda: outcome.update(result=Execution.cancel(execution.id)))
+    canceller.start()
+    wait_until(lambda: lock_waiters(database_url), message="the cancel to wait for the claim's row lock")
+    claim.commit()
+    canceller.join(10)
+    claim.close()
+    execution_after, accepted = outcome["result"]
+    assert accepted and execution_after.status == "Running"
+    assert Execution.get_by_id(execution.id).cancel_requested is True
+
+
+def lock_waiters(database_url):
+    with psycopg2.connect(database_url) as conn, conn.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                       "AND wait_event_type = 'Lock'")
+        waiting = cursor.fetchone()[0]
+    conn.close()
+    return waiting
+
+
+def test_a_worker_listens_again_after_its_listen_connection_is_dropped(client, auth, make_job, start_worker,
+                                                                      database_url):
+    job = make_job(source="command:echo payload")
+    start_worker()
+    before = postgres_listeners(database_url)
+    admin = psycopg2.connect(database_url)
+    admin.autocommit = True
+    admin.cursor().execute("SELECT pg_terminate_backend(pid) FROM unnest(%s) AS pid", (list(before),))
+    admin.close()
+    wait_until(lambda: postgres_listeners(database_url) - before, message="the worker to LISTEN again")
+    executions = [Execution.get_by_id(run_to_end(client, auth, job.id)["id"]) for _ in range(3)]
+    assert {execution.status for execution in executions} == {"Success"}
+    # Woken at once, not found by the worker's 1 s fallback poll.
+    assert statistics.median(e.started_at - e.created_at for e in executions) < 250
