@@ -565,8 +565,12 @@ class Backup(BaseModel):
         # Plain SQL: this is the webhook's hot path, where building peewee
         # queries would cost more than SQLite's work, and the write lock is
         # held for the shortest time.
-        with database.atomic():  # BEGIN IMMEDIATE: the write lock up front
-            row = run_sql(cls.SELECT_STATE, (website_id, backup_id)).fetchone()
+        # On SQLite BEGIN IMMEDIATE takes the write lock up front. PostgreSQL
+        # locks the row as it is read, so two events of one backup apply one
+        # after the other, each from the state the other left.
+        lock_row = " FOR UPDATE" if is_postgresql() else ""
+        with database.atomic():
+            row = run_sql(cls.SELECT_STATE + lock_row, (website_id, backup_id)).fetchone()
             if row is None:
                 backup = cls(__no_default__=True, id=new_id(), website=website_id, backup_id=backup_id,
                              status="pending", progress=0, error_message=None, execution_id=None,

@@ -7,7 +7,7 @@ import pytest
 import requests
 
 import models
-from models import Execution, Job, Setting
+from models import Backup, Execution, Job, Setting, Website
 from support import postgres_listeners, run_to_end, wait_until
 
 pytestmark = pytest.mark.postgresql_only("about PostgreSQL connections and types")
@@ -120,3 +120,19 @@ def test_a_worker_listens_again_after_its_listen_connection_is_dropped(client, a
     assert {execution.status for execution in executions} == {"Success"}
     # Woken at once, not found by the worker's 1 s fallback poll.
     assert statistics.median(e.started_at - e.created_at for e in executions) < 250
+
+
+def test_a_late_progress_event_racing_complete_cannot_reopen_the_backup(app, database_url):
+    site = Website.create(domain="example.com")
+    event = {"domain": "example.com", "backup_id": "b1"}
+    Backup.apply_event(site.id, "b1", "progress", {**event, "progress": 40})
+    completing = psycopg2.connect(database_url)  # a complete webhook, committing while the progress one reads
+    completing.cursor().execute("UPDATE backup SET status = 'completed', progress = 100 WHERE backup_id = 'b1'")
+    late = threading.Thread(target=Backup.apply_event, args=(site.id, "b1", "progress", {**event, "progress": 50}))
+    late.start()
+    wait_until(lambda: lock_waiters(database_url), message="the progress event to wait for the backup's row")
+    completing.commit()
+    late.join(10)
+    completing.close()
+    backup = Backup.get()
+    assert (backup.status, backup.progress) == ("completed", 100)
