@@ -31,7 +31,7 @@ def wake_directory(data_dir):
 
 
 def listen(data_dir, name):
-    """Bind and return a non-blocking datagram socket that receives wake-ups."""
+    """Bind and return a non-blocking datagram socket that receives wake-ups (on PostgreSQL, a NotifyListener)."""
     if models.is_postgresql():
         return NotifyListener(models.database.obj)
     directory = wake_directory(data_dir)
