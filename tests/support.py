@@ -3,6 +3,7 @@ import os
 import secrets
 import socket
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,6 +83,39 @@ def postgres_listeners(database_url):
         pids = {row[0] for row in cursor.fetchall()}
     db.close()
     return pids
+
+
+# Another process takes the database's write lock, says so, holds it, and lets go.
+# On PostgreSQL that is every table locked EXCLUSIVE: reads go on, writes wait.
+HOLD_WRITE_LOCK = {
+    "sqlite": """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1].removeprefix("sqlite:///"), isolation_level=None)
+db.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+db.execute("COMMIT")
+""",
+    "postgresql": """
+import psycopg2, sys, time
+db = psycopg2.connect(sys.argv[1])
+cursor = db.cursor()
+cursor.execute("SELECT string_agg(quote_ident(tablename), ', ') FROM pg_tables WHERE schemaname = current_schema()")
+cursor.execute(f"LOCK TABLE {cursor.fetchone()[0]} IN EXCLUSIVE MODE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+db.commit()
+""",
+}
+
+
+def hold_write_lock(database_url, seconds):
+    """Another process holding the database's write lock for `seconds`; returns once it holds it."""
+    backend = "postgresql" if database_url.startswith("postgresql://") else "sqlite"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_WRITE_LOCK[backend], database_url, str(seconds)],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
 
 
 class LiveProcess:

@@ -1,12 +1,9 @@
 """Bad input and failure: always a JSON error, never HTML, never a 500 for a client's doing."""
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import requests
 
-from support import wait_until
+from support import hold_write_lock, wait_until
 
 
 @pytest.mark.parametrize("method, path, status", [
@@ -38,53 +35,24 @@ def test_unexpected_exception_is_a_json_500_without_a_trace(app, client):
     assert "secret internals" not in response.get_data(as_text=True)
 
 
-# Each script takes the lock a trigger's INSERT needs, says so, holds it, and lets go.
-HOLD_WRITE_LOCK = {
-    "sqlite": textwrap.dedent("""
-        import sqlite3, sys, time
-        db = sqlite3.connect(sys.argv[1].removeprefix("sqlite:///"), isolation_level=None)
-        db.execute("BEGIN IMMEDIATE")
-        db.execute("UPDATE setting SET value = value")
-        print("locked", flush=True)
-        time.sleep(float(sys.argv[2]))
-        db.execute("COMMIT")
-    """),
-    "postgresql": textwrap.dedent("""
-        import psycopg2, sys, time
-        db = psycopg2.connect(sys.argv[1])
-        db.cursor().execute("LOCK TABLE execution IN EXCLUSIVE MODE")
-        print("locked", flush=True)
-        time.sleep(float(sys.argv[2]))
-        db.commit()
-    """),
-}
-
-
-def hold_write_lock(backend, database_url, seconds):
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_WRITE_LOCK[backend], database_url, str(seconds)],
-                              stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "locked"
-    return holder
-
-
-def test_briefly_locked_database_delays_the_trigger_instead_of_failing(start_server, backend, database_url,
-                                                                        make_key, make_job):
+def test_briefly_locked_database_delays_the_trigger_instead_of_failing(start_server, database_url, make_key,
+                                                                        make_job):
     auth = {"Authorization": f"Bearer {make_key()}"}
     job = make_job()
     server = start_server(processes=2)
-    holder = hold_write_lock(backend, database_url, 1.5)
+    holder = hold_write_lock(database_url, 1.5)
     response = requests.post(f"{server.url}/api/jobs/{job.id}/run", headers=auth, timeout=30)
     assert holder.wait(10) == 0
     assert response.status_code == 200 and response.json()["success"] is True
 
 
-def test_database_locked_past_the_budget_is_a_json_503_not_a_500(start_server, backend, database_url, make_key,
+def test_database_locked_past_the_budget_is_a_json_503_not_a_500(start_server, database_url, make_key,
                                                                    make_job):
     auth = {"Authorization": f"Bearer {make_key()}"}
     job = make_job()
     server = start_server(processes=2, BACKHOOK_DATABASE_BUSY_SECONDS="0.2")
     requests.get(f"{server.url}/api/jobs", headers=auth, timeout=10)  # let key use be recorded first
-    holder = hold_write_lock(backend, database_url, 2)
+    holder = hold_write_lock(database_url, 2)
     response = requests.post(f"{server.url}/api/jobs/{job.id}/run", headers=auth, timeout=30)
     holder.wait(10)
     assert response.status_code == 503

@@ -8,7 +8,7 @@ import pytest
 import models
 from models import Backup, BackupEvent, Execution, ExecutionLog, Website
 from spool import SPOOL_NAME, replay_spool
-from support import TOKEN
+from support import TOKEN, hold_write_lock
 
 HEADERS = {"x-wpfort-token": TOKEN}
 ROUTES = ["/webhooks/backup-progress", "/webhooks/backup-complete", "/webhooks/backup-failed"]
@@ -477,39 +477,15 @@ def test_500_only_when_the_event_can_be_neither_stored_nor_spooled(app, site, ho
     assert response.get_json() == {"error": "The event could not be stored"}
 
 
-HOLD_WRITE_LOCK = {
-    "sqlite": """
-import sqlite3, sys, time
-db = sqlite3.connect(sys.argv[1].removeprefix("sqlite:///"), isolation_level=None)
-db.execute("BEGIN IMMEDIATE")
-print("locked", flush=True)
-time.sleep(float(sys.argv[2]))
-db.execute("COMMIT")
-""",
-    "postgresql": """
-import psycopg2, sys, time
-db = psycopg2.connect(sys.argv[1])
-db.cursor().execute("LOCK TABLE backup, backup_event IN EXCLUSIVE MODE")
-print("locked", flush=True)
-time.sleep(float(sys.argv[2]))
-db.commit()
-""",
-}
-
-
 def test_webhooks_arriving_while_another_process_holds_the_write_lock_are_all_kept(
-        site, data_dir, backend, database_url, start_server):
-    import subprocess
-    import sys
+        site, data_dir, database_url, start_server):
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
     import requests
 
     server = start_server(processes=3, BACKHOOK_DATABASE_BUSY_SECONDS="0.2")
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_WRITE_LOCK[backend], database_url, "3"],
-                              stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "locked"
+    holder = hold_write_lock(database_url, 3)
     local = threading.local()
 
     def run_backup(number):
