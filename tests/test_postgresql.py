@@ -1,10 +1,11 @@
-"""PostgreSQL as the metadata store: connections that outlive the server's patience, real booleans."""
+"""PostgreSQL as the metadata store: dropped connections, real booleans, row locks where SQLite has one write lock."""
 import statistics
 import threading
 
 import psycopg2
 import pytest
 import requests
+from peewee import OperationalError
 
 import models
 from models import Backup, Execution, Job, Setting, Website
@@ -136,3 +137,12 @@ def test_a_late_progress_event_racing_complete_cannot_reopen_the_backup(app, dat
     completing.close()
     backup = Backup.get()
     assert (backup.status, backup.progress) == ("completed", 100)
+
+
+def test_a_connection_lost_mid_transaction_is_a_503_kind_of_error_and_the_next_statement_works(app, database_url):
+    with pytest.raises(OperationalError):  # what the app answers with 503 and the worker retries
+        with models.database.atomic():
+            Setting.write("max_concurrent_jobs", 2)
+            terminate_backhook_connections(database_url)
+            Setting.read("max_concurrent_jobs")
+    assert Setting.read("max_concurrent_jobs") == "1"  # the transaction's write went with it
