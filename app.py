@@ -29,6 +29,7 @@ def create_app(overrides=None):
     # life: reconnecting per request costs more than the request itself.
     models.open_database(app.config["DATABASE_URL"], app.config["DATABASE_BUSY_SECONDS"])
     refuse_large_bodies_early(app)
+    refuse_nul_characters(app)
     register_error_handlers(app)
 
     for blueprint in (jobs.bp, executions.bp, websites.bp):
@@ -45,6 +46,15 @@ def refuse_large_bodies_early(app):
     def refuse_large_bodies():
         if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
             error("Request body is larger than 1 MiB", 413)
+
+
+def refuse_nul_characters(app):
+    # No stored text can hold U+0000 (PostgreSQL refuses it outright), so an
+    # id or a query value with one can match nothing: a clean 400, not a 500.
+    @app.before_request
+    def refuse_nul():
+        if "\x00" in request.path or any("\x00" in key + value for key, value in request.args.items(multi=True)):
+            error("The URL must not contain NUL characters", 400)
 
 
 def register_error_handlers(app):

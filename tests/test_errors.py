@@ -3,7 +3,7 @@
 import pytest
 import requests
 
-from support import hold_write_lock, wait_until
+from support import TOKEN, hold_write_lock, wait_until
 
 
 @pytest.mark.parametrize("method, path, status", [
@@ -59,3 +59,22 @@ def test_database_locked_past_the_budget_is_a_json_503_not_a_500(start_server, d
     assert "error" in response.json() and response.headers["Retry-After"] == "1"
     wait_until(lambda: requests.post(f"{server.url}/api/jobs/{job.id}/run", headers=auth, timeout=10).ok,
                message="the trigger to succeed once the lock is gone")
+
+
+@pytest.mark.parametrize("method, path", [
+    ("get", "/api/executions/x%00y"),
+    ("post", "/api/jobs/x%00/run"),
+    ("get", "/api/executions/x?includeLogs=%00"),
+    ("get", "/api/websites/example.com%00/backups"),
+])
+def test_a_nul_character_in_the_url_is_a_json_400_on_every_backend(client, auth, method, path):
+    response = getattr(client, method)(path, headers=auth)
+    assert response.status_code == 400
+    assert "NUL" in response.get_json()["error"]
+
+
+def test_a_nul_character_in_a_webhook_body_is_a_json_400(client):
+    response = client.post("/webhooks/backup-progress", headers={"x-wpfort-token": TOKEN},
+                           json={"domain": "example.com", "backup_id": "b\x001", "progress": 5})
+    assert response.status_code == 400
+    assert "NUL" in response.get_json()["error"]
