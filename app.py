@@ -9,7 +9,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 import config
 import models
 from ratelimit import limit_api, limiter, retry_after_seconds
-from routes import ApiError, error, executions, health, jobs, webhooks, websites
+from routes import ApiError, error, executions, health, jobs, openapi, webhooks, websites
 
 MAX_BODY_BYTES = 1024 * 1024
 log = logging.getLogger("backhook")
@@ -19,7 +19,10 @@ def create_app(overrides=None):
     app = Flask(__name__)
     app.config.from_mapping(config.load())
     app.config.update(overrides or {})
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["MAX_BODY_BYTES"] = MAX_BODY_BYTES
+    # One byte past the limit: werkzeug ends a chunked body at MAX_CONTENT_LENGTH
+    # without an error, so json_object reads one byte more to tell "over" from "at".
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES + 1
     app.json.sort_keys = False
 
     if app.config["TRUSTED_PROXIES"]:
@@ -32,7 +35,7 @@ def create_app(overrides=None):
     refuse_nul_characters(app)
     register_error_handlers(app)
 
-    for blueprint in (jobs.bp, executions.bp, websites.bp):
+    for blueprint in (jobs.bp, executions.bp, websites.bp, openapi.bp):
         limit_api(blueprint)
         app.register_blueprint(blueprint)
     app.register_blueprint(health.bp)

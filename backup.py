@@ -25,6 +25,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import zstandard
+from peewee import OperationalError
 
 import models
 import wpsec
@@ -43,6 +44,7 @@ BANDS = {
 }
 FLUSH_INTERVAL = 1.0        # seconds between progress/log writes of one execution
 UNKNOWN_SIZE_SCALE = 256 * 1024 * 1024  # bytes at which an unsized dump shows half its band
+FINISH_PATIENCE_SECONDS = 300  # how long a locked database may delay an attempt's final state
 STDERR_TAIL = 4000          # characters of a tool's stderr kept for the error message
 EXTENSIONS = {"zstd": ".zst", "gzip": ".gz", "none": ""}
 MAX_ATTEMPTS = 2
@@ -66,8 +68,13 @@ def job_directory(job):
 
 
 def partial_files(job, execution_id):
-    """Every temporary file an attempt of this execution may have left behind."""
-    return list(job_directory(job).glob(f"*-{execution_id}.*.partial"))
+    """Every file an unfinished attempt of this execution may have left behind.
+
+    That is its `.partial` files, and also an artifact already renamed into
+    place by a worker that died before recording its success: no execution
+    reports it, so retention would never delete it.
+    """
+    return list(job_directory(job).glob(f"*-{execution_id}.*"))
 
 
 def remove_partial_files(job, execution_id):
@@ -188,12 +195,31 @@ class Reporter:
             self.flush()
 
     def flush(self):
-        if not self.write(progress=self.progress, stage=self.stage):
+        try:
+            written = self.write(progress=self.progress, stage=self.stage)
+        except OperationalError as exc:  # a locked database delays progress; it must not fail the backup
+            log.warning("%s: progress not written yet, database unavailable: %s", self.execution_id, exc)
+            return
+        if not written:
             raise Stopped("lost")
 
     def finish(self, **fields):
-        """Write the final state and the remaining logs; False if the attempt no longer owns the row."""
-        return self.write(**fields)
+        """Write the final state and the remaining logs; False if the attempt no longer owns the row.
+
+        A locked database delays the final state; it is retried, not lost. If
+        the lock outlasts the lease, another worker reclaims the execution and
+        this write then finds the row no longer ours.
+        """
+        delay, deadline = 0.05, time.monotonic() + FINISH_PATIENCE_SECONDS
+        while True:
+            try:
+                return self.write(**fields)
+            except OperationalError as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("%s: final state not written yet, database unavailable: %s", self.execution_id, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     def write(self, **fields):
         self.last_flush = time.monotonic()

@@ -63,7 +63,8 @@ def add_lifecycle_commands(group, model, what, delete_note=""):
 
 def gunicorn_command(bind, processes):
     return [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(processes),
-            "--graceful-timeout", "20", "--no-control-socket", "app:create_app()"]
+            "--graceful-timeout", "20", "--no-control-socket", "--config", "python:gunicorn_config",
+            "app:create_app()"]
 
 
 def worker_command():

@@ -1,7 +1,7 @@
 """What every blueprint shares: the JSON error, the auth decorator, the body parser."""
 import functools
 
-from flask import g, request
+from flask import current_app, g, request
 
 
 class ApiError(Exception):
@@ -41,8 +41,13 @@ def require_permission(permission):
 
 
 def json_object():
-    """The request body as a JSON object, or a 400."""
-    body = request.get_json(silent=True, force=True)
+    """The request body as a JSON object, or a 400; a 413 when a body without Content-Length is too large."""
+    if len(request.get_data(cache=True)) > current_app.config["MAX_BODY_BYTES"]:
+        error("Request body is larger than 1 MiB", 413)
+    try:
+        body = request.get_json(silent=True, force=True)
+    except RecursionError:  # nested deeper than the parser's stack; `silent` covers only ValueError
+        body = None
     if not isinstance(body, dict):
         error("Request body must be a JSON object", 400)
     if contains_nul(body):  # no database text can hold one (see app.refuse_nul_characters)

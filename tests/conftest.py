@@ -211,11 +211,11 @@ def start_worker(backhook_env, backend):
             return postgres_listeners(env["BACKHOOK_DATABASE_URL"])
         return set((Path(env["BACKHOOK_DATA_DIR"]) / "wake").glob("*.sock"))
 
-    def start(**env_overrides):
+    def start(preexec_fn=None, **env_overrides):
         # A short grace period keeps teardown quick; tests of the grace period set their own.
         env = {**backhook_env, "BACKHOOK_WORKER_GRACE_SECONDS": "1", **env_overrides}
         before = listeners(env)
-        worker = LiveProcess([sys.executable, "-m", "worker"], env)
+        worker = LiveProcess([sys.executable, "-m", "worker"], env, preexec_fn=preexec_fn)
         started.append(worker)
 
         def listening():

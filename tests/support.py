@@ -121,11 +121,11 @@ def hold_write_lock(database_url, seconds):
 class LiveProcess:
     """A backhook process (gunicorn or worker) started for one test."""
 
-    def __init__(self, command, env, url=None):
+    def __init__(self, command, env, url=None, preexec_fn=None):
         self.url = url
         self.log = open(Path(env["BACKHOOK_DATA_DIR"]) / f"process-{time.monotonic_ns()}.log", "w+")
-        self.proc = subprocess.Popen(command, env=env, cwd=PROJECT, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(command, env=env, cwd=PROJECT, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True, preexec_fn=preexec_fn)
 
     def output(self):
         self.log.flush()

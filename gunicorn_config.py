@@ -1,0 +1,25 @@
+"""gunicorn settings for `backhook serve` and `backhook run`, loaded with `--config python:gunicorn_config`.
+
+gunicorn refuses some requests before the app sees them (a request line or a
+header too large, malformed HTTP) and answers those with an HTML page. Every
+backhook error is JSON {"error": "..."}, so its refusals are rewritten as JSON.
+"""
+import json
+
+from gunicorn import util
+
+# The most gunicorn accepts, so that long ids reach the app and get its JSON 404.
+limit_request_line = 8190
+
+
+def write_json_error(sock, status_int, reason, mesg):
+    body = json.dumps({"error": f"{reason}: {mesg}" if mesg else reason})
+    util.write_nonblock(sock, (
+        f"HTTP/1.1 {status_int} {reason}\r\n"
+        "Connection: close\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        f"\r\n{body}").encode("latin-1"))
+
+
+util.write_error = write_json_error
