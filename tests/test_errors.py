@@ -3,6 +3,7 @@
 import pytest
 import requests
 
+import models
 from support import TOKEN, hold_write_lock, wait_until
 
 
@@ -64,13 +65,19 @@ def test_database_locked_past_the_budget_is_a_json_503_not_a_500(start_server, d
 @pytest.mark.parametrize("method, path", [
     ("get", "/api/executions/x%00y"),
     ("post", "/api/jobs/x%00/run"),
-    ("get", "/api/executions/x?includeLogs=%00"),
+    ("post", "/api/executions/x%00/cancel"),
     ("get", "/api/websites/example.com%00/backups"),
 ])
-def test_a_nul_character_in_the_url_is_a_json_400_on_every_backend(client, auth, method, path):
+def test_a_nul_character_in_an_id_names_nothing_on_every_backend(client, auth, method, path):
     response = getattr(client, method)(path, headers=auth)
-    assert response.status_code == 400
+    assert response.status_code == 404
     assert "NUL" in response.get_json()["error"]
+
+
+def test_a_nul_character_in_a_paging_cursor_names_no_backup(client, auth):
+    models.Website.create(domain="example.com")
+    response = client.get("/api/websites/example.com/backups?before=b%001", headers=auth)
+    assert response.status_code == 400 and "error" in response.get_json()
 
 
 def test_a_nul_character_in_a_webhook_body_is_a_json_400(client):
