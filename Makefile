@@ -18,8 +18,12 @@ run: install
 	$(BIN)/backhook init
 	$(BIN)/backhook run
 
+# The suite runs once per metadata backend; both runs always happen, and
+# either failing fails the target.
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest --backend=sqlite; sqlite=$$?; \
+	$(BIN)/pytest --backend=postgresql; postgresql=$$?; \
+	[ $$sqlite -eq 0 ] && [ $$postgresql -eq 0 ]
 
 bench: install
 	$(BIN)/python bench/run_all.py

@@ -2,7 +2,7 @@
 import logging
 
 from flask import Flask, jsonify, request
-from peewee import OperationalError
+from peewee import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -32,6 +32,7 @@ def create_app(overrides=None):
     # life: reconnecting per request costs more than the request itself.
     models.open_database(app.config["DATABASE_URL"], app.config["DATABASE_BUSY_SECONDS"])
     refuse_large_bodies_early(app)
+    refuse_nul_characters(app)
     register_error_handlers(app)
 
     for blueprint in (jobs.bp, executions.bp, websites.bp, openapi.bp):
@@ -48,6 +49,15 @@ def refuse_large_bodies_early(app):
     def refuse_large_bodies():
         if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
             error("Request body is larger than 1 MiB", 413)
+
+
+def refuse_nul_characters(app):
+    # No stored text can hold U+0000 (PostgreSQL refuses it outright), so an
+    # id with one names nothing: a clean 404, not the driver's error as a 500.
+    @app.before_request
+    def refuse_nul():
+        if "\x00" in request.path:
+            error("Not found: the URL contains a NUL character", 404)
 
 
 def register_error_handlers(app):
@@ -68,6 +78,7 @@ def register_error_handlers(app):
         return response
 
     @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)  # a PostgreSQL connection lost mid-transaction
     def database_busy(exc):
         log.warning("database unavailable during %s %s: %s", request.method, request.path, exc)
         return jsonify(error="Database is busy, retry shortly"), 503, {"Retry-After": "1"}

@@ -8,9 +8,11 @@ import time
 from pathlib import Path
 
 import click
+from flask import current_app
 from flask.cli import FlaskGroup
 from peewee import IntegrityError
 
+import dbcopy
 import models
 from app import create_app
 from models import ApiKey, Job, Setting, Website, iso, normalize_domain
@@ -135,6 +137,23 @@ Next steps, in another terminal:
        curl -X POST http://{bind}/api/jobs/JOB_ID/run -H "Authorization: Bearer YOUR_KEY"
        curl http://{bind}/api/executions/EXECUTION_ID -H "Authorization: Bearer YOUR_KEY"
 """
+
+
+@main.command("migrate-db")
+@click.option("--to", "target_url", required=True, metavar="URL",
+              help="the empty database to copy into, e.g. postgresql://backhook@db.internal/backhook")
+@click.option("--batch-rows", default=dbcopy.BATCH_ROWS, show_default=True, type=click.IntRange(min=1))
+def migrate_db(target_url, batch_rows):
+    """Copy this backhook's database (BACKHOOK_DATABASE_URL) into an empty one, e.g. SQLite to PostgreSQL."""
+    if target_url == current_app.config["DATABASE_URL"]:
+        fail("--to names the database backhook already uses")
+    try:
+        counts = dbcopy.copy_database(models.database.obj, models.connect_database(target_url), batch_rows,
+                                      report=click.echo)
+    except dbcopy.CopyError as exc:
+        fail(str(exc))
+    click.echo(f"copied {sum(counts.values())} rows in {len(counts)} tables; the counts match.")
+    click.echo("Now point every web and worker process at it with BACKHOOK_DATABASE_URL and restart them.")
 
 
 # --- keys ----------------------------------------------------------------------

@@ -17,6 +17,8 @@ def load(environ=None):
         "WPFORT_BACKEND_TOKEN": env.get("WPFORT_BACKEND_TOKEN") or None,
         "RATELIMIT_STORAGE_URI": env.get("BACKHOOK_RATELIMIT_STORAGE_URI")
         or f"backhook+sqlite:///{data_dir}/ratelimit.db",
+        # Keeps backhook's counters apart from other users of a shared Redis.
+        "RATELIMIT_KEY_PREFIX": env.get("BACKHOOK_RATELIMIT_KEY_PREFIX", "backhook"),
         "RATELIMIT_ENABLED": _flag(env.get("BACKHOOK_RATELIMIT_ENABLED", "true")),
         "TRUSTED_PROXIES": int(env.get("BACKHOOK_TRUSTED_PROXIES", "0")),
         "LEASE_SECONDS": float(env.get("BACKHOOK_LEASE_SECONDS", "30")),

@@ -21,13 +21,17 @@ from peewee import (
     DatabaseProxy,
     ForeignKeyField,
     IntegerField,
+    InterfaceError,
     Model,
     OperationalError,
     PostgresqlDatabase,
     SqliteDatabase,
     TextField,
 )
+from peewee import __exception_wrapper__ as translate_driver_errors
 from playhouse.db_url import connect as connect_url
+from playhouse.db_url import parse as parse_url
+from playhouse.shortcuts import ReconnectMixin
 
 log = logging.getLogger("backhook.models")
 
@@ -56,9 +60,61 @@ def iso(ms):
 
 # --- opening and migrating ---------------------------------------------------
 
+class ServerDatabase(ReconnectMixin, PostgresqlDatabase):
+    """PostgreSQL with one connection per process, reopened when the server drops it.
+
+    A statement outside a transaction (and every BEGIN) is retried once on a
+    fresh connection; inside a transaction the error surfaces, because the
+    transaction's earlier work is gone with the old connection.
+    """
+
+    reconnect_errors = (
+        (OperationalError, "server closed the connection"),
+        (OperationalError, "terminating connection"),
+        (OperationalError, "connection not open"),
+        (OperationalError, "could not receive data"),
+        (OperationalError, "ssl syscall error"),
+        (InterfaceError, "connection already closed"),
+    )
+
+    def cursor(self, *args, **kwargs):
+        # A connection psycopg2 has seen die is replaced before use, so code
+        # that runs SQL straight on a cursor recovers on its next statement too.
+        conn = self._state.conn
+        if conn is not None and conn.closed and not self.in_transaction():
+            self.close()
+            self.connect()
+        return super().cursor(*args, **kwargs)
+
+
+def is_postgresql_url(url):
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+def connect_postgresql(url, busy_seconds=10.0):
+    """An unopened PostgreSQL database for `url`.
+
+    Lock waits give up after `busy_seconds`, as SQLite's busy timeout does, so
+    a request blocked on a lock fails with OperationalError (a 503) in time.
+    """
+    params = parse_url(url, unquote_password=True, unquote_user=True)
+    params.setdefault("options", f"-c lock_timeout={int(busy_seconds * 1000)}")
+    params.setdefault("application_name", "backhook")
+    return ServerDatabase(**params)
+
+
 def open_database(url, busy_seconds=10.0):
     """Bind the proxy to the database named by `url` and return it."""
-    if url.startswith("sqlite:///"):
+    db = connect_database(url, busy_seconds)
+    database.initialize(db)
+    return db
+
+
+def connect_database(url, busy_seconds=10.0):
+    """The unopened database named by `url`, not bound to the models."""
+    if is_postgresql_url(url):
+        db = connect_postgresql(url, busy_seconds)
+    elif url.startswith("sqlite:///"):
         path = Path(urlparse(url).path)
         path.parent.mkdir(parents=True, exist_ok=True)
         db = SqliteDatabase(
@@ -71,7 +127,6 @@ def open_database(url, busy_seconds=10.0):
         )
     else:
         db = connect_url(url)
-    database.initialize(db)
     return db
 
 
@@ -83,16 +138,21 @@ def run_sql(sql, params=()):
     if database.param != "?":
         sql = sql.replace("?", database.param)
     cursor = database.cursor()
-    cursor.execute(sql, params)
+    with translate_driver_errors:  # raise peewee's errors, as execute_sql does
+        cursor.execute(sql, params)
     return cursor
 
 
-def is_sqlite():
-    return isinstance(database.obj, SqliteDatabase)
+def _actual(db):
+    return database.obj if db is None or db is database else db
 
 
-def is_postgresql():
-    return isinstance(database.obj, PostgresqlDatabase)
+def is_sqlite(db=None):
+    return isinstance(_actual(db), SqliteDatabase)
+
+
+def is_postgresql(db=None):
+    return isinstance(_actual(db), PostgresqlDatabase)
 
 
 def schema_sections():
@@ -112,37 +172,74 @@ def _statements(text):
     return [stmt.strip() for stmt in text.split(";") if stmt.strip()]
 
 
-def _dialect(statement):
-    """SQLite's spelling of the schema, adapted where PostgreSQL differs."""
-    if is_postgresql():
-        return statement.replace("INTEGER PRIMARY KEY", "BIGSERIAL PRIMARY KEY")
+_TABLE = re.compile(r"\s*(?:CREATE\s+TABLE(?:\s+IF\s+NOT\s+EXISTS)?|ALTER\s+TABLE)\s+(\w+)", re.I)
+
+
+def _dialect(statement, db=None):
+    """SQLite's spelling of the schema, adapted where PostgreSQL differs.
+
+    Two differences: a rowid alias (INTEGER PRIMARY KEY) becomes BIGSERIAL, and
+    a column that models.py maps to a BooleanField, spelled INTEGER with a
+    0/1 default on SQLite, becomes a real BOOLEAN, which Peewee expects there.
+    """
+    if not is_postgresql(db):
+        return statement
+    statement = statement.replace("INTEGER PRIMARY KEY", "BIGSERIAL PRIMARY KEY")
+    table = _TABLE.match(statement)
+    for column in _boolean_columns().get(table.group(1).lower() if table else None, ()):
+        statement = re.sub(
+            rf"\b({column})\s+INTEGER\b((?:\s+NOT\s+NULL)?)(?:(\s+DEFAULT\s+)([01])\b)?",
+            lambda m: f"{m.group(1)} BOOLEAN{m.group(2)}"
+                      + (f"{m.group(3)}{'TRUE' if m.group(4) == '1' else 'FALSE'}" if m.group(3) else ""),
+            statement, flags=re.I)
     return statement
 
 
-def schema_version():
-    if is_sqlite():
-        return database.execute_sql("PRAGMA user_version").fetchone()[0]
-    database.execute_sql("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    row = database.execute_sql("SELECT max(version) FROM schema_version").fetchone()
+def _boolean_columns():
+    return {model._meta.table_name: [field.column_name for field in model._meta.sorted_fields
+                                     if isinstance(field, BooleanField)]
+            for model in ALL_MODELS}
+
+
+def schema_version(db=None):
+    db = db or database
+    if is_sqlite(db):
+        return db.execute_sql("PRAGMA user_version").fetchone()[0]
+    db.execute_sql("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = db.execute_sql("SELECT max(version) FROM schema_version").fetchone()
     return row[0] or 0
 
 
-def migrate():
+MIGRATION_LOCK = 0x6261636B686F6F6B  # "backhook": the advisory lock `init` holds on PostgreSQL
+
+
+def migrate(db=None):
     """Apply every schema section newer than the database; return (old, new)."""
-    with database.connection_context():
-        old = schema_version()
-        new = old
-        for version, statements in schema_sections():
-            if version <= old:
-                continue
-            with database.atomic():
-                for statement in statements:
-                    database.execute_sql(_dialect(statement))
-                if is_sqlite():
-                    database.execute_sql(f"PRAGMA user_version = {int(version)}")
-                else:
-                    database.execute_sql("INSERT INTO schema_version (version) VALUES (%s)", (version,))
-            new = version
+    db = db or database
+    with db.connection_context():
+        if is_postgresql(db):
+            # Two processes running `init` at once must not both apply a section.
+            # On SQLite the IMMEDIATE transaction around each section does that.
+            db.execute_sql("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        try:
+            old = new = schema_version(db)
+            for version, statements in schema_sections():
+                if version <= old:
+                    continue
+                with db.atomic():
+                    if schema_version(db) >= version:  # a concurrent `init` applied it first
+                        new = version
+                        continue
+                    for statement in statements:
+                        db.execute_sql(_dialect(statement, db))
+                    if is_sqlite(db):
+                        db.execute_sql(f"PRAGMA user_version = {int(version)}")
+                    else:
+                        db.execute_sql("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+                new = version
+        finally:
+            if is_postgresql(db):
+                db.execute_sql("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
     return old, new
 
 
@@ -286,7 +383,9 @@ class Execution(BaseModel):
         Returns (execution, accepted); accepted is False when it had finished.
         """
         with database.atomic():
-            execution = cls.get_or_none(cls.id == execution_id)
+            # On PostgreSQL the row lock makes a claim that is under way either
+            # finish first (the cancel then asks its worker) or skip this row.
+            execution = cls.select().where(cls.id == execution_id).for_update(is_postgresql()).first()
             if execution is None or execution.status in FINISHED:
                 return execution, False
             if execution.status == PENDING:
@@ -466,8 +565,12 @@ class Backup(BaseModel):
         # Plain SQL: this is the webhook's hot path, where building peewee
         # queries would cost more than SQLite's work, and the write lock is
         # held for the shortest time.
-        with database.atomic():  # BEGIN IMMEDIATE: the write lock up front
-            row = run_sql(cls.SELECT_STATE, (website_id, backup_id)).fetchone()
+        # On SQLite BEGIN IMMEDIATE takes the write lock up front. PostgreSQL
+        # locks the row as it is read, so two events of one backup apply one
+        # after the other, each from the state the other left.
+        lock_row = " FOR UPDATE" if is_postgresql() else ""
+        with database.atomic():
+            row = run_sql(cls.SELECT_STATE + lock_row, (website_id, backup_id)).fetchone()
             if row is None:
                 backup = cls(__no_default__=True, id=new_id(), website=website_id, backup_id=backup_id,
                              status="pending", progress=0, error_message=None, execution_id=None,

@@ -6,12 +6,22 @@ milliseconds without polling the database while idle. A datagram carries no
 information: it only means "something changed, look at the database".
 Sending never blocks and never fails the sender; a lost datagram costs at
 most one fallback poll interval.
+
+Datagrams reach only the workers of one machine. On PostgreSQL, which
+several machines share, the same three calls use LISTEN/NOTIFY instead: the
+web process sends NOTIFY, and each worker LISTENs on a connection of its own.
 """
 import errno
 import logging
 import os
 import socket
+import time
 from pathlib import Path
+
+import psycopg2
+from peewee import DatabaseError
+
+import models
 
 log = logging.getLogger("backhook.wakeup")
 
@@ -21,7 +31,9 @@ def wake_directory(data_dir):
 
 
 def listen(data_dir, name):
-    """Bind and return a non-blocking datagram socket that receives wake-ups."""
+    """Bind and return a non-blocking datagram socket that receives wake-ups (on PostgreSQL, a NotifyListener)."""
+    if models.is_postgresql():
+        return NotifyListener(models.database.obj)
     directory = wake_directory(data_dir)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.sock"
@@ -33,6 +45,8 @@ def listen(data_dir, name):
 
 
 def stop_listening(sock):
+    if isinstance(sock, NotifyListener):
+        return sock.close()
     path = sock.getsockname()
     sock.close()
     _remove_quietly(path)
@@ -40,6 +54,8 @@ def stop_listening(sock):
 
 def drain(sock):
     """Discard every pending datagram: one look at the database answers them all."""
+    if isinstance(sock, NotifyListener):
+        return sock.drain()
     while True:
         try:
             sock.recv(64)
@@ -49,6 +65,8 @@ def drain(sock):
 
 def wake_workers(data_dir):
     """Nudge every listening worker. Sockets nobody listens on are stale and removed."""
+    if models.is_postgresql():
+        return notify_workers()
     directory = wake_directory(data_dir)
     try:
         paths = [entry.path for entry in os.scandir(directory) if entry.name.endswith(".sock")]
@@ -73,3 +91,72 @@ def _remove_quietly(path):
         os.unlink(path)
     except OSError:
         pass
+
+
+# --- PostgreSQL: LISTEN/NOTIFY reaches the workers of every machine ----------------
+
+CHANNEL = "backhook_wake"
+LISTENER_NAME = "backhook-worker-listen"  # its application_name, seen in pg_stat_activity
+RECONNECT_EVERY_SECONDS = 1.0
+
+
+def notify_workers():
+    """NOTIFY every listening worker, once the caller's transaction has committed.
+
+    Outside a transaction it is delivered at once. A failure costs only the
+    fallback poll, never the request that queued the work.
+    """
+    try:
+        models.database.execute_sql(f"NOTIFY {CHANNEL}")
+    except DatabaseError as exc:
+        log.warning("could not wake workers: %s", exc)
+
+
+class NotifyListener:
+    """A worker's LISTEN connection, kept apart from its queries, for select() to wait on.
+
+    If the server drops it, select() finds it readable and drain() closes it.
+    Until it is back, select() waits on a socket that never fires, so the
+    worker falls back to its slow poll while reconnecting once a second.
+    """
+
+    def __init__(self, db):
+        self.params = {"dbname": db.database, **db.connect_params, "application_name": LISTENER_NAME,
+                       "connect_timeout": 2}
+        self.conn = None
+        self.next_attempt = 0.0
+        self.silent, self._silent_peer = socket.socketpair()
+        self.connect()
+
+    def connect(self):
+        self.next_attempt = time.monotonic() + RECONNECT_EVERY_SECONDS
+        try:
+            conn = psycopg2.connect(**self.params)
+            conn.autocommit = True
+            conn.cursor().execute(f"LISTEN {CHANNEL}")
+        except psycopg2.Error as exc:
+            log.warning("cannot LISTEN for wake-ups, polling meanwhile: %s", exc)
+            return
+        self.conn = conn
+
+    def fileno(self):
+        if self.conn is None and time.monotonic() >= self.next_attempt:
+            self.connect()
+        return self.silent.fileno() if self.conn is None else self.conn.fileno()
+
+    def drain(self):
+        if self.conn is None:
+            return
+        try:
+            self.conn.poll()
+            self.conn.notifies.clear()
+        except psycopg2.Error as exc:
+            log.warning("lost the LISTEN connection: %s", exc)
+            self.conn.close()
+            self.conn = None
+
+    def close(self):
+        if self.conn is not None:
+            self.conn.close()
+        self.silent.close()
+        self._silent_peer.close()

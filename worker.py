@@ -45,6 +45,19 @@ CHORES_EVERY_SECONDS = 1.0   # webhook follow-ups: spool replay, backup-list syn
 STOP_TIMEOUT_SECONDS = 10.0  # after the grace period, for interrupted runs to clean up
 
 
+CLAIM_LOCK = 0x626B636C61696D  # "bkclaim": PostgreSQL's advisory lock for claims and reclaims
+
+
+def lock_claims():
+    """On PostgreSQL, wait for the claim lock; the transaction's end releases it.
+
+    SQLite needs nothing here: its IMMEDIATE transaction already holds the
+    database's one write lock.
+    """
+    if models.is_postgresql():
+        database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (CLAIM_LOCK,))
+
+
 class Worker:
     def __init__(self, settings):
         self.id = f"{socket.gethostname()}-{os.getpid()}-{new_id()[-8:]}"
@@ -64,12 +77,15 @@ class Worker:
         On SQLite `database.atomic()` is BEGIN IMMEDIATE: it takes the write
         lock before counting, so no other worker can claim between the count
         and the update, and the limit holds across all processes.
-        PostgreSQL has no such lock: its variant (FOR UPDATE SKIP LOCKED, and
-        a lock that serialises the count) belongs here, beside this one.
+        On PostgreSQL the transaction first takes the claim advisory lock, so
+        claims by every worker on every machine happen one at a time, and each
+        statement after it sees the claims committed before. SKIP LOCKED
+        passes over a Pending row that a cancel holds at that moment.
         """
         if not Execution.select().where(Execution.status == PENDING).exists():
             return []  # a read, so an idle poll never takes the write lock
         with database.atomic():
+            lock_claims()
             running = Execution.select().where(Execution.status == RUNNING).count()
             demand = int(Setting.read("max_concurrent_jobs")) - running
             if demand <= 0:
@@ -77,6 +93,8 @@ class Worker:
             now = now_ms()
             oldest_pending = (Execution.select(Execution.id).where(Execution.status == PENDING)
                               .order_by(Execution.created_at).limit(demand))
+            if models.is_postgresql():
+                oldest_pending = oldest_pending.for_update(skip_locked=True)
             claimed = (Execution.update(status=RUNNING, stage="Initializing",
                                         started_at=fn.COALESCE(Execution.started_at, now),
                                         worker_id=self.id, lease_expires_at=now + self.lease_ms,
@@ -117,6 +135,7 @@ class Worker:
         if not Execution.select().where(lapsed()).exists():
             return  # a read, so the common case never takes the write lock
         with database.atomic():
+            lock_claims()  # no other worker reclaims, or claims, these meanwhile
             for execution in Execution.select(Execution, Job).join(Job).where(lapsed()):
                 removed = remove_partial_files(execution.job, execution.id)
                 self.requeue_or_fail(execution, removed)
@@ -153,8 +172,8 @@ class Worker:
         try:
             run.execute()
         finally:
-            database.close()  # this thread's connection
             wake_workers(self.data_dir)  # a slot is free: any idle worker may claim now
+            database.close()  # this thread's connection (a NOTIFY's, on PostgreSQL)
 
     def reap_finished(self):
         for execution_id, (_run, thread) in list(self.runs.items()):

@@ -50,7 +50,19 @@ def json_object():
         body = None
     if not isinstance(body, dict):
         error("Request body must be a JSON object", 400)
+    if contains_nul(body):  # no database text can hold one (see app.refuse_nul_characters)
+        error("Request body must not contain NUL characters", 400)
     return body
+
+
+def contains_nul(value):
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(contains_nul(key) or contains_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(contains_nul(item) for item in value)
+    return False
 
 
 def query_flag(name):

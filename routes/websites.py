@@ -21,7 +21,9 @@ def list_backups(domain):
     query = Backup.select().where(Backup.website == website.id)
     before = request.args.get("before")
     if before is not None:
-        cursor = Backup.get_or_none((Backup.website == website.id) & (Backup.backup_id == before))
+        # A NUL cannot be stored, so it names no backup (and PostgreSQL would refuse the query).
+        cursor = None if "\x00" in before else Backup.get_or_none(
+            (Backup.website == website.id) & (Backup.backup_id == before))
         if cursor is None:
             error("'before' names no backup of this website", 400)
         query = query.where((Backup.created_at < cursor.created_at)

@@ -1,5 +1,6 @@
 """Shared fixtures: an app over a temporary database, keys, jobs, live servers, services."""
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,41 @@ import cli
 import models
 from app import create_app
 from models import ApiKey, Job
-from support import PROJECT, TOKEN, LiveProcess, free_port, require_service, wait_until
+from support import (PROJECT, TOKEN, LiveProcess, free_port, postgres_listeners, require_postgres,
+                     require_service, scratch_postgres_database, wait_until)
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--backend", choices=BACKENDS, default=os.environ.get("BACKHOOK_TEST_BACKEND", "sqlite"),
+                     help="the metadata database every test runs on (default: sqlite, or $BACKHOOK_TEST_BACKEND)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "sqlite_only(reason): the test is about SQLite itself; skipped on PostgreSQL")
+    config.addinivalue_line("markers", "postgresql_only(reason): the test is about PostgreSQL itself; "
+                                       "skipped on SQLite")
+
+
+def pytest_report_header(config):
+    return f"backhook metadata backend: {config.getoption('--backend')}"
+
+
+def pytest_collection_modifyitems(config, items):
+    backend = config.getoption("--backend")
+    for item in items:
+        for name, other in (("sqlite_only", "postgresql"), ("postgresql_only", "sqlite")):
+            marker = item.get_closest_marker(name)
+            if marker and backend == other:
+                reason = marker.args[0] if marker.args else name.replace("_", " ")
+                item.add_marker(pytest.mark.skip(reason=f"{name}: {reason}"))
+
+
+@pytest.fixture(scope="session")
+def backend(request):
+    return request.config.getoption("--backend")
+
 
 @pytest.fixture
 def data_dir(tmp_path):
@@ -21,8 +56,35 @@ def data_dir(tmp_path):
 
 
 @pytest.fixture
-def database_url(data_dir):
-    return f"sqlite:///{data_dir}/backhook.db"
+def database_url(backend, data_dir):
+    """A fresh, empty metadata database on the selected backend."""
+    if backend == "sqlite":
+        yield f"sqlite:///{data_dir}/backhook.db"
+        return
+    require_postgres()
+    with scratch_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture
+def scratch_postgres():
+    """A fresh PostgreSQL database besides the test's own, dropped afterwards."""
+    require_postgres()
+    with scratch_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture
+def redis_prefix(redis_url):
+    """A key prefix of this test's own on the shared Redis; its keys are deleted afterwards."""
+    import redis
+
+    prefix = f"bh-test-{secrets.token_hex(6)}"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(match=f"*{prefix}*"):
+        client.delete(key)
+    client.close()
 
 
 @pytest.fixture
@@ -140,20 +202,25 @@ def redis_url():
 
 
 @pytest.fixture
-def start_worker(backhook_env):
+def start_worker(backhook_env, backend):
     """Start `python -m worker` on this test's database; stopped after the test."""
     started = []
+
+    def listeners(env):
+        if backend == "postgresql":
+            return postgres_listeners(env["BACKHOOK_DATABASE_URL"])
+        return set((Path(env["BACKHOOK_DATA_DIR"]) / "wake").glob("*.sock"))
 
     def start(preexec_fn=None, **env_overrides):
         # A short grace period keeps teardown quick; tests of the grace period set their own.
         env = {**backhook_env, "BACKHOOK_WORKER_GRACE_SECONDS": "1", **env_overrides}
-        before = set((Path(env["BACKHOOK_DATA_DIR"]) / "wake").glob("*.sock"))
+        before = listeners(env)
         worker = LiveProcess([sys.executable, "-m", "worker"], env, preexec_fn=preexec_fn)
         started.append(worker)
 
         def listening():
             assert worker.proc.poll() is None, worker.output()
-            return set((Path(env["BACKHOOK_DATA_DIR"]) / "wake").glob("*.sock")) - before
+            return listeners(env) - before
 
         wait_until(listening, timeout=20, message="the worker to listen for wake-ups")
         return worker

@@ -1,11 +1,15 @@
 """Helpers the tests share that are not fixtures."""
 import os
+import secrets
 import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlparse
 
+import psycopg2
 import pytest
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -41,19 +45,74 @@ def require_service(name, host, port):
         pytest.skip(message)
 
 
-HOLD_WRITE_LOCK = """
+# The server whose scratch databases the tests use (--backend=postgresql, migrate-db).
+POSTGRES_SERVER = os.environ.get("BACKHOOK_TEST_POSTGRES_SERVER", "postgresql://postgres@127.0.0.1:5432")
+
+
+def require_postgres():
+    server = urlparse(POSTGRES_SERVER)
+    require_service("PostgreSQL", server.hostname, server.port or 5432)
+
+
+@contextmanager
+def scratch_postgres_database():
+    """Create a uniquely named database on the shared server; drop it on exit.
+
+    Other test runs use the same server at the same time, so nothing is ever
+    created under a fixed name.
+    """
+    name = f"bh_{secrets.token_hex(8)}"
+    admin = psycopg2.connect(f"{POSTGRES_SERVER}/postgres")
+    admin.autocommit = True
+    try:
+        admin.cursor().execute(f'CREATE DATABASE "{name}"')
+        yield f"{POSTGRES_SERVER}/{name}"
+    finally:
+        # FORCE ends connections a stopped test process may have left behind.
+        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def postgres_listeners(database_url):
+    """The backend pids of the workers LISTENing for wake-ups on this database."""
+    import wakeup
+
+    with psycopg2.connect(database_url) as db, db.cursor() as cursor:
+        cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                       "AND application_name = %s", (wakeup.LISTENER_NAME,))
+        pids = {row[0] for row in cursor.fetchall()}
+    db.close()
+    return pids
+
+
+# Another process takes the database's write lock, says so, holds it, and lets go.
+# On PostgreSQL that is every table locked EXCLUSIVE: reads go on, writes wait.
+HOLD_WRITE_LOCK = {
+    "sqlite": """
 import sqlite3, sys, time
-db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db = sqlite3.connect(sys.argv[1].removeprefix("sqlite:///"), isolation_level=None)
 db.execute("BEGIN IMMEDIATE")
 print("locked", flush=True)
 time.sleep(float(sys.argv[2]))
 db.execute("COMMIT")
-"""
+""",
+    "postgresql": """
+import psycopg2, sys, time
+db = psycopg2.connect(sys.argv[1])
+cursor = db.cursor()
+cursor.execute("SELECT string_agg(quote_ident(tablename), ', ') FROM pg_tables WHERE schemaname = current_schema()")
+cursor.execute(f"LOCK TABLE {cursor.fetchone()[0]} IN EXCLUSIVE MODE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+db.commit()
+""",
+}
 
 
-def hold_write_lock(database_path, seconds):
-    """Another process holding the SQLite write lock for `seconds`; returns once it holds it."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_WRITE_LOCK, str(database_path), str(seconds)],
+def hold_write_lock(database_url, seconds):
+    """Another process holding the database's write lock for `seconds`; returns once it holds it."""
+    backend = "postgresql" if database_url.startswith("postgresql://") else "sqlite"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_WRITE_LOCK[backend], database_url, str(seconds)],
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
     return holder

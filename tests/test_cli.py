@@ -14,11 +14,16 @@ def test_init_is_safe_to_repeat(runner):
     assert "up to date" in second.output
 
 
-def test_init_creates_the_database_from_nothing(backhook_env, data_dir):
+def test_init_creates_the_database_from_nothing(backhook_env, database_url):
     result = subprocess.run([sys.executable, "-m", "cli", "init"], env=backhook_env, cwd=PROJECT,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert (data_dir / "backhook.db").exists()
+    db = models.open_database(database_url)
+    try:
+        assert {model._meta.table_name for model in models.ALL_MODELS} <= set(db.get_tables())
+        assert models.schema_version() == models.schema_sections()[-1][0]
+    finally:
+        db.close()
 
 
 def test_keys_create_prints_the_key_alone_on_the_last_line(runner):

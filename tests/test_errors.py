@@ -1,8 +1,10 @@
 """Bad input and failure: always a JSON error, never HTML, never a 500 for a client's doing."""
+
 import pytest
 import requests
 
-from support import hold_write_lock, wait_until
+import models
+from support import TOKEN, hold_write_lock, wait_until
 
 
 @pytest.mark.parametrize("method, path, status", [
@@ -34,26 +36,52 @@ def test_unexpected_exception_is_a_json_500_without_a_trace(app, client):
     assert "secret internals" not in response.get_data(as_text=True)
 
 
-def test_briefly_locked_database_delays_the_trigger_instead_of_failing(start_server, data_dir, make_key,
+def test_briefly_locked_database_delays_the_trigger_instead_of_failing(start_server, database_url, make_key,
                                                                         make_job):
     auth = {"Authorization": f"Bearer {make_key()}"}
     job = make_job()
     server = start_server(processes=2)
-    holder = hold_write_lock(data_dir / "backhook.db", 1.5)
+    holder = hold_write_lock(database_url, 1.5)
     response = requests.post(f"{server.url}/api/jobs/{job.id}/run", headers=auth, timeout=30)
     assert holder.wait(10) == 0
     assert response.status_code == 200 and response.json()["success"] is True
 
 
-def test_database_locked_past_the_budget_is_a_json_503_not_a_500(start_server, data_dir, make_key, make_job):
+def test_database_locked_past_the_budget_is_a_json_503_not_a_500(start_server, database_url, make_key,
+                                                                   make_job):
     auth = {"Authorization": f"Bearer {make_key()}"}
     job = make_job()
     server = start_server(processes=2, BACKHOOK_DATABASE_BUSY_SECONDS="0.2")
     requests.get(f"{server.url}/api/jobs", headers=auth, timeout=10)  # let key use be recorded first
-    holder = hold_write_lock(data_dir / "backhook.db", 2)
+    holder = hold_write_lock(database_url, 2)
     response = requests.post(f"{server.url}/api/jobs/{job.id}/run", headers=auth, timeout=30)
     holder.wait(10)
     assert response.status_code == 503
     assert "error" in response.json() and response.headers["Retry-After"] == "1"
     wait_until(lambda: requests.post(f"{server.url}/api/jobs/{job.id}/run", headers=auth, timeout=10).ok,
                message="the trigger to succeed once the lock is gone")
+
+
+@pytest.mark.parametrize("method, path", [
+    ("get", "/api/executions/x%00y"),
+    ("post", "/api/jobs/x%00/run"),
+    ("post", "/api/executions/x%00/cancel"),
+    ("get", "/api/websites/example.com%00/backups"),
+])
+def test_a_nul_character_in_an_id_names_nothing_on_every_backend(client, auth, method, path):
+    response = getattr(client, method)(path, headers=auth)
+    assert response.status_code == 404
+    assert "NUL" in response.get_json()["error"]
+
+
+def test_a_nul_character_in_a_paging_cursor_names_no_backup(client, auth):
+    models.Website.create(domain="example.com")
+    response = client.get("/api/websites/example.com/backups?before=b%001", headers=auth)
+    assert response.status_code == 400 and "error" in response.get_json()
+
+
+def test_a_nul_character_in_a_webhook_body_is_a_json_400(client):
+    response = client.post("/webhooks/backup-progress", headers={"x-wpfort-token": TOKEN},
+                           json={"domain": "example.com", "backup_id": "b\x001", "progress": 5})
+    assert response.status_code == 400
+    assert "NUL" in response.get_json()["error"]

@@ -201,12 +201,12 @@ def test_destination_out_of_space_fails_clearly_and_the_worker_carries_on(
 # --- the database locked by another process -------------------------------------------------
 
 def test_database_locked_past_the_busy_timeout_during_a_backup_loses_nothing(
-        client, auth, make_job, start_worker, data_dir, tmp_path):
+        client, auth, make_job, start_worker, database_url, tmp_path):
     job = make_job(name="locked", source="command:echo started; sleep 1; echo finished")
     worker = start_worker(BACKHOOK_DATABASE_BUSY_SECONDS="0.2")
     execution_id = trigger(client, auth, job.id)
     wait_for_status(client, auth, execution_id, statuses=("Running",))
-    holder = hold_write_lock(data_dir / "backhook.db", 3)  # across the backup's end and final write
+    holder = hold_write_lock(database_url, 3)  # across the backup's end and final write
     assert holder.wait(timeout=30) == 0
 
     data = wait_for_status(client, auth, execution_id)

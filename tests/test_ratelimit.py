@@ -66,3 +66,23 @@ def test_forwarded_for_is_honoured_through_trusted_proxies(limited_server):
 def test_health_routes_are_not_limited(limited_server):
     server = limited_server()
     assert {r.status_code for r in hammer("GET", server.url + "/livez", 120)} == {200}
+
+
+def test_redis_makes_the_limit_exact_across_machines(start_server, make_key, redis_url, redis_prefix, tmp_path):
+    """Two servers with nothing local in common (standing in for two machines) share one Redis."""
+    import redis
+
+    machines = []
+    for name in ("machine-a", "machine-b"):
+        (tmp_path / name).mkdir()
+        machines.append(start_server(processes=2, BACKHOOK_DATA_DIR=str(tmp_path / name),
+                                     BACKHOOK_RATELIMIT_ENABLED="true", BACKHOOK_RATELIMIT_STORAGE_URI=redis_url,
+                                     BACKHOOK_RATELIMIT_KEY_PREFIX=redis_prefix))
+    auth = {**CLOSE, "Authorization": f"Bearer {make_key()}"}
+    answers = [requests.get(machines[n % 2].url + "/api/jobs", headers=auth, timeout=10) for n in range(100)]
+    assert [r.status_code for r in answers] == [200] * 100
+    for machine in machines:
+        breached = requests.get(machine.url + "/api/jobs", headers=auth, timeout=10)
+        assert breached.status_code == 429 and "error" in breached.json()
+    assert list(redis.Redis.from_url(redis_url).scan_iter(match=f"*{redis_prefix}*"))
+    assert not any((tmp_path / name / "ratelimit.db").exists() for name in ("machine-a", "machine-b"))

@@ -1,6 +1,8 @@
 """The WPSec webhooks of seed 000, and SPEC.md's stricter semantics, rule by rule."""
 import json
+import sqlite3
 
+import psycopg2
 import pytest
 
 import models
@@ -362,23 +364,30 @@ def test_webhook_before_the_link_is_caught_up_when_linking(site, hook, make_job)
 
 # --- nothing lost -----------------------------------------------------------------------
 
-def lock_database(data_dir):
-    """Another connection holding the write lock, as another process would."""
-    import sqlite3
-    holder = sqlite3.connect(data_dir / "backhook.db", isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-    return holder
+@pytest.fixture
+def lock_database(backend, database_url):
+    """Another connection holding the lock a webhook's write needs, as another process would."""
+    def lock():
+        if backend == "postgresql":
+            holder = psycopg2.connect(database_url)
+            holder.cursor().execute("LOCK TABLE backup, backup_event IN EXCLUSIVE MODE")
+            return holder
+        holder = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        return holder
+
+    return lock
 
 
 @pytest.fixture
-def short_busy_timeout(app, data_dir):
+def short_busy_timeout(app, database_url):
     models.database.close()
-    models.open_database(f"sqlite:///{data_dir}/backhook.db", busy_seconds=0.05)
+    models.open_database(database_url, busy_seconds=0.05)
 
 
-def test_event_is_spooled_and_acknowledged_when_the_database_is_locked(site, hook, data_dir,
+def test_event_is_spooled_and_acknowledged_when_the_database_is_locked(site, hook, data_dir, lock_database,
                                                                       short_busy_timeout):
-    holder = lock_database(data_dir)
+    holder = lock_database()
     response = hook("progress", progress=30)
     assert response.status_code == 200 and response.get_json() == {"success": True}
     lines = (data_dir / SPOOL_NAME).read_text().splitlines()
@@ -390,8 +399,8 @@ def test_event_is_spooled_and_acknowledged_when_the_database_is_locked(site, hoo
     assert not (data_dir / SPOOL_NAME).exists()
 
 
-def test_replay_applies_spooled_events_in_order(site, hook, data_dir, short_busy_timeout):
-    holder = lock_database(data_dir)
+def test_replay_applies_spooled_events_in_order(site, hook, data_dir, lock_database, short_busy_timeout):
+    holder = lock_database()
     hook("progress", progress=20)
     hook("complete")
     hook("progress", progress=50)
@@ -402,8 +411,8 @@ def test_replay_applies_spooled_events_in_order(site, hook, data_dir, short_busy
     assert [kind for kind, _ in events()] == ["progress", "complete", "progress"]
 
 
-def test_replay_twice_applies_each_event_once(site, hook, data_dir, short_busy_timeout):
-    holder = lock_database(data_dir)
+def test_replay_twice_applies_each_event_once(site, hook, data_dir, lock_database, short_busy_timeout):
+    holder = lock_database()
     hook("progress", progress=20)
     holder.rollback()
     holder.close()
@@ -415,8 +424,8 @@ def test_replay_twice_applies_each_event_once(site, hook, data_dir, short_busy_t
     assert len(events()) == 1
 
 
-def test_replay_while_still_locked_keeps_the_spool_for_later(site, hook, data_dir, short_busy_timeout):
-    holder = lock_database(data_dir)
+def test_replay_while_still_locked_keeps_the_spool_for_later(site, hook, data_dir, lock_database, short_busy_timeout):
+    holder = lock_database()
     hook("progress", progress=20)
     assert replay_spool(data_dir) == 0
     holder.rollback()
@@ -443,7 +452,7 @@ def test_replay_validates_the_domain_of_events_spooled_before_the_lookup(site, d
     assert Backup.get().website_id == site.id
 
 
-def test_event_is_spooled_when_even_the_website_lookup_fails(app, site, hook, data_dir, tmp_path):
+def test_event_is_spooled_when_even_the_website_lookup_fails(app, site, hook, data_dir, database_url, tmp_path):
     models.database.close()
     models.database.initialize(models.SqliteDatabase(str(tmp_path / "no" / "such" / "dir.db")))
     response = hook("complete")
@@ -451,14 +460,14 @@ def test_event_is_spooled_when_even_the_website_lookup_fails(app, site, hook, da
     record = json.loads((data_dir / SPOOL_NAME).read_text())
     assert record["website_id"] is None and record["kind"] == "complete"
     models.database.close()
-    models.open_database(f"sqlite:///{data_dir}/backhook.db")
+    models.open_database(database_url)
     assert replay_spool(data_dir) == 1
     assert backup().status == "completed"
 
 
-def test_500_only_when_the_event_can_be_neither_stored_nor_spooled(app, site, hook, data_dir,
+def test_500_only_when_the_event_can_be_neither_stored_nor_spooled(app, site, hook, data_dir, lock_database,
                                                                    short_busy_timeout):
-    holder = lock_database(data_dir)
+    holder = lock_database()
     app.config["DATA_DIR"] = str(data_dir / "spool-is-a-file")
     (data_dir / "spool-is-a-file").write_text("")
     response = hook("progress", progress=30)
@@ -469,14 +478,14 @@ def test_500_only_when_the_event_can_be_neither_stored_nor_spooled(app, site, ho
 
 
 def test_webhooks_arriving_while_another_process_holds_the_write_lock_are_all_kept(
-        site, data_dir, start_server):
+        site, data_dir, database_url, start_server):
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
     import requests
 
     server = start_server(processes=3, BACKHOOK_DATABASE_BUSY_SECONDS="0.2")
-    holder = hold_write_lock(data_dir / "backhook.db", 3)
+    holder = hold_write_lock(database_url, 3)
     local = threading.local()
 
     def run_backup(number):
