@@ -32,6 +32,14 @@ def fail(message):
     raise click.ClickException(message)
 
 
+def create_unique(model, duplicate_message, **fields):
+    try:
+        with models.database.atomic():
+            return model.create(**fields)
+    except IntegrityError:
+        fail(duplicate_message)
+
+
 def find(model, row_id, what):
     row = model.get_or_none(model.id == row_id)
     if row is None:
@@ -214,12 +222,9 @@ def jobs_add(name, source, destination, compression, keep, timeout_hours):
         fail(str(exc))
     if kind == "wpsec" and Website.by_domain(source.split("://", 1)[1]) is None:
         fail(f"no website {source.split('://', 1)[1]!r}: register it with `backhook websites add` first")
-    try:
-        with models.database.atomic():
-            job = Job.create(name=name, source=source, destination=str(Path(destination).resolve()),
-                             compression=compression, keep=keep, timeout_seconds=int(timeout_hours * 3600))
-    except IntegrityError:
-        fail(f"a job named {name!r} already exists")
+    job = create_unique(Job, f"a job named {name!r} already exists", name=name, source=source,
+                        destination=str(Path(destination).resolve()), compression=compression, keep=keep,
+                        timeout_seconds=int(timeout_hours * 3600))
     click.echo(f"created job {name} ({kind} → {job.destination}, {compression})")
     click.echo(job.id)
 
@@ -252,12 +257,8 @@ def websites_add(domain, wpsec_url, wpsec_api_key):
     domain = normalize_domain(domain)
     if not domain:
         fail("the domain is empty")
-    try:
-        with models.database.atomic():
-            site = Website.create(domain=domain, wpsec_url=wpsec_url or f"https://{domain}",
-                                  wpsec_api_key=wpsec_api_key)
-    except IntegrityError:
-        fail(f"website {domain} is already registered")
+    site = create_unique(Website, f"website {domain} is already registered", domain=domain,
+                         wpsec_url=wpsec_url or f"https://{domain}", wpsec_api_key=wpsec_api_key)
     click.echo(f"registered website {domain}")
     click.echo(site.id)
 

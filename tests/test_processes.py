@@ -19,23 +19,28 @@ def child_pids(pid):
         return [int(child) for child in children.read().split()]
 
 
-def test_serve_binds_where_asked(backhook_env):
+def start_answering(command, env):
+    """`backhook serve` or `run` on a free port, once it answers."""
     port = free_port()
-    server = LiveProcess([sys.executable, "-m", "cli", "serve", "--bind", f"127.0.0.1:{port}",
-                          "--processes", "2"], backhook_env)
+    process = LiveProcess([sys.executable, "-m", "cli", command, "--bind", f"127.0.0.1:{port}",
+                           "--processes", "2"], env)
     try:
-        wait_until(lambda: answers(f"http://127.0.0.1:{port}"), timeout=20, message="serve to answer")
-    finally:
-        server.stop()
+        wait_until(lambda: answers(f"http://127.0.0.1:{port}"), timeout=20, message=f"{command} to answer")
+    except AssertionError:
+        process.stop()
+        raise
+    return process
+
+
+def test_serve_binds_where_asked(backhook_env):
+    server = start_answering("serve", backhook_env)
+    server.stop()
     assert server.proc.returncode == 0
 
 
 def test_run_starts_web_and_worker_and_sigterm_stops_both(backhook_env):
-    port = free_port()
-    run = LiveProcess([sys.executable, "-m", "cli", "run", "--bind", f"127.0.0.1:{port}",
-                       "--processes", "2"], backhook_env)
+    run = start_answering("run", backhook_env)
     try:
-        wait_until(lambda: answers(f"http://127.0.0.1:{port}"), timeout=20, message="run to answer")
         children = child_pids(run.proc.pid)
         assert len(children) == 2  # gunicorn's master and the worker
         assert "keys create" in run.output()  # next steps for a newcomer on an empty database
