@@ -14,6 +14,8 @@ import models
 from models import Backup, Execution, ExecutionLog, Job, Website
 from support import PROJECT, TOKEN
 
+pytestmark = pytest.mark.sqlite_only("EXPLAIN QUERY PLAN is SQLite's; PostgreSQL plans differ by design")
+
 FULL_SCAN = re.compile(r"^SCAN (?!CONSTANT ROW)(\w+)")
 
 

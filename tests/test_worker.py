@@ -259,5 +259,9 @@ def test_the_worker_replays_spooled_webhooks(app, data_dir, start_worker):
         site = models.Website.create(domain="example.com")
     spool_event(data_dir, "progress", {"domain": "example.com", "backup_id": "b-1", "progress": 30}, site.id)
     start_worker()
-    wait_until(lambda: not (data_dir / SPOOL_NAME).exists(), timeout=10, message="the spool to be replayed")
-    assert models.Backup.get(models.Backup.backup_id == "b-1").progress == 30
+    replayed = wait_until(lambda: models.Backup.get_or_none(models.Backup.backup_id == "b-1"), timeout=10,
+                          message="the spooled event to be applied")
+    assert replayed.progress == 30
+    wait_until(lambda: not list(data_dir.glob("webhook-spool*.replaying")), timeout=10,
+               message="the replayed spool to be removed")
+    assert not (data_dir / SPOOL_NAME).exists()
