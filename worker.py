@@ -41,7 +41,7 @@ log = logging.getLogger("backhook.worker")
 IDLE_POLL_SECONDS = 1.0      # fallback when no wake-up arrives
 BUSY_POLL_SECONDS = 0.25     # while running: how often cancel and timeout are checked
 RECLAIM_EVERY_SECONDS = 1.0
-CHORES_EVERY_SECONDS = 1.0   # webhook follow-ups: spool replay, backup-list syncs, silent-backup polls
+CHORES_EVERY_SECONDS = 1.0   # the WAL checkpoint and the webhook follow-ups (see do_chores)
 STOP_TIMEOUT_SECONDS = 10.0  # after the grace period, for interrupted runs to clean up
 
 
@@ -192,15 +192,15 @@ class Worker:
             if time.monotonic() > run.deadline:
                 run.stop("timeout")
 
-    # --- webhook follow-ups ------------------------------------------------------------
+    # --- chores: the WAL checkpoint and webhook follow-ups ------------------------------
 
     def do_chores(self, stopping):
-        """Replay spooled webhooks, sync backup lists, poll silent remote backups.
+        """Checkpoint SQLite's log, replay spooled webhooks, sync backup lists, poll silent remote backups.
 
         A thread of its own: a slow WPSec site may take minutes to answer, and
         the claim loop must not wait on it.
         """
-        chores = (lambda: replay_spool(self.data_dir), wpsec.sync_requested_websites,
+        chores = (models.checkpoint_wal, lambda: replay_spool(self.data_dir), wpsec.sync_requested_websites,
                   lambda: wpsec.poll_silent_remote_backups(self.poll_after_seconds))
         try:
             while not stopping.wait(CHORES_EVERY_SECONDS):
@@ -208,7 +208,7 @@ class Worker:
                     try:
                         chore()
                     except Exception:  # one failing chore must not stop the others
-                        log.exception("webhook follow-up failed")
+                        log.exception("background chore failed")
         finally:
             database.close()
 

@@ -1,9 +1,11 @@
 """Webhook intake: POST /webhooks/backup-progress against a bare Flask hello route.
 
 Both apps run under the same gunicorn settings (cli.gunicorn_command, the
-default process count of `backhook serve`). wrk sends both the very same
-requests: progress webhooks whose bodies vary over 50 registered sites and
-2,000 backup ids. The runs alternate, hello then webhook, for several rounds.
+default process count of `backhook serve`). backhook's worker runs beside
+the webhook server, as under `backhook run`: it checkpoints SQLite's
+write-ahead log, which the web processes leave to it. wrk sends both the very
+same requests: progress webhooks whose bodies vary over 50 registered sites
+and 2,000 backup ids. The runs alternate, hello then webhook, for several rounds.
 
 Target (SPEC.md): webhook req/s >= 0.6x hello, 0 errors, p99 <= 25 ms at 16 connections.
 
@@ -43,7 +45,8 @@ def main(argv=()):
 
     runs = {"hello": [], "webhook": []}
     with common.gunicorn(env, "bench.hello_app:app", args.processes, name="hello") as hello, \
-            common.gunicorn(env, "app:create_app()", args.processes, name="webhook") as webhook:
+            common.gunicorn(env, "app:create_app()", args.processes, name="webhook") as webhook, \
+            common.worker(env):
         servers = {"hello": hello, "webhook": webhook}
         for server in servers.values():  # imports, connections, first pages: not measured
             measure(server, 1 if args.quick else 2, args.connections)
@@ -78,7 +81,7 @@ def report(runs, args):
         "## Webhook intake",
         "",
         f"`POST {PATH}` vs a bare Flask hello route, both under `cli.gunicorn_command` with "
-        f"{args.processes} sync processes; wrk, {args.connections} connections, 2 threads, "
+        f"{args.processes} sync processes, backhook's worker running beside them; wrk, {args.connections} connections, 2 threads, "
         f"{args.rounds} alternating rounds of {args.seconds} s; bodies over {SITES} sites and "
         f"{BACKUP_IDS} backup ids.",
         "",

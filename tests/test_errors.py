@@ -1,5 +1,7 @@
 """Bad input and failure: always a JSON error, never HTML, never a 500 for a client's doing."""
 
+import json
+
 import pytest
 import requests
 
@@ -85,3 +87,25 @@ def test_a_nul_character_in_a_webhook_body_is_a_json_400(client):
                            json={"domain": "example.com", "backup_id": "b\x001", "progress": 5})
     assert response.status_code == 400
     assert "NUL" in response.get_json()["error"]
+
+
+@pytest.mark.parametrize("body", [
+    # A NUL in a key, and a body in UTF-16, which JSON allows and json.loads detects.
+    json.dumps({"domain": "example.com", "backup_id": "b1", "progress": 5, "note\u0000": 1}).encode(),
+    json.dumps({"domain": "example.com", "backup_id": "b\u00001", "progress": 5}).encode("utf-16"),
+])
+def test_a_nul_character_is_refused_however_the_body_spells_it(client, body):
+    models.Website.create(domain="example.com")
+    response = client.post("/webhooks/backup-progress", data=body,
+                           headers={"x-wpfort-token": TOKEN, "Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert "NUL" in response.get_json()["error"]
+    assert models.Backup.select().count() == 0
+
+
+def test_a_backslash_u_text_that_is_no_nul_is_kept(client):
+    models.Website.create(domain="example.com")
+    response = client.post("/webhooks/backup-progress", headers={"x-wpfort-token": TOKEN},
+                           json={"domain": "example.com", "backup_id": "b\\u0000", "progress": 5})
+    assert response.status_code == 200
+    assert models.Backup.get().backup_id == "b\\u0000"
