@@ -9,9 +9,8 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 import config
 import models
 from ratelimit import limit_api, limiter, retry_after_seconds
-from routes import ApiError, error, executions, health, jobs, openapi, webhooks, websites
+from routes import MAX_BODY_BYTES, ApiError, error, executions, health, jobs, openapi, webhooks, websites
 
-MAX_BODY_BYTES = 1024 * 1024
 log = logging.getLogger("backhook")
 
 
@@ -19,7 +18,6 @@ def create_app(overrides=None):
     app = Flask(__name__)
     app.config.from_mapping(config.load())
     app.config.update(overrides or {})
-    app.config["MAX_BODY_BYTES"] = MAX_BODY_BYTES
     # One byte past the limit: werkzeug ends a chunked body at MAX_CONTENT_LENGTH
     # without an error, so json_object reads one byte more to tell "over" from "at".
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES + 1

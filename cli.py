@@ -232,11 +232,10 @@ def jobs_add(name, source, destination, compression, keep, timeout_hours):
 @jobs.command("list")
 def jobs_list():
     """One job per line: ID, name, source (without secrets), destination, state."""
-    for job in Job.select().order_by(Job.name):
-        last = job.last_execution()
+    for job in Job.listing():
         state = "enabled" if job.enabled else "disabled"
         click.echo(f"{job.id}  {job.name}  {describe_source(job.source)['source']}  {job.destination}"
-                   f"  {job.compression}  {state}  last={last.status if last else 'never'}")
+                   f"  {job.compression}  {state}  last={job.last_status or 'never'}")
 
 
 add_lifecycle_commands(jobs, Job, "job", " and its history (stored artifacts stay on disk)")

@@ -22,6 +22,7 @@ from peewee import (
     ForeignKeyField,
     IntegerField,
     InterfaceError,
+    JOIN,
     Model,
     OperationalError,
     PostgresqlDatabase,
@@ -362,11 +363,21 @@ class Job(BaseModel):
     enabled = BooleanField(default=True)
     created_at = BigIntegerField(default=now_ms)
 
-    def last_execution(self):
-        return (Execution.select(Execution.id, Execution.status, Execution.ended_at)
-                .where(Execution.job == self.id)
-                .order_by(Execution.created_at.desc())
-                .first())
+    @classmethod
+    def listing(cls):
+        """Every job by name, each with its newest execution's last_id, last_status and last_ended_at (or None).
+
+        One query: each job's newest execution is found through the
+        (job_id, created_at) index, not with one more query per job.
+        """
+        newer = Execution.alias()
+        newest_id = (newer.select(newer.id).where(newer.job == cls.id)
+                     .order_by(newer.created_at.desc()).limit(1))
+        return (cls.select(cls, Execution.id.alias("last_id"), Execution.status.alias("last_status"),
+                           Execution.ended_at.alias("last_ended_at"))
+                .join(Execution, JOIN.LEFT_OUTER, on=(Execution.id == newest_id))
+                .order_by(cls.name)
+                .objects())
 
 
 PENDING, RUNNING, SUCCESS, FAILED, CANCELLED = "Pending", "Running", "Success", "Failed", "Cancelled"

@@ -2,7 +2,9 @@
 import functools
 import json
 
-from flask import current_app, g, request
+from flask import g, request
+
+MAX_BODY_BYTES = 1024 * 1024
 
 
 class ApiError(Exception):
@@ -44,7 +46,7 @@ def require_permission(permission):
 def json_object():
     """The request body as a JSON object, or a 400; a 413 when a body without Content-Length is too large."""
     data = request.get_data(cache=True)
-    if len(data) > current_app.config["MAX_BODY_BYTES"]:
+    if len(data) > MAX_BODY_BYTES:
         error("Request body is larger than 1 MiB", 413)
     try:
         text = data.decode(json.detect_encoding(data), "surrogatepass")  # as json.loads does with bytes

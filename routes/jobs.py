@@ -9,7 +9,7 @@ bp = Blueprint("jobs", __name__, url_prefix="/api/jobs")
 
 
 def job_to_api(job):
-    last = job.last_execution()
+    """`job` comes from Job.listing(), which adds its newest execution."""
     return {
         "id": job.id,
         "name": job.name,
@@ -18,14 +18,15 @@ def job_to_api(job):
         "compression": job.compression,
         "keep": job.keep,
         "enabled": job.enabled,
-        "lastExecution": last and {"id": last.id, "status": last.status, "endedAt": iso(last.ended_at)},
+        "lastExecution": job.last_id and {"id": job.last_id, "status": job.last_status,
+                                          "endedAt": iso(job.last_ended_at)},
     }
 
 
 @bp.get("")
 @require_permission("jobs:read")
 def list_jobs():
-    return {"success": True, "data": [job_to_api(job) for job in Job.select().order_by(Job.name)]}
+    return {"success": True, "data": [job_to_api(job) for job in Job.listing()]}
 
 
 @bp.post("/<job_id>/run")
