@@ -13,7 +13,7 @@ import models
 from sqlite_writers import TurnTakingSqliteDatabase
 from support import PROJECT, TOKEN, wait_until
 
-pytestmark = pytest.mark.sqlite_only
+pytestmark = pytest.mark.sqlite_only("the writers' file lock and the write-ahead log are SQLite's")
 
 HOLD_TURN = """
 import sys, time
