@@ -3,6 +3,7 @@ import functools
 import json
 
 from flask import g, request
+from werkzeug.wsgi import get_content_length
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -45,7 +46,7 @@ def require_permission(permission):
 
 def json_object():
     """The request body as a JSON object, or a 400; a 413 when a body without Content-Length is too large."""
-    data = request.get_data(cache=True)
+    data = request_body()
     if len(data) > MAX_BODY_BYTES:
         error("Request body is larger than 1 MiB", 413)
     try:
@@ -60,6 +61,19 @@ def json_object():
     if "\\u0000" in text and contains_nul(body):
         error("Request body must not contain NUL characters", 400)
     return body
+
+
+def request_body():
+    """The body's bytes. A chunked body is cut one byte past the limit (app.MAX_CONTENT_LENGTH).
+
+    A body whose length is declared, and no larger than the limit (see
+    app.refuse_large_bodies), is read straight from the server: werkzeug's
+    stream wrapper cost a twentieth of a whole webhook.
+    """
+    declared = get_content_length(request.environ)
+    if declared is None:
+        return request.get_data(cache=True)
+    return request.environ["wsgi.input"].read(declared)
 
 
 def contains_nul(value):
