@@ -19,7 +19,7 @@ every 20 ms from /proc; the worker's own peak is its VmHWM.
 
 Targets (SPEC.md): throughput >= 0.8x the plain pipeline; peak RSS < 150 MB.
 
-    .venv/bin/python bench/backup_speed.py [--size-mb 1024] [--rounds 3] [--quick]
+    .venv/bin/python bench/backup_speed.py [--size-mb 1024] [--rounds 3] [--only files] [--quick]
 """
 import argparse
 import os
@@ -211,6 +211,7 @@ def main(argv=()):
     parser.add_argument("--size-mb", type=int, default=1024, help="size of each source")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="8 MB sources, 1 round: checks the harness only")
+    parser.add_argument("--only", choices=("sqlite", "files"), help="measure one source kind (shorter runs)")
     args = parser.parse_args(argv)
     if args.quick:
         args.size_mb, args.rounds = 8, 1
@@ -218,7 +219,8 @@ def main(argv=()):
     common.ensure_tool("zstd")
 
     sqlite_source, files_source = sources(args.size_mb)
-    source_of = {"sqlite": sqlite_source, "files": files_source}
+    source_of = {kind: path for kind, path in (("sqlite", sqlite_source), ("files", files_source))
+                 if args.only in (None, kind)}
     data_dir = common.fresh_dir("backup")
     runs = {(who, kind): [] for who in ("plain", "backhook") for kind in source_of}
     commands = {}
@@ -256,7 +258,7 @@ def main(argv=()):
 
 def report(runs, sizes, commands, worker_hwm, stages, args):
     rows, all_met, peak = [], True, 0.0
-    for kind in ("sqlite", "files"):
+    for kind in sizes:
         plain_s = common.median([run[0] for run in runs["plain", kind]])
         plain_size = runs["plain", kind][0][1]
         plain_cpu = common.median([run[3] for run in runs["plain", kind]])
@@ -286,10 +288,9 @@ def report(runs, sizes, commands, worker_hwm, stages, args):
         "MB/s is source bytes over wall time (the ratio is plain time / backhook time); CPU s is user+system "
         "time of the pipeline's processes, or of the worker and its tar child.",
         "",
-        f"- Plain sqlite: `{commands.get('sqlite', '')}`",
-        f"- Plain files: `{commands.get('files', '')}`",
+        *(f"- Plain {kind}: `{command}`" for kind, command in commands.items()),
     ]
-    if not runs["backhook", "sqlite"]:
+    if not any(runs["backhook", kind] for kind in sizes):
         return "\n".join(lines + ["- backhook: not measured, the worker is not merged yet."])
     rss_met = max(peak, worker_hwm) < TARGET_RSS_MB
     return "\n".join(lines + [

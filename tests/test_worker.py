@@ -192,6 +192,28 @@ def test_cancel_of_a_running_backup_kills_it_within_two_seconds(
         os.kill(pid, 0)
 
 
+def threads_of(pid):
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def test_cancel_while_compressing_stops_within_two_seconds_and_leaves_no_thread(
+        client, auth, make_job, start_worker):
+    job = command_job(make_job, "exec cat /dev/urandom")  # endless, and every byte goes through zstd
+    worker = start_worker()
+    idle_threads = threads_of(worker.proc.pid)
+    execution_id = trigger(client, auth, job.id)
+    wait_until(lambda: poll(client, auth, execution_id)["progress"] > 5, message="compression to be under way")
+
+    response = client.post(f"/api/executions/{execution_id}/cancel", headers=auth)
+    assert response.status_code == 200
+    accepted = time.monotonic()
+    data = wait_for_status(client, auth, execution_id, timeout=10)
+    assert time.monotonic() - accepted <= 2.0
+    assert data["status"] == "Cancelled" and files_in(job) == []
+    wait_until(lambda: threads_of(worker.proc.pid) == idle_threads, timeout=5,
+               message="the attempt's threads (its own, zstd's, writeback) to end")
+
+
 def test_a_backup_past_its_timeout_fails_with_a_clear_error(client, auth, make_job, start_worker):
     job = command_job(make_job, "echo started; sleep 60", timeout_seconds=1)
     start_worker()
