@@ -108,7 +108,7 @@ def connect_postgresql(url, busy_seconds=10.0):
 
 # SQLite copies its write-ahead log back into the database ("checkpoints")
 # when the log reaches this many pages, inside the commit that crossed the
-# mark, fsyncs included: one webhook in a few hundred paid milliseconds for it.
+# mark, fsyncs included: about one webhook in 150 paid milliseconds for it.
 # The worker checkpoints every second instead (checkpoint_wal), so requests
 # never do; the mark (about 40 MB) remains for a web server without a worker.
 WAL_AUTOCHECKPOINT_PAGES = 10_000
@@ -634,7 +634,7 @@ class Backup(BaseModel):
             if row is None:
                 state = advanced(dict(cls.NEW_STATE, id=new_id(), created_at=received_at), kind, payload,
                                  received_at)
-                run_sql(cls.INSERT_STATE, (website_id, backup_id, *state.values()))
+                run_sql(cls.INSERT_STATE, (website_id, backup_id, *(state[name] for name in cls.STATE)))
             else:
                 if spool_id is not None and cls.has_event(row[0], spool_id):
                     return False
