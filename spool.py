@@ -25,11 +25,10 @@ REJECTED_NAME = "webhook-spool.rejected.jsonl"
 LOCK_NAME = "webhook-spool.lock"
 
 
-def spool_event(data_dir, kind, payload, website_id=None):
+def spool_event(data_dir, kind, payload):
     """Append one event durably; return its spool_id. Raises OSError if it cannot be kept."""
     record = {"spool_id": secrets.token_hex(16), "received_at": now_ms(), "kind": kind,
-              "website_id": website_id, "domain": payload["domain"], "backup_id": payload["backup_id"],
-              "payload": payload}
+              "domain": payload["domain"], "backup_id": payload["backup_id"], "payload": payload}
     _append(Path(data_dir) / SPOOL_NAME, (json.dumps(record, separators=(",", ":")) + "\n").encode())
     return record["spool_id"]
 
@@ -124,10 +123,7 @@ def _replay_file(path, data_dir):
 
 
 def _apply(record):
-    if record.get("website_id"):
-        website = Website.get_or_none(Website.id == record["website_id"])
-    else:
-        website = Website.by_domain(record["domain"])
+    website = Website.by_domain(record["domain"])
     if website is None:
         log.warning("dropping spooled %s event for %r: no such website", record["kind"], record["domain"])
         return 0

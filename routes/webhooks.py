@@ -9,7 +9,7 @@ import logging
 from flask import Blueprint, Response, current_app, request
 from peewee import DatabaseError
 
-from models import COMPLETE, FAILED_EVENT, PROGRESS, Backup, Website, event_problem
+from models import COMPLETE, FAILED_EVENT, PROGRESS, Backup, event_problem
 from routes import error, json_object
 from spool import spool_event
 
@@ -41,15 +41,11 @@ def receive(kind):
     if problem:
         error(problem, 400)
     try:
-        website_id = Website.id_for_domain(body["domain"])
+        applied = Backup.apply_webhook(body["domain"], body["backup_id"], kind, body)
     except DatabaseError as exc:
-        return keep_for_later(kind, body, None, exc)
-    if website_id is None:
+        return keep_for_later(kind, body, exc)
+    if applied is None:
         error("Website not found", 404)
-    try:
-        Backup.apply_event(website_id, body["backup_id"], kind, body)
-    except DatabaseError as exc:
-        return keep_for_later(kind, body, website_id, exc)
     return acknowledged()
 
 
@@ -62,9 +58,9 @@ def check_token():
         error("Missing or invalid x-wpfort-token", 401)
 
 
-def keep_for_later(kind, body, website_id, exc):
+def keep_for_later(kind, body, exc):
     try:
-        spool_id = spool_event(current_app.config["DATA_DIR"], kind, body, website_id)
+        spool_id = spool_event(current_app.config["DATA_DIR"], kind, body)
     except OSError as spool_exc:
         log.error("webhook %s for %s lost: database failed (%s) and spooling failed (%s)",
                   kind, body["domain"], exc, spool_exc)

@@ -436,29 +436,28 @@ def test_replay_while_still_locked_keeps_the_spool_for_later(site, hook, data_di
 
 def test_replay_skips_a_damaged_line_and_applies_the_rest(site, data_dir):
     good = {"spool_id": "a" * 32, "received_at": 1_700_000_000_000, "kind": "progress",
-            "website_id": site.id, "domain": "example.com", "backup_id": "backup_1",
+            "domain": "example.com", "backup_id": "backup_1",
             "payload": {"domain": "example.com", "backup_id": "backup_1", "progress": 12}}
     (data_dir / SPOOL_NAME).write_text(json.dumps(good) + "\n" + '{"spool_id": "trunc')
     assert replay_spool(data_dir) == 1
     assert backup().progress == 12 and backup().created_at == 1_700_000_000_000
 
 
-def test_replay_validates_the_domain_of_events_spooled_before_the_lookup(site, data_dir):
-    records = [{"spool_id": f"{n:032x}", "received_at": 1, "kind": "progress", "website_id": None,
-                "domain": domain, "backup_id": "b", "payload": {"domain": domain, "backup_id": "b"}}
+def test_replay_finds_the_website_by_domain_and_drops_unknown_ones(site, data_dir):
+    records = [{"spool_id": f"{n:032x}", "received_at": 1, "kind": "progress", "domain": domain, "backup_id": "b", "payload": {"domain": domain, "backup_id": "b"}}
                for n, domain in enumerate(["gone.example", "EXAMPLE.com."])]
     (data_dir / SPOOL_NAME).write_text("".join(json.dumps(r) + "\n" for r in records))
     assert replay_spool(data_dir) == 1
     assert Backup.get().website_id == site.id
 
 
-def test_event_is_spooled_when_even_the_website_lookup_fails(app, site, hook, data_dir, database_url, tmp_path):
+def test_event_is_spooled_when_the_database_cannot_be_opened(app, site, hook, data_dir, database_url, tmp_path):
     models.database.close()
     models.database.initialize(models.SqliteDatabase(str(tmp_path / "no" / "such" / "dir.db")))
     response = hook("complete")
     assert response.status_code == 200 and response.get_json() == {"success": True}
     record = json.loads((data_dir / SPOOL_NAME).read_text())
-    assert record["website_id"] is None and record["kind"] == "complete"
+    assert record["domain"] == "example.com" and record["kind"] == "complete"
     models.database.close()
     models.open_database(database_url)
     assert replay_spool(data_dir) == 1
@@ -528,8 +527,7 @@ def test_events_spooled_while_a_replay_runs_are_neither_lost_nor_doubled(site, d
 
     def spool_many(writer):
         for number in range(250):
-            spool_event(data_dir, "progress", {"domain": "example.com", "backup_id": f"w{writer}-{number}"},
-                        site.id)
+            spool_event(data_dir, "progress", {"domain": "example.com", "backup_id": f"w{writer}-{number}"})
 
     writers = [threading.Thread(target=spool_many, args=(n,)) for n in range(4)]
     for writer in writers:

@@ -278,8 +278,8 @@ def test_a_large_backup_streams_in_bounded_memory(client, auth, make_job, start_
 def test_the_worker_replays_spooled_webhooks(app, data_dir, start_worker):
     from spool import SPOOL_NAME, spool_event
     with models.database.atomic():
-        site = models.Website.create(domain="example.com")
-    spool_event(data_dir, "progress", {"domain": "example.com", "backup_id": "b-1", "progress": 30}, site.id)
+        models.Website.create(domain="example.com")
+    spool_event(data_dir, "progress", {"domain": "example.com", "backup_id": "b-1", "progress": 30})
     start_worker()
     replayed = wait_until(lambda: models.Backup.get_or_none(models.Backup.backup_id == "b-1"), timeout=10,
                           message="the spooled event to be applied")
