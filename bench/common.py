@@ -236,6 +236,17 @@ def cpu_seconds(pid, reaped_children=False):
     return ticks / CLOCK_TICKS
 
 
+def tree_cpu_seconds(pid):
+    """utime + stime of `pid` and every process below it that is still running."""
+    total = 0.0
+    for member in descendants(pid):
+        try:
+            total += cpu_seconds(member)
+        except OSError:  # ended since it was listed
+            pass
+    return total
+
+
 def descendants(pid):
     """`pid` and every process below it."""
     parents = {}

@@ -5,12 +5,13 @@ import sys
 
 from support import PROJECT
 
-SCRIPTS = ("webhooks", "pickup", "scale", "backup_speed")
+TARGETS = ("webhooks", "pickup", "scale", "backup_speed")  # each ends with its verdict
+SCRIPTS = TARGETS + ("webhook_floor",)
 
 
 def test_every_benchmark_runs_in_quick_mode(tmp_path):
     env = dict(os.environ, BENCH_WORK_DIR=str(tmp_path))
-    # All four at once: each uses its own directories and ports, and the whole stays short.
+    # All at once: each uses its own directories and ports, and the whole stays short.
     runs = {name: subprocess.Popen([sys.executable, str(PROJECT / "bench" / f"{name}.py"), "--quick"],
                                    cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True)
@@ -18,4 +19,4 @@ def test_every_benchmark_runs_in_quick_mode(tmp_path):
     for name, run in runs.items():
         output = run.communicate(timeout=120)[0]
         assert run.returncode == 0, f"bench/{name}.py --quick failed:\n{output}"
-        assert "## " in output and "Verdict" in output, output
+        assert "## " in output and ("Verdict" in output or name not in TARGETS), output
