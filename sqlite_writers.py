@@ -14,17 +14,31 @@ import fcntl
 import os
 import threading
 import time
+import weakref
 
 from peewee import SqliteDatabase
 
 FIRST_PAUSE, LONGEST_PAUSE = 0.00002, 0.001
+_databases = weakref.WeakSet()
+
+
+def _reopen_turn_files_after_fork():
+    # A descriptor inherited across fork() shares its lock with the parent's.
+    for db in _databases:
+        if db._turn_file is not None:
+            os.close(db._turn_file)
+            db._turn_file = None
+
+
+os.register_at_fork(after_in_child=_reopen_turn_files_after_fork)
 
 
 class TurnTakingSqliteDatabase(SqliteDatabase):
     def __init__(self, database, *args, **kwargs):
         super().__init__(database, *args, **kwargs)
         self._turn_path = f"{database}-writers"
-        self._turn_file, self._turn_pid = None, None
+        self._turn_file = None
+        _databases.add(self)
         self._turn_thread_lock = threading.Lock()  # flock() does not exclude threads of one process
         self._turn_owner, self._turn_held = None, False
 
@@ -80,8 +94,6 @@ class TurnTakingSqliteDatabase(SqliteDatabase):
         self._turn_thread_lock.release()
 
     def _turn_fd(self):
-        # A descriptor inherited across fork() would share its lock with the parent.
-        if self._turn_pid != os.getpid():
+        if self._turn_file is None:
             self._turn_file = os.open(self._turn_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            self._turn_pid = os.getpid()
         return self._turn_file
