@@ -156,3 +156,9 @@ def test_requests_leave_the_checkpoint_to_the_worker(client, data_dir, start_wor
     start_worker()
     wait_until(lambda: database_file.stat().st_size > size_before, timeout=10)
     assert models.Backup.select().count() == 300
+
+
+def test_the_app_reads_through_a_large_page_cache_and_no_memory_map(app):
+    # A memory map is dropped whole after every other process's write; see models.PAGE_CACHE_KIB.
+    assert models.database.execute_sql("PRAGMA mmap_size").fetchone()[0] == 0
+    assert models.database.execute_sql("PRAGMA cache_size").fetchone()[0] == -models.PAGE_CACHE_KIB
