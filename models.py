@@ -109,8 +109,9 @@ def connect_postgresql(url, busy_seconds=10.0):
 # SQLite copies its write-ahead log back into the database ("checkpoints")
 # when the log reaches this many pages, inside the commit that crossed the
 # mark, fsyncs included: about one webhook in 150 paid milliseconds for it.
-# The worker checkpoints every second instead (checkpoint_wal), so requests
-# never do; the mark (about 40 MB) remains for a web server without a worker.
+# The worker checkpoints four times a second instead (checkpoint_wal), so
+# requests never do; the mark (about 40 MB) remains for a web server without
+# a worker.
 WAL_AUTOCHECKPOINT_PAGES = 10_000
 
 
