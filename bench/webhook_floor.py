@@ -15,7 +15,6 @@ acknowledged can cost here; RESULTS.md discusses the figures.
 
     .venv/bin/python bench/webhook_floor.py [--rounds 5] [--seconds 4] [--quick]
 """
-import argparse
 import contextlib
 import sqlite3
 
@@ -26,30 +25,19 @@ FLOORS = ("json", "read", "insert")
 
 
 def main(argv=()):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=int, default=4)
-    parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--quick", action="store_true", help="1 round of 1 s: checks the harness only")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.rounds, args.seconds = 1, 1
-
-    data_dir = common.fresh_dir("webhook-floor")
-    common.open_backhook_db(data_dir)
-    common.add_websites(webhooks.SITES)
-    common.models.database.close()
+    args = webhooks.round_arguments(argv, __doc__.split("\n")[0], 5, 4)
+    data_dir = webhooks.sites_database("webhook-floor")
     with sqlite3.connect(data_dir / "floor.db") as floor:
         floor.execute("CREATE TABLE event (id INTEGER PRIMARY KEY, payload TEXT NOT NULL)")
     env = common.backhook_env(data_dir)
 
     with contextlib.ExitStack() as running:
         running.enter_context(common.worker(env))
-        servers = {"hello": running.enter_context(common.gunicorn(env, "bench.hello_app:app", name="hello"))}
-        for floor in FLOORS:
-            servers[floor] = running.enter_context(
-                common.gunicorn(dict(env, BENCH_FLOOR=floor), "bench.floor_app:app", name=floor))
-        servers["webhook"] = running.enter_context(common.gunicorn(env, name="webhook"))
+        apps = {"hello": (env, "bench.hello_app:app")}
+        apps |= {floor: (dict(env, BENCH_FLOOR=floor), "bench.floor_app:app") for floor in FLOORS}
+        apps["webhook"] = (env, "app:create_app()")
+        servers = {name: running.enter_context(common.gunicorn(app_env, app, args.processes, name=name))
+                   for name, (app_env, app) in apps.items()}
         for server in servers.values():  # imports, connections, first pages: not measured
             webhooks.measure(server, 1 if args.quick else 2, args.connections)
         runs = {name: [] for name in servers}
@@ -67,7 +55,7 @@ def main(argv=()):
         "## Webhook intake: the floors",
         "",
         f"`bench/webhook_floor.py --rounds {args.rounds} --seconds {args.seconds}`: "
-        f"{args.connections} connections, {common.cli.DEFAULT_PROCESSES} gunicorn processes each.",
+        f"{args.connections} connections, {args.processes} gunicorn processes each.",
         "",
         common.table(["app", "req/s per round", "median / hello", "server CPU µs/request", "errors"], rows),
     ])

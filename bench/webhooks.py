@@ -29,22 +29,33 @@ def measure(server, seconds, connections):
     return result
 
 
-def main(argv=()):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=int, default=6)
+def round_arguments(argv, description, rounds, seconds):
+    """The options of the benchmarks that run wrk in alternating rounds (this one, webhook_floor.py)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--seconds", type=int, default=seconds)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--processes", type=int, default=common.cli.DEFAULT_PROCESSES,
-                        help="gunicorn processes for both apps (default: that of `backhook serve`)")
+                        help="gunicorn processes of every app (default: that of `backhook serve`)")
     parser.add_argument("--quick", action="store_true", help="1 round of 1 s: checks the harness only")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.seconds = 1, 1
+    return args
 
-    data_dir = common.fresh_dir("webhooks")
+
+def sites_database(name):
+    """A fresh data directory whose database holds the SITES that wrk.lua posts for."""
+    data_dir = common.fresh_dir(name)
     common.open_backhook_db(data_dir)
     common.add_websites(SITES)
     common.models.database.close()
+    return data_dir
+
+
+def main(argv=()):
+    args = round_arguments(argv, __doc__.split("\n")[0], 5, 6)
+    data_dir = sites_database("webhooks")
     env = common.backhook_env(data_dir)
 
     runs = {"hello": [], "webhook": []}
