@@ -588,7 +588,6 @@ class Website(BaseModel):
         return cls.get_or_none(cls.domain == normalize_domain(domain))
 
 
-
 class Backup(BaseModel):
     id = TextField(primary_key=True, default=new_id)
     website = ForeignKeyField(Website, backref="backups", on_delete="CASCADE")
