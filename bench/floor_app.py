@@ -19,15 +19,18 @@ FLOOR = os.environ["BENCH_FLOOR"]
 DATA_DIR = os.environ["BACKHOOK_DATA_DIR"]
 ACKNOWLEDGED = b'{"success":true}\n'
 
+# The file each floor works on; the `json` floor opens none.
+DATABASE_FILE = {"read": "backhook.db", "insert": "floor.db"}.get(FLOOR)
+
 app = Flask(__name__)
 connection = None
 
 
-def database(name):
-    """One connection per process, opened on first use, with backhook's settings for SQLite."""
+def database():
+    """This process's one connection to DATABASE_FILE, opened on first use, with backhook's settings for SQLite."""
     global connection
     if connection is None:
-        connection = sqlite3.connect(os.path.join(DATA_DIR, name), isolation_level=None, timeout=10)
+        connection = sqlite3.connect(os.path.join(DATA_DIR, DATABASE_FILE), isolation_level=None, timeout=10)
         for pragma in ("journal_mode = wal", "synchronous = normal", "foreign_keys = 1"):
             connection.execute(f"PRAGMA {pragma}")
     return connection
@@ -37,10 +40,10 @@ def database(name):
 def webhook_floor():
     body = json.loads(request.get_data())
     if FLOOR == "read":
-        found = database("backhook.db").execute("SELECT id FROM website WHERE domain = ?", (body["domain"],))
+        found = database().execute("SELECT id FROM website WHERE domain = ?", (body["domain"],))
         if found.fetchone() is None:
             return {"error": "Website not found"}, 404
     elif FLOOR == "insert":
-        database("floor.db").execute("INSERT INTO event (payload) VALUES (?)", (json.dumps(body),))
+        database().execute("INSERT INTO event (payload) VALUES (?)", (json.dumps(body),))
     return ACKNOWLEDGED, 200, {"Content-Type": "application/json"}
 
