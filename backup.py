@@ -28,6 +28,7 @@ from urllib.parse import unquote, urlparse
 import zstandard
 from peewee import OperationalError
 
+import config
 import models
 import wpsec
 from models import CANCELLED, FAILED, PENDING, RUNNING, SUCCESS, Execution, ExecutionLog, now_ms
@@ -35,7 +36,7 @@ from sources import CHUNK, DUMPERS, BackupError, source_kind
 
 log = logging.getLogger("backhook.backup")
 
-# Each stage owns a band of the global 0-100 progress (SPEC "Stages").
+# Each stage owns a band of the global 0-100 progress (README.md, "Stages and progress").
 BANDS = {
     "Initializing": (0, 5),
     "Dumping": (5, 60),
@@ -174,12 +175,33 @@ def open_compressor(compression, out):
     return out
 
 
+def create_artifact(path):
+    """A new artifact file, open for writing: 0600, or 0640 for the group of BACKHOOK_ARTIFACT_GROUP.
+
+    With a group, the job's directory becomes 0750 and that group's too, so the group can reach it.
+    """
+    group = config.load()["ARTIFACT_GROUP"]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        if group is not None:
+            os.fchown(fd, -1, group)
+            os.fchmod(fd, 0o640)
+            directory = os.path.dirname(path)
+            os.chown(directory, -1, group)
+            os.chmod(directory, 0o750)
+    except OSError as exc:
+        os.close(fd)
+        os.unlink(path)
+        raise OSError(f"cannot give {path} to group {group} (BACKHOOK_ARTIFACT_GROUP): {exc.strerror}") from None
+    return os.fdopen(fd, "wb")
+
+
 class ArtifactWriter:
     """The sink dumpers write into: compress, hash and write to `<artifact>.partial`."""
 
     def __init__(self, run, partial, compression):
         self.run, self.partial = run, partial
-        self.file = open(partial, "xb")
+        self.file = create_artifact(partial)
         self.stored = HashingFile(self.file)
         self.compressor = open_compressor(compression, self.stored)
         self.raw_bytes = 0

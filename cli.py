@@ -2,30 +2,139 @@
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
+from importlib.metadata import version
 from pathlib import Path
+from urllib.parse import quote, urlparse
 
 import click
 from flask import current_app
 from flask.cli import FlaskGroup
-from peewee import IntegrityError
+from peewee import DatabaseError, IntegrityError, InterfaceError
+from playhouse.db_url import parse as parse_url
 
-import dbcopy
-import models
-from app import create_app
-from models import ApiKey, Job, Setting, Website, iso, normalize_domain
-from sources import describe_source, source_kind
+HERE = Path(__file__).resolve().parent
+if __package__:
+    # Installed, this is backhook/cli.py, and its sibling modules are imported as
+    # top-level modules from their own directory: the installation claims no
+    # generic top-level name (`models`, `config`) in site-packages.
+    sys.path.insert(0, str(HERE))
+
+import config  # noqa: E402  (the project's own modules need HERE on sys.path)
+import dbcopy  # noqa: E402
+import models  # noqa: E402
+from app import create_app  # noqa: E402
+from models import (CANCELLED, FAILED, FINISHED, PENDING, SUCCESS, ApiKey, Execution, Job,  # noqa: E402
+                    Setting, Website, iso, normalize_domain)
+from sources import describe_source, source_kind  # noqa: E402
+from wakeup import trigger  # noqa: E402
 
 DEFAULT_BIND = "127.0.0.1:8000"
 DEFAULT_PROCESSES = max(2, os.cpu_count() or 1)
 
 
-@click.group(cls=FlaskGroup, create_app=create_app, add_default_commands=False,
-             add_version_option=False, load_dotenv=False)
+# Only these may create the database; every other command needs an initialised one.
+CREATES_DATABASE = ("init", "run", "serve", "worker")
+
+
+def load_app():
+    """The app a command runs in, once the environment and the database are fit for that command."""
+    try:
+        settings = config.load()
+    except config.ConfigError as exc:
+        fail(str(exc))
+    if click.get_current_context().find_root().invoked_subcommand in CREATES_DATABASE:
+        Path(settings["DATA_DIR"]).mkdir(mode=0o700, parents=True, exist_ok=True)
+    else:
+        problem = database_problem(settings["DATABASE_URL"])
+        if problem:
+            fail(problem)
+    return create_app()
+
+
+def database_problem(url):
+    """Why the database at `url` cannot serve a command that must not create it; None when it can."""
+    if url.startswith("sqlite:///"):
+        path = "/" + urlparse(url).path.lstrip("/")
+        if not Path(path).is_file():
+            return (f"no backhook database at {path}: run `backhook init` to create one, or point "
+                    f"BACKHOOK_DATA_DIR (default ./var, of the current directory) at the data directory that holds yours")
+        where = f"the database at {path}"
+        try:
+            with closing(sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True)) as db:
+                found = db.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.Error as exc:
+            return f"cannot read {where}: {exc}"
+    elif models.is_postgresql_url(url):
+        params = parse_url(url)
+        where = f"the PostgreSQL database {params.get('database')} on {params.get('host') or 'localhost'}"
+        db = models.connect_postgresql(url)
+        try:
+            found = 0
+            if db.execute_sql("SELECT to_regclass('schema_version')").fetchone()[0] is not None:
+                found = db.execute_sql("SELECT max(version) FROM schema_version").fetchone()[0] or 0
+        except DatabaseError as exc:
+            return f"cannot use {where} (BACKHOOK_DATABASE_URL): {one_line(exc)}"
+        finally:
+            db.close()
+    else:
+        return None
+    latest = models.schema_sections()[-1][0]
+    if found == 0:
+        return f"{where} is not a backhook database yet: run `backhook init` first"
+    if found < latest:
+        return f"{where} has schema version {found}: run `backhook init` to upgrade it to version {latest}"
+    return None
+
+
+def one_line(exc):
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+
+
+class BackhookGroup(FlaskGroup):
+    """Flask's CLI, which gives every command an app context, without what backhook has no use for:
+    Flask's options for picking another app and the commands that extensions register (`limiter`)."""
+
+    def __init__(self, **extra):
+        super().__init__(create_app=load_app, add_default_commands=False, add_version_option=False,
+                         load_dotenv=False, set_debug_flag=False, **extra)
+        self.params = [param for param in self.params if param.name not in ("env_file", "app", "debug")]
+
+    def get_command(self, ctx, name):
+        return click.Group.get_command(self, ctx, name)
+
+    def list_commands(self, ctx):
+        return click.Group.list_commands(self, ctx)
+
+    def parse_args(self, ctx, args):
+        return click.Group.parse_args(self, ctx, args)
+
+    def invoke(self, ctx):
+        # A locked or unreachable database is the user's to fix: one line, not a traceback.
+        try:
+            return super().invoke(ctx)
+        except (DatabaseError, InterfaceError) as exc:
+            raise click.ClickException(f"database error: {one_line(exc)}") from None
+
+
+@click.group(cls=BackhookGroup)
+@click.version_option(version("backhook"), prog_name="backhook", message="%(prog)s %(version)s")
 def main():
-    """backhook: self-hosted backup orchestrator."""
+    """backhook: self-hosted backup orchestrator.
+
+    Configuration comes from the environment (BACKHOOK_DATA_DIR, default ./var;
+    see README.md). Each command has its own --help.
+    """
+
+
+def entry_point():
+    """The `backhook` console script: every file this process and its children create is private."""
+    os.umask(config.UMASK)
+    main()
 
 
 def fail(message):
@@ -47,36 +156,46 @@ def find(model, row_id, what):
     return row
 
 
-def add_lifecycle_commands(group, model, what, delete_note=""):
-    """`enable ID`, `disable ID` and `delete ID` for keys and jobs alike."""
+def find_job(reference):
+    """A job by its id or, failing that, by its name."""
+    job = Job.get_or_none(Job.id == reference) or Job.get_or_none(Job.name == reference)
+    if job is None:
+        fail(f"no job with the name or id {reference!r} (see `backhook jobs list`)")
+    return job
+
+
+def add_lifecycle_commands(group, find_row, what, metavar, delete_note=""):
+    """`enable`, `disable` and `delete` for keys and jobs alike; `find_row(reference)` finds the row."""
     for name, enabled in (("enable", True), ("disable", False)):
         @group.command(name, help=f"{name.capitalize()} a {what}.")
-        @click.argument("row_id", metavar="ID")
-        def toggle(row_id, enabled=enabled, name=name):
-            row = find(model, row_id, what)
+        @click.argument("reference", metavar=metavar)
+        def toggle(reference, enabled=enabled, name=name):
+            row = find_row(reference)
             with models.database.atomic():
-                model.update(enabled=enabled).where(model.id == row.id).execute()
-            click.echo(f"{what} {row.id} {name}d")
+                type(row).update(enabled=enabled).where(type(row).id == row.id).execute()
+            state = {True: "enabled", False: "disabled"}
+            click.echo(f"{what} {row.name} ({row.id}): {state[row.enabled]} → {state[enabled]}")
 
     @group.command("delete", help=f"Delete a {what}{delete_note}.")
-    @click.argument("row_id", metavar="ID")
-    def delete(row_id):
-        row = find(model, row_id, what)
+    @click.argument("reference", metavar=metavar)
+    def delete(reference):
+        row = find_row(reference)
         with models.database.atomic():
             row.delete_instance(recursive=True)
-        click.echo(f"{what} {row.id} deleted")
+        click.echo(f"{what} {row.name} ({row.id}) deleted")
 
 
 # --- processes -----------------------------------------------------------------
 
 def gunicorn_command(bind, processes):
+    # By path, not by module name: installed, the modules are importable only from HERE.
     return [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(processes),
-            "--graceful-timeout", "20", "--no-control-socket", "--config", "python:gunicorn_config",
-            "app:create_app()"]
+            "--graceful-timeout", "20", "--no-control-socket", "--pythonpath", str(HERE),
+            "--config", f"file:{HERE / 'gunicorn_config.py'}", "app:create_app()"]
 
 
 def worker_command():
-    return [sys.executable, "-m", "worker"]
+    return [sys.executable, str(HERE / "worker.py")]
 
 
 @main.command()
@@ -141,7 +260,9 @@ Next steps, in another terminal:
        {exe} keys create ci -p jobs:read -p jobs:execute -p history:read
   2. Create a job, for example a directory backup:
        {exe} jobs add etc-backup --source files:///etc --destination {Path.cwd() / 'var' / 'backups'}
-  3. Trigger it and poll it:
+  3. Run it and watch it to the end:
+       {exe} jobs run etc-backup --wait
+     or trigger it and poll it over HTTP:
        curl -X POST http://{bind}/api/jobs/JOB_ID/run -H "Authorization: Bearer YOUR_KEY"
        curl http://{bind}/api/executions/EXECUTION_ID -H "Authorization: Bearer YOUR_KEY"
 """
@@ -197,14 +318,14 @@ def keys_list():
                    f"  expires={iso(key.expires_at) or 'never'}  last_used={iso(key.last_used_at) or 'never'}")
 
 
-add_lifecycle_commands(keys, ApiKey, "key")
+add_lifecycle_commands(keys, lambda key_id: find(ApiKey, key_id, "key"), "key", "ID")
 
 
 # --- jobs ----------------------------------------------------------------------
 
 @main.group()
 def jobs():
-    """Create and list backup jobs."""
+    """Create, run, inspect and change backup jobs (by name or id)."""
 
 
 @jobs.command("add")
@@ -238,7 +359,120 @@ def jobs_list():
                    f"  {job.compression}  {state}  last={job.last_status or 'never'}")
 
 
-add_lifecycle_commands(jobs, Job, "job", " and its history (stored artifacts stay on disk)")
+COMPRESSIONS = ("zstd", "gzip", "none")
+EXIT_STATUS = {SUCCESS: 0, FAILED: 1, CANCELLED: 2}
+WAIT_POLL_SECONDS = 0.5
+NO_WORKER_HINT_SECONDS = 10
+
+
+@jobs.command("run")
+@click.argument("reference", metavar="NAME|ID")
+@click.option("--wait", is_flag=True,
+              help="show stage and progress until the run ends; exit 0 on Success, 1 on Failed, 2 on Cancelled")
+def jobs_run(reference, wait):
+    """Queue a run of a job now, as POST /api/jobs/ID/run does; no web process is needed.
+
+    Without --wait the execution id is printed alone on the last line.
+    """
+    job = find_job(reference)
+    if not job.enabled:
+        fail(f"job {job.name} is disabled: `backhook jobs enable {job.name}` first")
+    execution = trigger(job, current_app.config["DATA_DIR"])
+    click.echo(f"queued execution {execution.id} of job {job.name}")
+    if not wait:
+        click.echo(execution.id)
+        return
+    try:
+        execution = wait_until_finished(execution.id)
+    except KeyboardInterrupt:
+        click.echo(f"\nstopped waiting; execution {execution.id} goes on", err=True)
+        sys.exit(130)
+    if execution.status == SUCCESS:
+        click.echo(f"Success in {execution.duration() / 1000:.1f} s, {execution.size or 0:,} bytes stored")
+        # The last line in sha256sum's format: `| tail -n 1 | sha256sum -c` checks the artifact.
+        click.echo(f"{execution.sha256}  {execution.path}" if execution.path else "no artifact stored")
+    else:
+        click.echo(f"{execution.status}" + (f": {execution.error}" if execution.error else ""), err=True)
+    sys.exit(EXIT_STATUS[execution.status])
+
+
+def wait_until_finished(execution_id):
+    """Print a line for each change of status, stage or progress; return the finished execution."""
+    shown, queued_at, hinted = None, time.monotonic(), False
+    while True:
+        execution = Execution.get_by_id(execution_id)
+        state = (execution.status, execution.stage, execution.progress)
+        if state != shown:
+            click.echo(f"{execution.status:<9} {execution.progress:>3}%  {execution.stage or ''}")
+            shown = state
+        if execution.status in FINISHED:
+            return execution
+        if execution.status == PENDING and not hinted and time.monotonic() - queued_at > NO_WORKER_HINT_SECONDS:
+            click.echo("no worker has claimed it yet: is `backhook worker` (or `backhook run`) running?", err=True)
+            hinted = True
+        time.sleep(WAIT_POLL_SECONDS)
+
+
+@jobs.command("show")
+@click.argument("reference", metavar="NAME|ID")
+def jobs_show(reference):
+    """Every field of a job (its source without secrets) and its last execution."""
+    job = find_job(reference)
+    for field in Job._meta.sorted_fields:
+        value = getattr(job, field.name)
+        if field.name == "source":
+            value = describe_source(value)["source"]
+        click.echo(f"{field.name:<16} {shown_value(field.name, value)}")
+    last = Execution.select().where(Execution.job == job.id).order_by(Execution.created_at.desc()).first()
+    click.echo(f"{'last_execution':<16} " + (f"{last.id} {last.status} ended {iso(last.ended_at) or '-'}"
+                                              if last else "never run"))
+
+
+def shown_value(name, value):
+    if name == "keep" and value is None:
+        return "all"
+    if name == "timeout_seconds":
+        return f"{value} ({value / 3600:g} h)"
+    if name.endswith("_at"):
+        return iso(value) or "-"
+    return value
+
+
+@jobs.command("set")
+@click.argument("reference", metavar="NAME|ID")
+@click.option("--keep", type=click.IntRange(min=1), default=None, help="keep the N newest successful backups")
+@click.option("--keep-all", is_flag=True, help="keep every backup (no retention)")
+@click.option("--timeout-hours", type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option("--compression", type=click.Choice(COMPRESSIONS), default=None, help="for the next backups")
+@click.option("--destination", type=click.Path(file_okay=False), default=None,
+              help="local directory for the next backups (earlier ones stay where they are)")
+def jobs_set(reference, keep, keep_all, timeout_hours, compression, destination):
+    """Change a job's retention, timeout, compression or destination; prints each change as old → new."""
+    job = find_job(reference)
+    if keep is not None and keep_all:
+        fail("--keep N and --keep-all contradict each other")
+    wanted = {}
+    if keep is not None or keep_all:
+        wanted["keep"] = keep  # None keeps every backup
+    if timeout_hours is not None:
+        wanted["timeout_seconds"] = int(timeout_hours * 3600)
+    if compression is not None:
+        wanted["compression"] = compression
+    if destination is not None:
+        wanted["destination"] = str(Path(destination).resolve())
+    if not wanted:
+        fail("nothing to change: give --keep N, --keep-all, --timeout-hours H, --compression or --destination")
+    changes = {name: (getattr(job, name), value) for name, value in wanted.items() if getattr(job, name) != value}
+    if changes:
+        with models.database.atomic():
+            Job.update(**{name: new for name, (_old, new) in changes.items()}).where(Job.id == job.id).execute()
+    for name, (old, new) in changes.items():
+        click.echo(f"job {job.name}: {name} {shown_value(name, old)} → {shown_value(name, new)}")
+    if not changes:
+        click.echo(f"job {job.name}: nothing changed")
+
+
+add_lifecycle_commands(jobs, find_job, "job", "NAME|ID", " and its history (stored artifacts stay on disk)")
 
 
 # --- websites ------------------------------------------------------------------
@@ -253,6 +487,7 @@ def websites():
 @click.option("--wpsec-url", default=None, help="the site's base URL, for backup/list and backup/start")
 @click.option("--wpsec-api-key", default=None, help="the plugin's x-api-key")
 def websites_add(domain, wpsec_url, wpsec_api_key):
+    """Register a website; its id is printed alone on the last line."""
     domain = normalize_domain(domain)
     if not domain:
         fail("the domain is empty")
@@ -264,6 +499,7 @@ def websites_add(domain, wpsec_url, wpsec_api_key):
 
 @websites.command("list")
 def websites_list():
+    """One website per line: ID, domain, WPSec URL, the API key's first characters, last sync."""
     for site in Website.select().order_by(Website.domain):
         key = f"{site.wpsec_api_key[:4]}…" if site.wpsec_api_key else "none"
         click.echo(f"{site.id}  {site.domain}  {site.wpsec_url}  api_key={key}"
@@ -273,6 +509,7 @@ def websites_list():
 @websites.command("remove")
 @click.argument("domain")
 def websites_remove(domain):
+    """Remove a website with its backup records (matched like webhooks: case, spaces, a trailing dot)."""
     site = Website.by_domain(domain)
     if site is None:
         fail(f"no website {normalize_domain(domain)}")
@@ -289,21 +526,21 @@ def settings():
 
 
 @settings.command("set")
-@click.argument("key")
+@click.argument("key", metavar="KEY", type=click.Choice(sorted(Setting.DEFAULTS)))
 @click.argument("value", type=click.IntRange(min=1))
 def settings_set(key, value):
-    try:
-        Setting.write(key, value)
-    except ValueError as exc:
-        fail(str(exc))
-    click.echo(f"{key} = {value}")
+    """Set a global setting, e.g. `max_concurrent_jobs 4` (across all workers)."""
+    old = Setting.read(key)
+    Setting.write(key, value)
+    click.echo(f"{key}: {old} → {value}")
 
 
 @settings.command("get")
-@click.argument("key")
+@click.argument("key", metavar="KEY", type=click.Choice(sorted(Setting.DEFAULTS)))
 def settings_get(key):
+    """Print a global setting's value."""
     click.echo(Setting.read(key))
 
 
 if __name__ == "__main__":
-    main()
+    entry_point()

@@ -1,10 +1,37 @@
 """Every setting backhook reads from the environment, read in this one place."""
+import grp
 import os
 from pathlib import Path
+
+# Every file and directory backhook creates is its owner's alone (the database
+# holds source passwords); each backhook process sets this umask as it starts.
+UMASK = 0o077
+
+
+class ConfigError(ValueError):
+    """A variable whose value backhook cannot use; the message names it."""
 
 
 def _flag(value):
     return value.strip().lower() not in ("0", "false", "no", "off", "")
+
+
+def _number(env, name, default, kind=float):
+    value = env.get(name, default)
+    try:
+        return kind(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not {'a whole number' if kind is int else 'a number'}") from None
+
+
+def _group_id(env, name):
+    value = env.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return int(value) if value.isdigit() else grp.getgrnam(value).gr_gid
+    except KeyError:
+        raise ConfigError(f"{name}={value!r}: there is no such group") from None
 
 
 def load(environ=None):
@@ -20,12 +47,14 @@ def load(environ=None):
         # Keeps backhook's counters apart from other users of a shared Redis.
         "RATELIMIT_KEY_PREFIX": env.get("BACKHOOK_RATELIMIT_KEY_PREFIX", "backhook"),
         "RATELIMIT_ENABLED": _flag(env.get("BACKHOOK_RATELIMIT_ENABLED", "true")),
-        "TRUSTED_PROXIES": int(env.get("BACKHOOK_TRUSTED_PROXIES", "0")),
-        "LEASE_SECONDS": float(env.get("BACKHOOK_LEASE_SECONDS", "30")),
+        "TRUSTED_PROXIES": _number(env, "BACKHOOK_TRUSTED_PROXIES", "0", int),
+        "LEASE_SECONDS": _number(env, "BACKHOOK_LEASE_SECONDS", "30"),
         # How long a stopping worker lets running backups finish before it
         # interrupts them and puts them back in the queue.
-        "WORKER_GRACE_SECONDS": float(env.get("BACKHOOK_WORKER_GRACE_SECONDS", "30")),
-        "WPSEC_POLL_AFTER": float(env.get("BACKHOOK_WPSEC_POLL_AFTER", "300")),
+        "WORKER_GRACE_SECONDS": _number(env, "BACKHOOK_WORKER_GRACE_SECONDS", "30"),
+        "WPSEC_POLL_AFTER": _number(env, "BACKHOOK_WPSEC_POLL_AFTER", "300"),
         # How long a request waits on a locked SQLite database before giving up.
-        "DATABASE_BUSY_SECONDS": float(env.get("BACKHOOK_DATABASE_BUSY_SECONDS", "10")),
+        "DATABASE_BUSY_SECONDS": _number(env, "BACKHOOK_DATABASE_BUSY_SECONDS", "10"),
+        # Artifacts are 0600; with a group (a name or a gid) they are 0640 and that group's.
+        "ARTIFACT_GROUP": _group_id(env, "BACKHOOK_ARTIFACT_GROUP"),
     }

@@ -1,10 +1,11 @@
-"""gunicorn settings for `backhook serve` and `backhook run`, loaded with `--config python:gunicorn_config`.
+"""gunicorn settings for `backhook serve` and `backhook run`, loaded with `--config file:…/gunicorn_config.py`.
 
 gunicorn refuses some requests before the app sees them (a request line or a
 header too large, malformed HTTP) and answers those with an HTML page. Every
 backhook error is JSON {"error": "..."}, so its refusals are rewritten as JSON.
 """
 import json
+import os
 
 from gunicorn import util
 
@@ -23,3 +24,9 @@ def write_json_error(sock, status_int, reason, mesg):
 
 
 util.write_error = write_json_error
+
+
+def on_starting(server):
+    import config  # importable once gunicorn has applied --pythonpath, just before this hook
+
+    os.umask(config.UMASK)  # before any process forks, so every file the web processes create is private

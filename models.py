@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import re
 import secrets
 import time
@@ -142,7 +143,12 @@ def connect_database(url, busy_seconds=10.0):
         db = connect_postgresql(url, busy_seconds)
     elif url.startswith("sqlite:///"):
         path = Path(urlparse(url).path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Created private before SQLite opens it: its -wal and -shm files take the same mode.
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        except FileExistsError:
+            pass
         db = TurnTakingSqliteDatabase(
             str(path),
             timeout=busy_seconds,

@@ -63,6 +63,13 @@ def drain(sock):
             return
 
 
+def trigger(job, data_dir):
+    """Queue an execution of `job` and wake the workers: how both the API and `backhook jobs run` start a run."""
+    execution = models.Execution.enqueue(job)
+    wake_workers(data_dir)
+    return execution
+
+
 def wake_workers(data_dir):
     """Nudge every listening worker. Sockets nobody listens on are stale and removed."""
     if models.is_postgresql():

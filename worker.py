@@ -284,6 +284,7 @@ class Worker:
 
 
 def main():
+    os.umask(config.UMASK)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = config.load()

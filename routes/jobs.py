@@ -1,9 +1,9 @@
 from flask import Blueprint, current_app
 
-from models import Execution, Job, iso
+from models import Job, iso
 from routes import error, require_permission
 from sources import describe_source
-from wakeup import wake_workers
+from wakeup import trigger
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/jobs")
 
@@ -37,6 +37,5 @@ def run_job(job_id):
         error("Job not found", 404)
     if not job.enabled:
         error("Job is disabled", 409)
-    execution = Execution.enqueue(job)
-    wake_workers(current_app.config["DATA_DIR"])
+    execution = trigger(job, current_app.config["DATA_DIR"])
     return {"success": True, "executionId": execution.id}
