@@ -1,10 +1,24 @@
 """The command-line forms other tools depend on."""
+import hashlib
+import os
 import subprocess
 import sys
+from importlib.metadata import version
+from pathlib import Path
 
+import pytest
+from click.testing import CliRunner
+
+import cli
 import models
-from models import ApiKey, Job, Setting, Website
-from support import PROJECT
+from models import ApiKey, Execution, Job, Setting, Website
+from support import PROJECT, hold_write_lock, wait_until
+
+
+def backhook(*args, env=None, cwd=None):
+    """`backhook ARGS` in a process of its own, run from `cwd` (by default not the project)."""
+    return subprocess.run([sys.executable, str(PROJECT / "cli.py"), *map(str, args)], env=env, cwd=cwd or "/",
+                          capture_output=True, text=True)
 
 
 def test_init_is_safe_to_repeat(runner):
@@ -141,3 +155,185 @@ def test_websites_list_never_shows_the_api_key_in_full(runner):
     runner("websites", "add", "example.com", "--wpsec-api-key", "site-key-123456")
     listing = runner("websites", "list").output
     assert "example.com" in listing and "site-key-123456" not in listing
+
+
+# --- help, version ------------------------------------------------------------------
+
+def every_command(group=cli.main, path=()):
+    yield path, group
+    for name, command in getattr(group, "commands", {}).items():
+        yield from every_command(command, path + (name,))
+
+
+def test_every_command_and_group_has_help_text():
+    for path, command in every_command():
+        assert (command.help or "").strip(), f"`backhook {' '.join(path)}` has no help text"
+        result = CliRunner().invoke(cli.main, [*path, "--help"])
+        assert result.exit_code == 0 and "Usage: " in result.output, path
+
+
+def test_top_level_help_shows_neither_flasks_options_nor_extension_commands(tmp_path):
+    result = backhook("--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for foreign in ("--env-file", "--app", "--debug", "limiter", "routes", "shell"):
+        assert foreign not in result.stdout, foreign
+    assert "jobs" in result.stdout and "keys" in result.stdout
+    assert list(tmp_path.iterdir()) == []  # help opens no database
+
+
+def test_version_is_the_distributions():
+    result = backhook("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"backhook {version('backhook')}"
+
+
+# --- which commands may create a database; errors are one line -----------------------------
+
+def one_line_error(result):
+    """The single line a failed command printed, after checking that it printed nothing else."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.mark.sqlite_only("the default database is a SQLite file under ./var")
+def test_keys_list_elsewhere_creates_no_database_and_names_where_it_looked(tmp_path):
+    env = {key: value for key, value in os.environ.items() if not key.startswith("BACKHOOK_")}
+    error = one_line_error(backhook("keys", "list", cwd=tmp_path, env=env))
+    assert str(tmp_path / "var" / "backhook.db") in error and "BACKHOOK_DATA_DIR" in error
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [("keys", "list"), ("jobs", "list"), ("jobs", "show", "nightly"),
+                                     ("settings", "get", "max_concurrent_jobs"), ("websites", "list")])
+def test_commands_other_than_init_refuse_an_uninitialised_database(backhook_env, command):
+    error = one_line_error(backhook(*command, env=backhook_env))
+    assert "backhook init" in error
+
+
+def test_only_init_run_serve_and_worker_may_create_the_database():
+    assert set(cli.CREATES_DATABASE) == {"init", "run", "serve", "worker"}
+
+
+def test_a_locked_database_is_one_line_not_a_traceback(backhook_env, database_url):
+    assert backhook("init", env=backhook_env).returncode == 0
+    holder = hold_write_lock(database_url, 60)
+    try:
+        error = one_line_error(backhook("keys", "create", "ci", "-p", "jobs:read",
+                                        env={**backhook_env, "BACKHOOK_DATABASE_BUSY_SECONDS": "0.2"}))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert "database" in error and ("locked" in error or "lock timeout" in error), error
+
+
+@pytest.mark.parametrize("variable, value", [("BACKHOOK_TRUSTED_PROXIES", "two"),
+                                             ("BACKHOOK_LEASE_SECONDS", "soon"),
+                                             ("BACKHOOK_ARTIFACT_GROUP", "no-such-group-here")])
+def test_a_bad_environment_value_is_one_line_naming_the_variable(backhook_env, variable, value):
+    assert backhook("init", env=backhook_env).returncode == 0
+    error = one_line_error(backhook("keys", "list", env={**backhook_env, variable: value}))
+    assert variable in error and value in error
+
+
+def test_settings_get_refuses_an_unknown_setting_and_lists_the_known_ones(runner):
+    result = runner("settings", "get", "no_such_setting")
+    assert result.exit_code != 0
+    assert "no_such_setting" in result.output and "max_concurrent_jobs" in result.output
+
+
+def test_settings_set_says_what_changed(runner):
+    result = runner("settings", "set", "max_concurrent_jobs", "3")
+    assert result.exit_code == 0 and "max_concurrent_jobs: 1 → 3" in result.output
+
+
+# --- jobs run, show, set; names wherever ids go ---------------------------------------------
+
+def test_jobs_run_queues_an_execution_without_a_web_process(runner, make_job):
+    job = make_job()
+    result = runner("jobs", "run", job.name)
+    assert result.exit_code == 0, result.output
+    execution = Execution.get_by_id(result.output.strip().splitlines()[-1])
+    assert (execution.job_id, execution.status) == (job.id, "Pending")
+
+
+def test_jobs_run_refuses_a_disabled_or_unknown_job(runner, make_job):
+    make_job(enabled=False)
+    assert "disabled" in runner("jobs", "run", "nightly").output
+    assert runner("jobs", "run", "nightly").exit_code != 0
+    assert runner("jobs", "run", "no-such-job").exit_code != 0
+    assert Execution.select().count() == 0
+
+
+def test_jobs_run_wait_shows_progress_and_ends_with_the_artifacts_sha256(runner, make_job, start_worker):
+    job = make_job()
+    start_worker()
+    result = runner("jobs", "run", job.id, "--wait")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[1].split() == ["Pending", "0%", "Queued"] and "Success   100%  Completed" in lines
+    sha256, path = result.output.strip().splitlines()[-1].split("  ")
+    assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == sha256
+    assert Execution.get().path == path
+
+
+def test_jobs_run_wait_exits_1_when_the_run_fails(runner, make_job, start_worker):
+    make_job("broken", source="command:echo no >&2; exit 3")
+    start_worker()
+    result = runner("jobs", "run", "broken", "--wait")
+    assert result.exit_code == 1, result.output
+    assert Execution.get().status == "Failed"
+
+
+def test_jobs_run_wait_exits_2_when_the_run_is_cancelled(app, make_job, start_worker, backhook_env):
+    make_job("slow", source="command:sleep 60")
+    start_worker()
+    waiting = subprocess.Popen([sys.executable, str(PROJECT / "cli.py"), "jobs", "run", "slow", "--wait"],
+                               env=backhook_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        running = wait_until(lambda: Execution.get_or_none(Execution.status == "Running"), timeout=30,
+                             message="the run to start")
+        Execution.cancel(running.id)
+        stdout, stderr = waiting.communicate(timeout=30)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 2, stdout + stderr
+    assert "Cancelled" in stdout + stderr
+
+
+def test_jobs_show_prints_every_field_and_hides_the_password(runner, tmp_path):
+    runner("jobs", "add", "pg", "--source", "postgresql://u:hunter2@db:5432/app", "--destination", tmp_path,
+           "--keep", "4")
+    result = runner("jobs", "show", "pg")
+    assert result.exit_code == 0, result.output
+    assert "hunter2" not in result.output
+    for field in Job._meta.sorted_fields:
+        assert field.name in result.output
+    assert "never run" in result.output
+
+
+def test_jobs_set_changes_keep_timeout_compression_and_destination_and_says_old_to_new(runner, make_job, tmp_path):
+    job = make_job(keep=3)
+    result = runner("jobs", "set", "nightly", "--keep", "5", "--timeout-hours", "2", "--compression", "gzip",
+                    "--destination", tmp_path / "elsewhere")
+    assert result.exit_code == 0, result.output
+    changed = Job.get_by_id(job.id)
+    assert (changed.keep, changed.timeout_seconds, changed.compression, changed.destination) == (
+        5, 7200, "gzip", str(tmp_path / "elsewhere"))
+    assert "keep 3 → 5" in result.output and "compression zstd → gzip" in result.output
+    assert f"destination {job.destination} → {tmp_path / 'elsewhere'}" in result.output
+    assert runner("jobs", "set", "nightly", "--keep-all").exit_code == 0
+    assert Job.get_by_id(job.id).keep is None
+    assert runner("jobs", "set", "nightly").exit_code != 0  # nothing to change is an error
+
+
+def test_job_commands_take_the_name_wherever_they_take_the_id(runner, make_job):
+    job = make_job()
+    result = runner("jobs", "disable", "nightly")
+    assert result.exit_code == 0 and "enabled → disabled" in result.output
+    assert Job.get_by_id(job.id).enabled is False
+    assert runner("jobs", "enable", "nightly").exit_code == 0 and Job.get_by_id(job.id).enabled is True
+    assert runner("jobs", "show", job.id).exit_code == 0
+    assert runner("jobs", "delete", "nightly").exit_code == 0
+    assert Job.select().count() == 0
