@@ -17,7 +17,7 @@ command lines, on the same sources, in the same run, alternating:
 While backhook runs, the RSS of the worker and all its children is sampled
 every 20 ms from /proc; the worker's own peak is its VmHWM.
 
-Targets (SPEC.md): throughput >= 0.8x the plain pipeline; peak RSS < 150 MB.
+Targets (README.md, "Performance targets"): throughput >= 0.8x the plain pipeline; peak RSS < 150 MB.
 
     .venv/bin/python bench/backup_speed.py [--size-mb 1024] [--rounds 3] [--only files] [--quick]
 """
@@ -215,8 +215,8 @@ def main(argv=()):
     args = parser.parse_args(argv)
     if args.quick:
         args.size_mb, args.rounds = 8, 1
-    common.ensure_tool("sqlite3")
-    common.ensure_tool("zstd")
+    common.require_tool("sqlite3")
+    common.require_tool("zstd")
 
     sqlite_source, files_source = sources(args.size_mb)
     source_of = {kind: path for kind, path in (("sqlite", sqlite_source), ("files", files_source))

@@ -50,16 +50,10 @@ def machine():
     }
 
 
-def ensure_tool(command, package=None):
-    """Install a Debian package when its command is missing (the bench machine is root)."""
-    if shutil.which(command):
-        return
-    package = package or command
-    print(f"installing {package} …", flush=True)
-    install = ["apt-get", "install", "-y", "-qq", package]
-    if subprocess.run(install, stdout=subprocess.DEVNULL).returncode != 0:
-        subprocess.run(["apt-get", "update", "-qq"], check=True)
-        subprocess.run(install, check=True, stdout=subprocess.DEVNULL)
+def require_tool(command, package=None):
+    """Stop the benchmark, naming the tool, when `command` is missing; .ci/run installs the packages."""
+    if not shutil.which(command):
+        sys.exit(f"bench: `{command}` is missing: install the Debian package {package or command} (.ci/run does)")
 
 
 # --- databases and processes --------------------------------------------------------
@@ -186,7 +180,7 @@ def wrk(url, duration, connections, threads=2, **lua_env):
 
     `lua_env` becomes BENCH_* variables the Lua script reads (mode, token, ...).
     """
-    ensure_tool("wrk")
+    require_tool("wrk")
     env = dict(os.environ, **{f"BENCH_{key.upper()}": str(value) for key, value in lua_env.items()})
     command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{int(duration)}s",
                "--timeout", "5s", "-s", str(BENCH / "wrk.lua"), url]

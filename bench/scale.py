@@ -16,7 +16,7 @@ in alternating rounds, both databases served by the same gunicorn settings:
 - GET /api/jobs
 - the worker's claim, called in this process (`worker.Worker.claim_pending`)
 
-Target (SPEC.md): each within 1.3x of the empty database.
+Target (README.md, "Performance targets"): each within 1.3x of the empty database.
 
     .venv/bin/python bench/scale.py [--executions 1000000] [--websites 100000] [--quick]
 """

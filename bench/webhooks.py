@@ -7,7 +7,7 @@ write-ahead log, which the web processes leave to it. wrk sends both the very
 same requests: progress webhooks whose bodies vary over 50 registered sites
 and 2,000 backup ids. The runs alternate, hello then webhook, for several rounds.
 
-Target (SPEC.md): webhook req/s >= 0.6x hello, 0 errors, p99 <= 25 ms at 16 connections.
+Target (README.md, "Performance targets"): webhook req/s >= 0.6x hello, 0 errors, p99 <= 25 ms at 16 connections.
 
     .venv/bin/python bench/webhooks.py [--rounds 5] [--seconds 6] [--processes N] [--quick]
 """

@@ -1,4 +1,4 @@
-"""The trigger-and-poll contract of seed 003, field by field."""
+"""The trigger-and-poll contract of openapi.yaml, field by field."""
 import re
 
 import pytest

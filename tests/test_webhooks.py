@@ -1,4 +1,4 @@
-"""The WPSec webhooks of seed 000, and SPEC.md's stricter semantics, rule by rule."""
+"""The WPSec webhooks (openapi.yaml, README.md "WordPress sites (WPSec)") and their strict semantics, rule by rule."""
 import json
 import sqlite3
 
