@@ -271,7 +271,8 @@ Next steps, in another terminal:
 @main.command("migrate-db")
 @click.option("--to", "target_url", required=True, metavar="URL",
               help="the empty database to copy into, e.g. postgresql://backhook@db.internal/backhook")
-@click.option("--batch-rows", default=dbcopy.BATCH_ROWS, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-rows", default=dbcopy.BATCH_ROWS, show_default=True, type=click.IntRange(min=1),
+              help="rows copied per INSERT")
 def migrate_db(target_url, batch_rows):
     """Copy this backhook's database (BACKHOOK_DATABASE_URL) into an empty one, e.g. SQLite to PostgreSQL."""
     if target_url == current_app.config["DATABASE_URL"]:
@@ -370,9 +371,11 @@ NO_WORKER_HINT_SECONDS = 10
 @click.option("--wait", is_flag=True,
               help="show stage and progress until the run ends; exit 0 on Success, 1 on Failed, 2 on Cancelled")
 def jobs_run(reference, wait):
-    """Queue a run of a job now, as POST /api/jobs/ID/run does; no web process is needed.
+    """Queue a run now, as POST /api/jobs/ID/run does (no web process needed).
 
-    Without --wait the execution id is printed alone on the last line.
+    Without --wait the execution id is printed alone on the last line. With
+    --wait a line shows each change of status, stage and progress; on Success
+    the last line is the artifact's SHA-256 and path, in sha256sum's format.
     """
     job = find_job(reference)
     if not job.enabled:
@@ -416,7 +419,7 @@ def wait_until_finished(execution_id):
 @jobs.command("show")
 @click.argument("reference", metavar="NAME|ID")
 def jobs_show(reference):
-    """Every field of a job (its source without secrets) and its last execution."""
+    """Show every field of a job (its source without secrets) and its last run."""
     job = find_job(reference)
     for field in Job._meta.sorted_fields:
         value = getattr(job, field.name)
@@ -442,12 +445,13 @@ def shown_value(name, value):
 @click.argument("reference", metavar="NAME|ID")
 @click.option("--keep", type=click.IntRange(min=1), default=None, help="keep the N newest successful backups")
 @click.option("--keep-all", is_flag=True, help="keep every backup (no retention)")
-@click.option("--timeout-hours", type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option("--timeout-hours", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="stop a run that takes longer")
 @click.option("--compression", type=click.Choice(COMPRESSIONS), default=None, help="for the next backups")
 @click.option("--destination", type=click.Path(file_okay=False), default=None,
               help="local directory for the next backups (earlier ones stay where they are)")
 def jobs_set(reference, keep, keep_all, timeout_hours, compression, destination):
-    """Change a job's retention, timeout, compression or destination; prints each change as old → new."""
+    """Change a job's keep, timeout, compression or destination; prints old → new."""
     job = find_job(reference)
     if keep is not None and keep_all:
         fail("--keep N and --keep-all contradict each other")
