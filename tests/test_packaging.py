@@ -83,7 +83,7 @@ def test_the_installed_backhook_initialises_and_serves_from_another_directory(in
             assert server.poll() is None, server.stdout.read()
             try:
                 return requests.get(f"http://127.0.0.1:{port}/livez", timeout=1).ok
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # booting, or a loaded machine
                 return False
 
         wait_until(live, timeout=30, message="the installed backhook to serve")
