@@ -212,7 +212,7 @@ def jobs():
 @click.argument("name")
 @click.option("--source", required=True, metavar="SRC",
               help="sqlite:///abs/path.db, postgresql://user@host:port/db, mysql://user@host:port/db, "
-                   "files:///abs/dir, wpsec://example.com or command:SHELL COMMAND (see below)")
+                   "files:///abs/dir, wpsec://example.com or command:SHELL COMMAND (see above)")
 @click.option("--destination", required=True, type=click.Path(file_okay=False), help="local directory")
 @click.option("--compression", type=click.Choice(["zstd", "gzip", "none"]), default="zstd", show_default=True)
 @click.option("--keep", type=click.IntRange(min=1), default=None, help="keep the N newest successful backups")
@@ -231,6 +231,10 @@ def jobs_add(name, source, destination, compression, keep, timeout_hours, exclud
     and reach pg_dump as they are; mysql:// options become mariadb-dump flags
     (?ssl-mode=REQUIRED&ssl-ca=/abs/ca.pem&charset=utf8mb4). Unknown options
     are refused.
+
+    \b
+    files: keeps extended attributes and ACLs; a file changing while it is
+    read is a warning in the logs, an unreadable file fails the backup.
 
     \b
     command: runs under bash -o pipefail: the backup fails when any stage of a

@@ -52,14 +52,14 @@ class SourceError(BackupError, ValueError):
 class Source:
     """A parsed SRC. Parts are percent-decoded; `options` are (name, value) query parameters."""
     kind: str
-    user: str = None
-    password: str = None
-    host: str = None
-    port: int = None
-    database: str = None
-    path: str = None       # sqlite:, files:
-    domain: str = None     # wpsec:
-    command: str = None    # command:
+    user: str | None = None
+    password: str | None = None
+    host: str | None = None
+    port: int | None = None
+    database: str | None = None
+    path: str | None = None       # sqlite:, files:
+    domain: str | None = None     # wpsec:
+    command: str | None = None    # command:
     options: tuple = ()
 
 
@@ -184,6 +184,8 @@ def _server(kind, scheme, match):
     if at and not user:
         raise SourceError(f"{scheme}: a user name goes before the '@', as in {example}")
     host, port = _host_and_port(hostport, scheme, example)
+    if "/" in match["path"][1:]:
+        raise SourceError(f"{scheme}: the database name is the one part after the host; a '/' in it is written %2F")
     database = _decoded(match["path"][1:], "database name", scheme)
     if not database:
         raise SourceError(f"{scheme}: needs a database after the host, as in {example}")
@@ -207,9 +209,9 @@ def _host_and_port(hostport, scheme, example):
     if hostport.startswith("["):
         host, bracket, port = hostport[1:].partition("]")
         try:
-            ipaddress.IPv6Address(host)
+            ipaddress.IPv6Address(host if bracket else "")
         except ValueError:
-            raise SourceError(f"{scheme}: '[{host}]' is not an IPv6 address") from None
+            raise SourceError(f"{scheme}: an IPv6 address goes in brackets, as in {scheme}://user@[::1]/db") from None
         if port and not port.startswith(":"):
             raise SourceError(f"{scheme}: a port follows the host after a ':', as in {example}")
         port = port[1:] if port else None
@@ -302,12 +304,11 @@ def shown_source(text):
     try:
         parse_source(text)
     except SourceError:
-        if "@" in text:
-            rest = text.rsplit("@", 1)[1]
-            shown, cut = f"{scheme}://***@{re.split('[?#]', rest, maxsplit=1)[0]}", bool(re.search("[?#]", rest))
-        else:
-            shown, cut = f"{scheme}://{authority}{match['path']}", match["query"] is not None or bool(match["fragment"])
-        return shown + ("?…" if cut else "")
+        # No URL parser takes what follows the last '@' for credentials; a query may hold anything.
+        rest = text.partition("://")[2]
+        hidden, rest = ("***@", rest.rsplit("@", 1)[1]) if "@" in rest else ("", rest)
+        kept = re.split("[?#]", rest, maxsplit=1)
+        return f"{scheme}://{hidden}{kept[0]}" + ("?…" if len(kept) > 1 else "")
     userinfo, at, hostport = authority.rpartition("@")
     user, colon, password = userinfo.partition(":")
     shown = f"{scheme}://{user}{':***' if password else colon}{at}{hostport}{match['path']}"
