@@ -540,7 +540,7 @@ def dump_command(source, run, sink):
     whoever defines it can already run any command. With pipefail, a failing
     stage of a pipeline (`pg_dumpall | gzip`) fails the backup.
     """
-    command, bash = source[len("command:"):], shutil.which("bash")
+    command, bash = parse_source(source).command, shutil.which("bash")
     if bash:
         argv = [bash, "-o", "pipefail", "-c", command]
     else:

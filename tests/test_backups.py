@@ -1,4 +1,5 @@
 """Real backups of every source kind, through the API and a worker, restored with stock tools."""
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -62,6 +63,18 @@ def back_up(client, auth, make_job, start_worker):
     return run
 
 
+@contextlib.contextmanager
+def meanwhile(script, argument, ready):
+    """Another Python process runs `script` through the block, from the moment it prints `ready`."""
+    process = subprocess.Popen([sys.executable, "-c", script, str(argument)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == ready
+        yield
+    finally:
+        process.kill()
+        process.wait()
+
+
 def assert_succeeded(data, suffix):
     assert data["status"] == "Success", data["error"]
     assert data["path"].endswith(suffix)
@@ -121,13 +134,8 @@ def test_sqlite_written_during_its_backup_gives_a_consistent_artifact(back_up, t
     with sqlite3.connect(source) as db:
         db.execute("CREATE TABLE tally (items INTEGER)")
         db.execute("INSERT INTO tally SELECT count(*) FROM item")
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(source)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert writer.stdout.readline().strip() == "writing"
+    with meanwhile(WRITER, source, ready="writing"):
         data = back_up("busy-db", f"sqlite://{source}")
-    finally:
-        writer.kill()
-        writer.wait()
     assert_succeeded(data, ".db.zst")
 
     restored = tmp_path / "restored.db"
@@ -212,13 +220,8 @@ def test_a_file_growing_while_tar_reads_it_ends_success_with_a_warning(back_up, 
     tree.mkdir()
     growing = tree / "app.log"
     growing.write_bytes(random.Random(11).randbytes(32 * 1024 * 1024))
-    grower = subprocess.Popen([sys.executable, "-c", GROWER, str(growing)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert grower.stdout.readline().strip() == "growing"
+    with meanwhile(GROWER, growing, ready="growing"):
         data = back_up("live", f"files://{tree}")
-    finally:
-        grower.kill()
-        grower.wait()
     assert_succeeded(data, ".tar.zst")
     assert logged(data, "file changed as we read it")
     assert logged(data, "tar exited with status 1, a warning")
