@@ -15,15 +15,14 @@ import gzip
 import hashlib
 import logging
 import os
-import re
 import signal
 import subprocess
 import tempfile
 import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import zstandard
 from peewee import OperationalError
@@ -32,7 +31,7 @@ import config
 import models
 import wpsec
 from models import CANCELLED, FAILED, PENDING, RUNNING, SUCCESS, Execution, ExecutionLog, now_ms
-from sources import CHUNK, DUMPERS, BackupError, source_kind
+from sources import CHUNK, DUMPERS, BackupError, shown_source, source_kind, source_secrets
 
 log = logging.getLogger("backhook.backup")
 
@@ -75,9 +74,8 @@ class Stopped(Exception):
 # --- where artifacts go ------------------------------------------------------------
 
 def job_directory(job):
-    """`<dest>/<job name>`, or the job id when the name is not a safe directory name."""
-    safe = re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._ -]{0,100}", job.name)
-    return Path(job.destination) / (job.name if safe else job.id)
+    """`<dest>/<job name>`, or the job id for a name stored before names were checked."""
+    return Path(job.destination) / (job.id if models.job_name_problem(job.name) else job.name)
 
 
 def partial_files(job, execution_id):
@@ -342,12 +340,6 @@ class Reporter:
         return bool(changed)
 
 
-def secrets_of(source):
-    """The password of a source URL in every spelling that could reach a message."""
-    raw = urlparse(source).password if "://" in source else None
-    return [secret for secret in {raw, unquote(raw or "")} if secret]
-
-
 def kill_group(child):
     """Kill a tool and everything it started (it leads its own process group)."""
     if child.poll() is None:
@@ -367,7 +359,7 @@ class Run:
         self.stopped = threading.Event()
         self.children = []
         self.lock = threading.RLock()  # check() may stop() while spawn() holds it
-        self.report = Reporter(execution, worker_id, secrets_of(job.source))
+        self.report = Reporter(execution, worker_id, source_secrets(job.source))
         self.stamp = utc_stamp(now_ms())
         self.directory = job_directory(job)
         self.size_hint = None
@@ -419,8 +411,11 @@ class Run:
             pass  # above the system's pipe-max-size: the default still works
         return child
 
-    def wait_tool(self, child):
-        """Wait for a tool; its stderr becomes the error if it failed, or warnings if not."""
+    def wait_tool(self, child, warning_statuses=()):
+        """Wait for a tool; its stderr becomes the error if it failed, or warnings if not.
+
+        An exit status in `warning_statuses` (tar's 1) is not a failure: it is logged as a warning.
+        """
         status = child.wait()
         with child.stderr_file as stream:
             # Only the tail: a chatty tool's stderr can be larger than memory.
@@ -428,10 +423,13 @@ class Run:
             stderr = stream.read().decode(errors="replace").strip()
         self.check()
         name = os.path.basename(child.args[0])
-        if status != 0:
+        if status != 0 and status not in warning_statuses:
             raise BackupError(f"{name} exited with status {status}: {stderr or '(no error output)'}")
         for line in stderr.splitlines()[-20:]:
             self.log(f"{name}: {line}", "warning")
+        if status != 0:
+            self.log(f"{name} exited with status {status}, a warning: the backup holds what it could read",
+                     "warning")
 
     def dumped(self, raw_bytes):
         """Map dumped bytes onto the Dumping band; never reaches its end before the dump does."""
@@ -455,7 +453,7 @@ class Run:
             self.stop_children()
             self.end_failed(str(exc))
         except Exception as exc:  # a bug must still end the execution, not leave it Running
-            log.exception("execution %s crashed", self.execution.id)
+            log.error("execution %s crashed:\n%s", self.execution.id, self.report.scrub(traceback.format_exc()))
             self.stop_children()
             self.end_failed(f"internal error in the worker: {exc!r}")
 
@@ -477,7 +475,7 @@ class Run:
         self.directory.mkdir(parents=True, exist_ok=True)
         artifact = self.directory / f"{self.stamp}-{execution.id}.{dumper.suffix}{EXTENSIONS[job.compression]}"
         self.size_hint = dumper.estimate(job.source)
-        source_text = "a command" if kind == "command" else self.report.scrub(job.source)
+        source_text = "a command" if kind == "command" else shown_source(job.source)
         self.log(f"backing up {source_text} to {artifact} ({job.compression})")
 
         size, sha256 = self.dump_and_store(dumper, artifact)

@@ -1,4 +1,5 @@
 """The `backhook` command line, built on Flask's CLI."""
+import json
 import os
 import shutil
 import signal
@@ -30,7 +31,7 @@ import models  # noqa: E402
 from app import create_app  # noqa: E402
 from models import (CANCELLED, FAILED, FINISHED, PENDING, SUCCESS, ApiKey, Execution, Job,  # noqa: E402
                     Setting, Website, iso, normalize_domain)
-from sources import describe_source, source_kind  # noqa: E402
+from sources import SourceError, describe_source, parse_source, shown_source  # noqa: E402
 from wakeup import trigger  # noqa: E402
 
 DEFAULT_BIND = "127.0.0.1:8000"
@@ -331,23 +332,55 @@ def jobs():
 
 @jobs.command("add")
 @click.argument("name")
-@click.option("--source", required=True, help="sqlite:///, postgresql://, mysql://, files:///, wpsec:// or command:")
+@click.option("--source", required=True, metavar="SRC",
+              help="sqlite:///abs/path.db, postgresql://user@host:port/db, mysql://user@host:port/db, "
+                   "files:///abs/dir, wpsec://example.com or command:SHELL COMMAND (see above)")
 @click.option("--destination", required=True, type=click.Path(file_okay=False), help="local directory")
 @click.option("--compression", type=click.Choice(["zstd", "gzip", "none"]), default="zstd", show_default=True)
 @click.option("--keep", type=click.IntRange(min=1), default=None, help="keep the N newest successful backups")
 @click.option("--timeout-hours", type=click.FloatRange(min=0, min_open=True), default=6, show_default=True)
-def jobs_add(name, source, destination, compression, keep, timeout_hours):
-    """Add a job; its id is printed alone on the last line."""
+@click.option("--exclude", "excludes", multiple=True, metavar="PATTERN",
+              help="files:// only: leave out what matches this tar pattern (*.log, ./cache); repeatable")
+@click.option("--one-file-system", is_flag=True, default=False,
+              help="files:// only: do not descend into other file systems mounted below the directory")
+def jobs_add(name, source, destination, compression, keep, timeout_hours, excludes, one_file_system):
+    """Add a job; its id is printed alone on the last line.
+
+    \b
+    A password in a URL is percent-encoded ('@' %40, '/' %2F, '?' %3F, '#' %23,
+    ':' %3A, '%' %25), or given as ?password=. It is never shown again.
+    postgresql:// options are libpq's (?sslmode=verify-full&application_name=…)
+    and reach pg_dump as they are; mysql:// options become mariadb-dump flags
+    (?ssl-mode=REQUIRED&ssl-ca=/abs/ca.pem&charset=utf8mb4). Unknown options
+    are refused.
+
+    \b
+    files: keeps extended attributes and ACLs; a file changing while it is
+    read is a warning in the logs, an unreadable file fails the backup.
+
+    \b
+    command: runs under bash -o pipefail: the backup fails when any stage of a
+    pipeline fails, not only the last one (under /bin/sh when bash is missing,
+    with a warning in the logs). Its stdout is the backup.
+    """
+    problem = models.job_name_problem(name)
+    if problem:
+        fail(problem)
     try:
-        kind = source_kind(source)
-    except ValueError as exc:
+        parsed = parse_source(source)
+    except SourceError as exc:
         fail(str(exc))
-    if kind == "wpsec" and Website.by_domain(source.split("://", 1)[1]) is None:
-        fail(f"no website {source.split('://', 1)[1]!r}: register it with `backhook websites add` first")
+    if parsed.kind != "files" and (excludes or one_file_system):
+        fail("--exclude and --one-file-system apply only to files:// sources")
+    if any(not pattern or models.CONTROL_CHARACTERS.search(pattern) for pattern in excludes):
+        fail("an --exclude pattern cannot be empty or hold control characters")
+    if parsed.kind == "wpsec" and Website.by_domain(parsed.domain) is None:
+        fail(f"no website {parsed.domain!r}: register it with `backhook websites add` first")
     job = create_unique(Job, f"a job named {name!r} already exists", name=name, source=source,
                         destination=str(Path(destination).resolve()), compression=compression, keep=keep,
-                        timeout_seconds=int(timeout_hours * 3600))
-    click.echo(f"created job {name} ({kind} → {job.destination}, {compression})")
+                        timeout_seconds=int(timeout_hours * 3600), excludes=json.dumps(list(excludes)),
+                        one_file_system=one_file_system)
+    click.echo(f"created job {name} ({shown_source(source)} → {job.destination}, {compression})")
     click.echo(job.id)
 
 
@@ -356,7 +389,7 @@ def jobs_list():
     """One job per line: ID, name, source (without secrets), destination, state."""
     for job in Job.listing():
         state = "enabled" if job.enabled else "disabled"
-        click.echo(f"{job.id}  {job.name}  {describe_source(job.source)['source']}  {job.destination}"
+        click.echo(f"{job.id}  {job.name}  {shown_source(job.source)}  {job.destination}"
                    f"  {job.compression}  {state}  last={job.last_status or 'never'}")
 
 

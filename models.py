@@ -365,6 +365,28 @@ class ApiKey(BaseModel):
             log.warning("could not record key use: %s", exc)
 
 
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+JOB_NAME_MAX_CHARACTERS = 100
+NAME_MAX_BYTES = 255  # a job's name is its artifacts' directory name, and file systems allow this much
+
+
+def job_name_problem(name):
+    """What is wrong with a job name, or None: every valid name can be its artifacts' directory."""
+    if not name or not name.strip():
+        return "a job name cannot be empty"
+    if name in (".", ".."):
+        return f"a job cannot be named {name!r}"
+    if "/" in name:
+        return "a job name cannot contain '/'"
+    if CONTROL_CHARACTERS.search(name):
+        return "a job name cannot contain control characters"
+    if name != name.strip():
+        return "a job name cannot begin or end with a space"
+    if len(name) > JOB_NAME_MAX_CHARACTERS or len(name.encode()) > NAME_MAX_BYTES:
+        return f"a job name has at most {JOB_NAME_MAX_CHARACTERS} characters ({NAME_MAX_BYTES} bytes in UTF-8)"
+    return None
+
+
 class Job(BaseModel):
     id = TextField(primary_key=True, default=new_id)
     name = TextField(unique=True)
@@ -375,6 +397,11 @@ class Job(BaseModel):
     timeout_seconds = IntegerField(default=6 * 3600)
     enabled = BooleanField(default=True)
     created_at = BigIntegerField(default=now_ms)
+    excludes = TextField(default="[]")  # files:// only: a JSON list of tar --exclude patterns
+    one_file_system = BooleanField(default=False)  # files:// only: tar --one-file-system
+
+    def exclude_patterns(self):
+        return json.loads(self.excludes)
 
     @classmethod
     def listing(cls):

@@ -118,3 +118,10 @@ CREATE TABLE backup_event (
 );
 
 CREATE INDEX backup_event_backup ON backup_event (backup_pk, id);
+
+-- version 3
+
+-- files:// jobs: the tar patterns to leave out (a JSON list of strings), and
+-- whether the backup stays on the directory's own file system.
+ALTER TABLE job ADD COLUMN excludes TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE job ADD COLUMN one_file_system INTEGER NOT NULL DEFAULT 0;

@@ -36,6 +36,7 @@ from models import (
     event_problem,
     now_ms,
 )
+from sources import wpsec_domain
 
 log = logging.getLogger("backhook.wpsec")
 
@@ -186,8 +187,7 @@ def start_remote_backup(execution):
     Remote Backup and Syncing to Success or Failed. The caller keeps the
     lease renewed while the execution is Running. None means it is Failed.
     """
-    source = Job.get_by_id(execution.job_id).source
-    domain = source.split("://", 1)[1].split("/", 1)[0]
+    domain = wpsec_domain(Job.get_by_id(execution.job_id).source)
     website = Website.by_domain(domain)
     if website is None:
         _fail(execution.id, f"No website {domain!r} is registered")

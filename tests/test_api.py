@@ -4,6 +4,7 @@ import re
 import pytest
 
 import models
+import test_sources
 from models import Execution, ExecutionLog
 
 ISO_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
@@ -158,3 +159,27 @@ def test_api_routes_require_a_key(client, path):
     response = client.get(path)
     assert response.status_code == 401
     assert "error" in response.get_json()
+
+
+def test_jobs_list_hides_every_secret_part_of_a_source(client, auth, make_job):
+    make_job(name="pg", source="postgresql://backup@db.internal/app?sslmode=require&password=Xq7zK9v"
+                               "&sslpassword=Xq8zK9w&sslkey=/keys/Xq9.key")
+    response = client.get("/api/jobs", headers=auth)
+    assert response.status_code == 200
+    for secret in ("Xq7zK9v", "Xq8zK9w", "Xq9"):
+        assert secret not in response.get_data(as_text=True)
+    assert response.get_json()["data"][0]["source"] == (
+        "postgresql://backup@db.internal/app?sslmode=require&password=***&sslpassword=***&sslkey=***")
+
+
+def test_jobs_list_answers_200_with_rows_stored_before_sources_were_checked(client, auth, make_job):
+    for number, (source, _kind, _shown) in enumerate(test_sources.STORED_BEFORE_VALIDATION):
+        make_job(name=f"legacy-{number}", source=source)
+    make_job(name="good")
+    response = client.get("/api/jobs", headers=auth)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    listed = {job["name"]: job for job in response.get_json()["data"]}
+    assert listed["good"]["sourceKind"] == "files"
+    for number, (_source, kind, shown) in enumerate(test_sources.STORED_BEFORE_VALIDATION):
+        assert (listed[f"legacy-{number}"]["sourceKind"], listed[f"legacy-{number}"]["source"]) == (kind, shown)
+    assert "Xq7" not in response.get_data(as_text=True) and "zK9v" not in response.get_data(as_text=True)

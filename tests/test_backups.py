@@ -1,4 +1,6 @@
 """Real backups of every source kind, through the API and a worker, restored with stock tools."""
+import contextlib
+import ctypes
 import hashlib
 import os
 import random
@@ -9,12 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg2
 import pytest
 
 import backup
 from backup import ArtifactWriter, job_directory, read_back
 from models import Execution, Job
-from support import run_to_end, wait_until
+from support import run_to_end, trigger, wait_for_status, wait_until
 
 PG = ["-h", "127.0.0.1", "-p", "5432", "-U", "postgres"]
 MARIADB = ["-h", "127.0.0.1", "-P", "3306", "-u", "root"]
@@ -58,6 +61,18 @@ def back_up(client, auth, make_job, start_worker):
         return run_to_end(client, auth, job.id)
 
     return run
+
+
+@contextlib.contextmanager
+def meanwhile(script, argument, ready):
+    """Another Python process runs `script` through the block, from the moment it prints `ready`."""
+    process = subprocess.Popen([sys.executable, "-c", script, str(argument)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == ready
+        yield
+    finally:
+        process.kill()
+        process.wait()
 
 
 def assert_succeeded(data, suffix):
@@ -119,13 +134,8 @@ def test_sqlite_written_during_its_backup_gives_a_consistent_artifact(back_up, t
     with sqlite3.connect(source) as db:
         db.execute("CREATE TABLE tally (items INTEGER)")
         db.execute("INSERT INTO tally SELECT count(*) FROM item")
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(source)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert writer.stdout.readline().strip() == "writing"
+    with meanwhile(WRITER, source, ready="writing"):
         data = back_up("busy-db", f"sqlite://{source}")
-    finally:
-        writer.kill()
-        writer.wait()
     assert_succeeded(data, ".db.zst")
 
     restored = tmp_path / "restored.db"
@@ -172,6 +182,142 @@ def test_command_backup_stores_its_stdout(back_up):
     assert_succeeded(data, ".out.zst")
     expected = b"line one\n" + "".join(f"{i}\n" for i in range(1, 50001)).encode()
     assert decompress(data["path"]) == expected
+
+
+def test_a_failing_first_stage_of_a_command_pipeline_fails_the_backup(back_up):
+    data = back_up("piped", "command:echo partial; false | cat")
+    assert data["status"] == "Failed"
+    assert data["error"].startswith("bash exited with status 1")
+
+
+def test_without_bash_a_command_runs_under_sh_and_the_logs_say_so(client, auth, make_job, start_worker, tmp_path):
+    empty = tmp_path / "no-tools"
+    empty.mkdir()
+    job = make_job(name="no-bash", source="command:echo hello")
+    start_worker(PATH=str(empty))
+    data = run_to_end(client, auth, job.id)
+    assert_succeeded(data, ".out.zst")
+    assert any(line["level"] == "warning" and "bash is not installed: running the command with /bin/sh"
+               in line["message"] for line in data["logs"])
+
+
+def logged(data, text, level="warning"):
+    return [line["message"] for line in data["logs"] if line["level"] == level and text in line["message"]]
+
+
+GROWER = """
+import os, sys
+with open(sys.argv[1], "ab", buffering=0) as grown:
+    grown.write(b"x")
+    print("growing", flush=True)
+    while True:
+        grown.write(b"x")
+"""
+
+
+def test_a_file_growing_while_tar_reads_it_ends_success_with_a_warning(back_up, tmp_path):
+    tree = tmp_path / "live"
+    tree.mkdir()
+    growing = tree / "app.log"
+    growing.write_bytes(random.Random(11).randbytes(32 * 1024 * 1024))
+    with meanwhile(GROWER, growing, ready="growing"):
+        data = back_up("live", f"files://{tree}")
+    assert_succeeded(data, ".tar.zst")
+    assert logged(data, "file changed as we read it")
+    assert logged(data, "tar exited with status 1, a warning")
+
+
+CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, PR_CAPBSET_DROP = 1, 2, 24
+
+
+def obeying_file_modes():
+    """In the child before exec: drop the capabilities that let root read any file."""
+    if os.geteuid() == 0:
+        libc = ctypes.CDLL(None, use_errno=True)
+        for capability in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+            if libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+def test_an_unreadable_file_fails_the_directory_backup_with_tars_error(
+        client, auth, make_job, start_worker, tmp_path):
+    tree = tmp_path / "private"
+    tree.mkdir()
+    (tree / "readable.txt").write_text("fine\n")
+    unreadable = tree / "shadow"
+    unreadable.write_text("secret\n")
+    unreadable.chmod(0)
+    try:
+        check = subprocess.run(["cat", str(unreadable)], preexec_fn=obeying_file_modes, capture_output=True)
+    except subprocess.SubprocessError as exc:
+        pytest.skip(f"cannot drop the capability to read any file here: {exc}")
+    if check.returncode == 0:
+        pytest.skip("a file with mode 000 is still readable here")
+    job = make_job(name="private", source=f"files://{tree}")
+    start_worker(preexec_fn=obeying_file_modes)
+    data = run_to_end(client, auth, job.id)
+    assert data["status"] == "Failed"
+    assert data["error"].startswith("tar exited with status 2") and "Permission denied" in data["error"]
+    assert list(job_directory(job_of(data)).iterdir()) == []
+
+
+def archived_names(data):
+    return set(subprocess.run(["tar", "-tf", "-"], input=decompress(data["path"]), capture_output=True,
+                              check=True).stdout.decode().split())
+
+
+def test_excluded_patterns_are_left_out_of_a_directory_backup(client, auth, runner, start_worker, tmp_path):
+    tree = tmp_path / "site"
+    (tree / "cache" / "deep").mkdir(parents=True)
+    (tree / "cache" / "deep" / "page.html").write_text("cached\n")
+    (tree / "error.log").write_text("log\n")
+    (tree / "keep.txt").write_text("keep\n")
+    added = runner("jobs", "add", "site", "--source", f"files://{tree}", "--destination", tmp_path / "backups",
+                   "--exclude", "*.log", "--exclude", "./cache")
+    assert added.exit_code == 0, added.output
+    start_worker()
+    data = run_to_end(client, auth, added.output.strip().splitlines()[-1])
+    assert_succeeded(data, ".tar.zst")
+    assert archived_names(data) == {"./", "./keep.txt"}
+
+
+def test_extended_attributes_survive_a_directory_backup_restored_with_tar_xattrs(back_up, tmp_path):
+    tree = tmp_path / "tagged"
+    tree.mkdir()
+    tagged = tree / "photo.jpg"
+    tagged.write_bytes(b"jpeg")
+    try:
+        os.setxattr(tagged, "user.backhook.origin", b"camera \xe2\x98\x83")
+    except OSError as exc:
+        pytest.skip(f"this file system keeps no user.* extended attributes: {exc}")
+    data = back_up("tagged", f"files://{tree}")
+    assert_succeeded(data, ".tar.zst")
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    subprocess.run(["tar", "--xattrs", "-x", "-f", "-", "-C", str(restored)], input=decompress(data["path"]),
+                   check=True)
+    assert os.getxattr(restored / "photo.jpg", "user.backhook.origin") == b"camera \xe2\x98\x83"
+
+
+@pytest.fixture
+def mounted_inside(tmp_path):
+    """A directory tree with another file system (a small tmpfs) mounted inside it."""
+    tree = tmp_path / "host"
+    (tree / "mnt").mkdir(parents=True)
+    (tree / "local.txt").write_text("local\n")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(tree / "mnt")],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    (tree / "mnt" / "elsewhere.txt").write_text("on another file system\n")
+    yield tree
+    subprocess.run(["umount", str(tree / "mnt")], check=True)
+
+
+def test_one_file_system_leaves_out_what_is_mounted_below_the_directory(back_up, mounted_inside):
+    data = back_up("one-fs", f"files://{mounted_inside}", one_file_system=True)
+    assert_succeeded(data, ".tar.zst")
+    assert "./mnt/elsewhere.txt" not in archived_names(data) and "./local.txt" in archived_names(data)
 
 
 def mixed_tree(root, files=24, size=1_000_000):
@@ -275,6 +421,43 @@ def test_postgresql_failure_shows_pg_dumps_error_without_the_password(
     listing = client.get("/api/jobs", headers=auth).get_data(as_text=True)
     assert "Sup3rS3cret" not in str(data) and "Sup3rS3cret" not in listing
     assert job_directory(job_of(data)).exists() and not list(job_directory(job_of(data)).iterdir())
+
+
+def test_postgresql_sslmode_reaches_pg_dump_so_a_server_without_tls_is_refused(back_up, pg_databases):
+    data = back_up("pg-tls", f"postgresql://postgres@127.0.0.1:5432/{pg_databases()}?sslmode=require")
+    assert data["status"] == "Failed"
+    assert "server does not support SSL, but SSL was required" in data["error"]
+
+
+def pg_sessions_named(application_name):
+    with psycopg2.connect("postgresql://postgres@127.0.0.1:5432/postgres") as db, db.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (application_name,))
+        count = cursor.fetchone()[0]
+    db.close()
+    return count
+
+
+def test_postgresql_options_reach_the_server_and_secret_ones_stay_off_the_command_line(
+        client, auth, make_job, start_worker, pg_databases):
+    database, application_name, secret = pg_databases(), unique_name(), f"Xq7zK9v{secrets.token_hex(4)}"
+    psql(database, "-c", "CREATE TABLE item (id int); INSERT INTO item VALUES (1);")
+    job = make_job(name="pg-named", source=f"postgresql://postgres@127.0.0.1:5432/{database}"
+                                           f"?application_name={application_name}&sslpassword={secret}")
+    worker = start_worker()
+    holder = psycopg2.connect(f"postgresql://postgres@127.0.0.1:5432/{database}")
+    try:
+        holder.cursor().execute("LOCK TABLE item IN ACCESS EXCLUSIVE MODE")  # pg_dump waits here, connected
+        execution_id = trigger(client, auth, job.id)
+        wait_until(lambda: pg_sessions_named(application_name), timeout=20,
+                   message=f"pg_dump to connect as {application_name}")
+        command_lines = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        assert "pg_dump" in command_lines and secret not in command_lines
+    finally:
+        holder.rollback()
+        holder.close()
+    data = wait_for_status(client, auth, execution_id)
+    assert_succeeded(data, ".sql.zst")
+    assert secret not in str(data) and secret not in worker.output()
 
 
 # --- mariadb / mysql -------------------------------------------------------------------------
@@ -409,3 +592,31 @@ def test_read_back_hashes_the_whole_file_and_stops_when_told(tmp_path):
     empty = tmp_path / "empty"
     empty.touch()
     assert read_back(empty, progress.append) == (0, hashlib.sha256().hexdigest())
+
+
+def test_mysql_options_reach_mariadb_dump_as_its_flags(back_up, mysql_databases):
+    source = mysql_databases()
+    mariadb("-e", "CREATE TABLE item (id INT PRIMARY KEY) ENGINE=InnoDB; INSERT INTO item VALUES (1);",
+            database=source)
+    data = back_up("maria-latin1", f"mysql://root@127.0.0.1:3306/{source}?charset=latin1")
+    assert_succeeded(data, ".sql.zst")
+    assert b"SET NAMES latin1" in decompress(data["path"])
+
+
+def test_mysql_ssl_mode_required_refuses_a_server_without_tls(back_up, mysql_databases):
+    data = back_up("maria-tls", f"mysql://root@127.0.0.1:3306/{mysql_databases()}?ssl-mode=REQUIRED")
+    assert data["status"] == "Failed"
+    assert "SSL is required, but the server does not support it" in data["error"]
+
+
+def test_a_password_given_as_an_option_reaches_the_tool_and_never_shows(
+        client, auth, make_job, start_worker, mysql_url):
+    job = make_job(name="maria-option", source="mysql://root@127.0.0.1:3306/test?password=Wr0ngQu3ry")
+    worker = start_worker()
+    data = run_to_end(client, auth, job.id)
+    assert data["status"] == "Failed"
+    assert "Access denied" in data["error"] and "using password: YES" in data["error"]
+    assert any("mysql://root@127.0.0.1:3306/test?password=***" in line["message"] for line in data["logs"])
+    listing = client.get("/api/jobs", headers=auth).get_data(as_text=True)
+    for output in (str(data), worker.output(), listing):
+        assert "Wr0ngQu3ry" not in output

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import backup
 import cli
 import models
+import test_sources
 from models import ApiKey, Execution, Job, Setting, Website
 from support import PROJECT, hold_write_lock, wait_until
 
@@ -337,3 +339,88 @@ def test_job_commands_take_the_name_wherever_they_take_the_id(runner, make_job):
     assert runner("jobs", "show", job.id).exit_code == 0
     assert runner("jobs", "delete", "nightly").exit_code == 0
     assert Job.select().count() == 0
+
+
+def add_job(runner, tmp_path, name="job", source="files:///etc", *options):
+    return runner("jobs", "add", name, "--source", source, "--destination", tmp_path, *options)
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("", "cannot be empty"), (".", "cannot be named '.'"), ("..", "cannot be named '..'"),
+    ("daily/etc", "cannot contain '/'"), ("n" * 101, "at most 100 characters"), ("☃" * 90, "255 bytes"),
+    (" padded", "begin or end with a space"), ("line\nbreak", "control characters"),
+])
+def test_jobs_add_refuses_a_name_that_cannot_be_its_artifacts_directory(runner, tmp_path, name, problem):
+    result = add_job(runner, tmp_path, name)
+    assert result.exit_code != 0 and problem in result.output
+    assert Job.select().count() == 0
+
+
+def test_a_job_name_of_any_script_up_to_100_characters_is_its_artifacts_directory(runner, tmp_path):
+    for name in ["n" * 100, "Café nightly ☃", ".hidden-ok"]:
+        result = add_job(runner, tmp_path, name)
+        assert result.exit_code == 0, result.output
+        assert backup.job_directory(Job.get(Job.name == name)) == tmp_path / name
+
+
+@pytest.mark.parametrize("source, problem", [
+    ("postgresql://u@db:5432x/app", "the port must be a number from 1 to 65535"),
+    ("mysql://u@db.internal:3306/app?ssl-mode=REQUIRD", "ssl-mode is one of"),
+    ("postgresql://u@db/app?sslmod=require", "unknown option 'sslmod'; the known ones are"),
+    ("files:///srv/site?x", "takes no options"),
+])
+def test_jobs_add_refuses_a_source_with_a_bad_part_saying_which(runner, tmp_path, source, problem):
+    result = add_job(runner, tmp_path, "bad", source)
+    assert result.exit_code != 0 and problem in result.output
+    assert "Traceback" not in result.output and Job.select().count() == 0
+
+
+def test_jobs_add_refuses_ambiguous_credentials_and_says_how_to_encode_them(runner, tmp_path):
+    result = add_job(runner, tmp_path, "pg", "postgresql://user:Xq7/zK9v@db.internal/app")
+    assert result.exit_code != 0
+    assert "percent-encode" in result.output and "%2F" in result.output
+    assert "Xq7" not in result.output and "zK9v" not in result.output
+    assert Job.select().count() == 0
+
+
+def test_jobs_add_accepts_a_percent_encoded_password_and_never_shows_it(runner, tmp_path):
+    result = add_job(runner, tmp_path, "pg", "postgresql://user:Xq7%2FzK9v@db.internal/app?sslmode=require")
+    assert result.exit_code == 0, result.output
+    listing = runner("jobs", "list").output
+    for output in (result.output, listing):
+        assert "Xq7" not in output and "zK9v" not in output
+    assert "postgresql://user:***@db.internal/app?sslmode=require" in listing
+
+
+def test_jobs_add_finds_the_website_of_a_wpsec_source_written_with_a_trailing_slash(runner, tmp_path):
+    runner("websites", "add", "example.com")
+    assert add_job(runner, tmp_path, "wp", "wpsec://Example.com/").exit_code == 0
+    assert add_job(runner, tmp_path, "wp2", "wpsec://other.example/").exit_code != 0
+
+
+def test_excludes_and_one_file_system_are_stored_on_a_files_job_and_refused_for_others(runner, tmp_path):
+    result = add_job(runner, tmp_path, "site", "files:///srv/site", "--exclude", "*.log", "--exclude", "./cache",
+                     "--one-file-system")
+    assert result.exit_code == 0, result.output
+    job = Job.get(Job.name == "site")
+    assert (job.exclude_patterns(), job.one_file_system) == (["*.log", "./cache"], True)
+    assert add_job(runner, tmp_path, "plain").exit_code == 0
+    assert (Job.get(Job.name == "plain").exclude_patterns(), Job.get(Job.name == "plain").one_file_system) == (
+        [], False)
+    for options in (["--exclude", "*.log"], ["--one-file-system"]):
+        refused = add_job(runner, tmp_path, "cmd", "command:echo hi", *options)
+        assert refused.exit_code != 0 and "only to files:// sources" in refused.output
+
+
+def test_jobs_add_help_says_commands_run_with_pipefail(runner):
+    assert "pipefail" in runner("jobs", "add", "--help").output
+
+
+@pytest.mark.parametrize("source, kind, shown", test_sources.STORED_BEFORE_VALIDATION)
+def test_jobs_list_never_fails_on_a_row_stored_before_sources_were_checked(runner, make_job, source, kind, shown):
+    make_job(name="good", source="files:///etc")
+    make_job(name="legacy", source=source)
+    result = runner("jobs", "list")
+    assert result.exit_code == 0, result.output
+    assert shown in result.output and "files:///etc" in result.output
+    assert "Xq7" not in result.output and "zK9v" not in result.output

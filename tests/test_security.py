@@ -380,3 +380,19 @@ def test_shell_metacharacters_in_webhook_fields_and_source_paths_run_nothing(
     assert data["status"] == "Success", data["error"]
     assert not marker.exists()
     assert not (PROJECT / relative).exists() and not list(tmp_path.rglob(relative))
+
+
+# --- credentials in sources -----------------------------------------------------------
+
+def test_a_stored_source_with_ambiguous_credentials_fails_its_backup_and_never_shows_them(
+        client, auth, runner, make_job, start_worker):
+    """A row stored before sources were checked: its password holds an unencoded '/'."""
+    job = make_job(name="legacy", source="postgresql://postgres:Xq7/zK9v@127.0.0.1:5432/test")
+    worker = start_worker()
+    data = wait_for_status(client, auth, trigger(client, auth, job.id))
+    assert data["status"] == "Failed"
+    assert data["error"].startswith("postgresql: the credentials are ambiguous; percent-encode")
+    shown = [str(data), worker.output(), client.get("/api/jobs", headers=auth).get_data(as_text=True),
+             runner("jobs", "list").output]
+    for output in shown:
+        assert "Xq7" not in output and "zK9v" not in output
