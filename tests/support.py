@@ -160,9 +160,14 @@ def poll(client, auth, execution_id, logs=False):
 
 
 def wait_for_status(client, auth, execution_id, statuses=FINISHED, timeout=30):
-    """Poll the API, as a client would, until the execution reaches one of `statuses`."""
+    """Poll the API, as a client would, until the execution reaches one of `statuses`.
+
+    A backup is Success from the moment it is recorded; its worker then still
+    applies retention (stage "Applying Retention"), and this waits for that too.
+    """
     return wait_until(lambda: (data := poll(client, auth, execution_id, logs=True))["status"] in statuses
-                      and data, timeout=timeout, message=f"execution {execution_id} to reach {statuses}")
+                      and data["stage"] != "Applying Retention" and data,
+                      timeout=timeout, message=f"execution {execution_id} to reach {statuses}")
 
 
 def run_to_end(client, auth, job_id, timeout=30):
