@@ -140,9 +140,12 @@ class Worker:
             self.runs[row.id][0].stop("lost")
 
     def lapsed(self):
-        """Executions whose lease lapsed, this worker's own live runs excepted."""
-        return ((Execution.lease_expires_at < now_ms()) & Execution.status.in_([RUNNING, SUCCESS])
-                & Execution.id.not_in(list(self.runs)))
+        """Executions whose lease lapsed, this worker's own live runs excepted.
+
+        Only a held execution has a lease (Running, or Success while pruning),
+        so the lease alone picks them, through its own index.
+        """
+        return (Execution.lease_expires_at < now_ms()) & Execution.id.not_in(list(self.runs))
 
     def reclaim_lapsed(self):
         """Take back executions whose worker stopped renewing its lease.
@@ -186,7 +189,7 @@ class Worker:
         is left, and its partial files are removed inside the transaction,
         before any worker can claim it again and start writing new ones. A
         Success whose worker died while pruning keeps its artifact and is
-        completed.
+        completed; any other state only has its lease released.
         """
         lost = f"worker {execution.worker_id} stopped renewing its lease"
         leftovers = partial_files(job, execution.id) if execution.status == RUNNING else []
@@ -195,6 +198,8 @@ class Worker:
         if execution.status == SUCCESS:
             message = f"{lost} while applying retention; the backup stands, and older backups left unpruned are kept"
             fields = dict(stage="Completed", progress=100, retention_error=message)
+        elif execution.status != RUNNING:
+            fields, message = {}, f"{lost}; its lease is released"
         elif execution.cancel_requested:  # the cancel its dead worker never acted on
             message = f"{lost} {attempt}; cancelled as requested{cleanup}"
             fields = dict(status=CANCELLED, stage="Cancelled", ended_at=now_ms())
