@@ -85,6 +85,16 @@ def postgres_listeners(database_url):
     return pids
 
 
+def lock_waiters(database_url):
+    """How many sessions on this PostgreSQL database wait for a lock now."""
+    with psycopg2.connect(database_url) as conn, conn.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                       "AND wait_event_type = 'Lock'")
+        waiting = cursor.fetchone()[0]
+    conn.close()
+    return waiting
+
+
 # Another process takes the database's write lock, says so, holds it, and lets go.
 # On PostgreSQL that is every table locked EXCLUSIVE: reads go on, writes wait.
 HOLD_WRITE_LOCK = {

@@ -31,7 +31,8 @@ import models
 import wpsec
 from backup import job_directory
 from models import Execution, Job, Website
-from support import TOKEN, LiveProcess, free_port, hold_write_lock, poll, trigger, wait_for_status, wait_until
+from support import (TOKEN, LiveProcess, free_port, hold_write_lock, lock_waiters, poll, trigger,
+                     wait_for_status, wait_until)
 from test_backups import MARIADB, PG, mariadb, psql, unique_name
 from test_wpsec import SITE_KEY, StandInSite
 
@@ -316,15 +317,6 @@ def row_locked(database_url, execution_id):
         holder.close()
 
 
-def lock_waiters(database_url):
-    with psycopg2.connect(database_url) as conn, conn.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                       "AND wait_event_type = 'Lock'")
-        waiting = cursor.fetchone()[0]
-    conn.close()
-    return waiting
-
-
 @pytest.mark.postgresql_only("a row lock holds retention at a known point; SQLite has one lock for everything")
 @pytest.mark.parametrize("fault", ["kill -9", "cancel"])
 def test_a_fault_during_pruning_keeps_the_last_good_backup_and_every_row_names_a_file(
@@ -439,18 +431,24 @@ def dump_blocked_by(lock, dump_tool, client, auth, job, start_worker):
     assert_password_nowhere(client, auth, execution_id, worker)
 
 
-def test_postgresql_password_never_shows_while_pg_dump_runs(client, auth, make_job, start_worker, postgres_url):
+@contextlib.contextmanager
+def postgresql_table_to_lock():
+    """A scratch PostgreSQL database with one table; yields (its name, a session that locks the table)."""
     database = unique_name()
     psql_admin = ["psql", *PG, "-v", "ON_ERROR_STOP=1", "-q"]
     subprocess.run([*psql_admin, "-d", "test", "-c", f"CREATE DATABASE {database}"], check=True)
     try:
         psql(database, "-c", "CREATE TABLE item (id int)")
-        lock = session_holding_a_lock([*psql_admin, "-d", database],
-                                      "BEGIN; LOCK TABLE item IN ACCESS EXCLUSIVE MODE;\n\\echo locked\n")
-        job = make_job(name="pg", source=f"postgresql://postgres:{PASSWORD}@127.0.0.1:5432/{database}")
-        dump_blocked_by(lock, "pg_dump", client, auth, job, start_worker)
+        yield database, session_holding_a_lock([*psql_admin, "-d", database],
+                                               "BEGIN; LOCK TABLE item IN ACCESS EXCLUSIVE MODE;\n\\echo locked\n")
     finally:
         subprocess.run([*psql_admin, "-d", "test", "-c", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"])
+
+
+def test_postgresql_password_never_shows_while_pg_dump_runs(client, auth, make_job, start_worker, postgres_url):
+    with postgresql_table_to_lock() as (database, lock):
+        job = make_job(name="pg", source=f"postgresql://postgres:{PASSWORD}@127.0.0.1:5432/{database}")
+        dump_blocked_by(lock, "pg_dump", client, auth, job, start_worker)
 
 
 def test_mysql_password_never_shows_while_the_dump_runs(client, auth, make_job, start_worker, mysql_url):
@@ -492,13 +490,7 @@ def pids_of(tool, argument):
 
 
 def test_kill_9_of_the_worker_kills_a_pg_dump_blocked_on_a_lock(client, auth, make_job, start_worker, postgres_url):
-    database = unique_name()
-    psql_admin = ["psql", *PG, "-v", "ON_ERROR_STOP=1", "-q"]
-    subprocess.run([*psql_admin, "-d", "test", "-c", f"CREATE DATABASE {database}"], check=True)
-    try:
-        psql(database, "-c", "CREATE TABLE item (id int)")
-        lock = session_holding_a_lock([*psql_admin, "-d", database],
-                                      "BEGIN; LOCK TABLE item IN ACCESS EXCLUSIVE MODE;\n\\echo locked\n")
+    with postgresql_table_to_lock() as (database, lock):
         job = make_job(name="pg", source=f"postgresql://postgres@127.0.0.1:5432/{database}")
         worker = start_worker()
         with lock:
@@ -507,8 +499,6 @@ def test_kill_9_of_the_worker_kills_a_pg_dump_blocked_on_a_lock(client, auth, ma
             worker.stop(sig=signal.SIGKILL)
             wait_until(lambda: not any(alive(pid) for pid in pg_dump), timeout=5,
                        message="pg_dump to die with its worker")
-    finally:
-        subprocess.run([*psql_admin, "-d", "test", "-c", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"])
 
 
 def test_kill_9_of_the_worker_kills_what_a_command_started(client, auth, make_job, start_worker, tmp_path):

@@ -10,7 +10,7 @@ from peewee import OperationalError
 
 import models
 from models import Backup, Execution, Job, Setting, Website
-from support import TOKEN, poll, postgres_listeners, run_to_end, trigger, wait_until
+from support import TOKEN, lock_waiters, poll, postgres_listeners, run_to_end, trigger, wait_until
 from test_wpsec import SITE_KEY, StandInSite
 
 pytestmark = pytest.mark.postgresql_only("about PostgreSQL connections and types")
@@ -98,15 +98,6 @@ def test_a_cancel_racing_a_claim_is_never_lost(app, make_job, database_url):
     execution_after, accepted = outcome["result"]
     assert accepted and execution_after.status == "Running"
     assert Execution.get_by_id(execution.id).cancel_requested is True
-
-
-def lock_waiters(database_url):
-    with psycopg2.connect(database_url) as conn, conn.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                       "AND wait_event_type = 'Lock'")
-        waiting = cursor.fetchone()[0]
-    conn.close()
-    return waiting
 
 
 def test_a_worker_listens_again_after_its_listen_connection_is_dropped(client, auth, make_job, start_worker,
