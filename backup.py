@@ -6,9 +6,14 @@ thread of its own. From the worker's thread it may call `Run.stop(reason)`
 processes at once, and the attempt's thread then removes its partial files
 and writes the matching final state.
 
-Every write to the execution row is conditional on this attempt still owning
-it (same worker, same attempt, still Running), so an attempt whose lease was
-taken over can never overwrite its successor's state.
+Every write to the execution row is a guarded transition
+(`Execution.transition`) on this attempt still holding it (same worker, same
+attempt, the status it left), so an attempt whose lease was taken over can
+never overwrite its successor's state.
+
+A backup is recorded Success as soon as its artifact is verified; retention
+runs after that, and nothing in it can turn the backup back into a failure
+(issue 12).
 """
 import fcntl
 import gzip
@@ -17,6 +22,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -25,12 +31,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import zstandard
-from peewee import OperationalError
+from peewee import Node, OperationalError
 
 import config
 import models
 import wpsec
-from models import CANCELLED, FAILED, PENDING, RUNNING, SUCCESS, Execution, ExecutionLog, now_ms
+from models import CANCELLED, FAILED, PENDING, RUNNING, SUCCESS, Execution, now_ms
 from sources import CHUNK, DUMPERS, BackupError, shown_source, source_kind, source_secrets
 
 log = logging.getLogger("backhook.backup")
@@ -60,15 +66,16 @@ READ_BACK_PIECE = 4 * CHUNK   # bytes per read when verifying; two such buffers 
 ZSTD_THREADS = 2
 ZSTD_JOB_BYTES = 4 * CHUNK
 MAX_ATTEMPTS = 2
+STOP_CAUSES = {"cancel": "a cancel", "timeout": "the job's timeout", "shutdown": "the worker stopping"}
 REMOTE_CHECK_SECONDS = 0.5  # how often a wpsec:// attempt looks whether its execution ended
 
 
 class Stopped(Exception):
-    """The attempt must stop: `reason` is cancel, timeout, shutdown or lost."""
+    """The attempt must stop: `reason` is cancel, timeout, shutdown, lost or ended (`detail`: as what)."""
 
-    def __init__(self, reason):
+    def __init__(self, reason, detail=None):
         super().__init__(reason)
-        self.reason = reason
+        self.reason, self.detail = reason, detail
 
 
 # --- where artifacts go ------------------------------------------------------------
@@ -267,13 +274,25 @@ def fsync_directory(path):
 # --- progress and logs, batched ----------------------------------------------------
 
 class Reporter:
-    """Holds an attempt's stage, progress and log lines; writes them at most once a second."""
+    """An attempt's stage, progress and log lines, written by a heartbeat thread once a second.
 
-    def __init__(self, execution, worker_id, secrets):
-        self.execution_id, self.attempt = execution.id, execution.attempts
-        self.worker_id, self.secrets = worker_id, secrets
+    The attempt's own thread only changes them in memory, so a locked database
+    never stalls the dump, and a tool that prints nothing for an hour still
+    has its stage and progress written while it runs (issue 12). Every write
+    is a transition guarded on this attempt still holding the execution in the
+    status it last wrote; `on_lost` is called when a write finds it taken over.
+    """
+
+    def __init__(self, execution, worker_id, secrets, on_lost):
+        self.execution_id, self.owner = execution.id, (worker_id, execution.attempts)
+        self.secrets, self.on_lost = secrets, on_lost
+        self.status = RUNNING
         self.stage, self.progress = execution.stage, execution.progress
-        self.lines, self.last_flush = [], 0.0
+        self.lines, self.changed = [], False
+        self.state_lock = threading.Lock()  # the attempt's thread changes, the heartbeat reads
+        self.write_lock = threading.Lock()  # one write at a time, in order
+        self.closed = threading.Event()
+        self.heartbeat = threading.Thread(target=self.beat, name=f"report-{execution.id}", daemon=True)
 
     def scrub(self, text):
         for secret in self.secrets:
@@ -283,61 +302,97 @@ class Reporter:
     def log(self, message, level="info"):
         message = self.scrub(message)
         log.log(logging.WARNING if level != "info" else logging.INFO, "%s: %s", self.execution_id, message)
-        self.lines.append({"timestamp": now_ms(), "level": level, "stage": self.stage, "message": message})
-        self.flush_if_due()
+        with self.state_lock:
+            self.lines.append({"timestamp": now_ms(), "level": level, "stage": self.stage, "message": message})
+            self.changed = True
 
     def advance(self, stage=None, progress=None):
-        if stage is not None:
-            self.stage = stage
-        if progress is not None:
-            self.progress = max(self.progress, int(progress))  # never backwards
-        self.flush_if_due()
+        with self.state_lock:
+            if stage is not None and stage != self.stage:
+                self.stage, self.changed = stage, True
+            if progress is not None and int(progress) > self.progress:  # never backwards
+                self.progress, self.changed = int(progress), True
 
-    def owned(self):
-        return ((Execution.id == self.execution_id) & (Execution.worker_id == self.worker_id)
-                & (Execution.attempts == self.attempt) & (Execution.status == RUNNING))
+    # --- writing
 
-    def flush_if_due(self):
-        if time.monotonic() - self.last_flush >= FLUSH_INTERVAL:
-            self.flush()
+    def start(self):
+        self.heartbeat.start()
+
+    def beat(self):
+        try:
+            while not self.closed.wait(FLUSH_INTERVAL):
+                self.flush()
+        finally:
+            models.database.close()  # this thread's connection
 
     def flush(self):
-        try:
-            written = self.write(progress=self.progress, stage=self.stage)
-        except OperationalError as exc:  # a locked database delays progress; it must not fail the backup
-            log.warning("%s: progress not written yet, database unavailable: %s", self.execution_id, exc)
-            return
+        """Write what changed since the last write; a locked database only delays it."""
+        with self.write_lock:
+            if self.closed.is_set():
+                return
+            with self.state_lock:
+                if not self.changed:
+                    return
+                fields, lines = dict(stage=self.stage, progress=self.progress), self.lines
+                self.lines, self.changed = [], False
+            try:
+                written = self.write(fields, lines)
+            except OperationalError as exc:
+                log.warning("%s: progress not written yet, database unavailable: %s", self.execution_id, exc)
+                with self.state_lock:
+                    self.lines[:0], self.changed = lines, True
+                return
         if not written:
-            raise Stopped("lost")
+            self.on_lost()
+
+    def record(self, **fields):
+        """Write `fields` now, with everything so far; False if the attempt no longer holds the execution.
+
+        A locked database delays it; it is retried, not lost. If the lock
+        outlasts the lease and another worker takes the execution over, this
+        write then finds the row no longer ours. A write that failed after it
+        committed (a connection lost at COMMIT) is recognised on the retry.
+        """
+        delay, deadline, retried = 0.05, time.monotonic() + FINISH_PATIENCE_SECONDS, False
+        with self.write_lock:
+            with self.state_lock:
+                self.stage = fields.get("stage", self.stage)
+                self.progress = max(self.progress, fields.get("progress", self.progress))
+                fields = dict(stage=self.stage, progress=self.progress) | fields
+                lines, self.lines, self.changed = self.lines, [], False
+            while True:
+                try:
+                    written = self.write(fields, lines) or (retried and self.shows(fields))
+                    break
+                except OperationalError as exc:
+                    if time.monotonic() > deadline:
+                        raise
+                    log.warning("%s: state not written yet, database unavailable: %s", self.execution_id, exc)
+                    time.sleep(delay)
+                    delay, retried = min(delay * 2, 1.0), True
+            if written:
+                self.status = fields.get("status", self.status)
+            return written
 
     def finish(self, **fields):
-        """Write the final state and the remaining logs; False if the attempt no longer owns the row.
+        """The attempt's last write: stops the heartbeat, then `record`s."""
+        self.closed.set()
+        return self.record(**fields)
 
-        A locked database delays the final state; it is retried, not lost. If
-        the lock outlasts the lease, another worker reclaims the execution and
-        this write then finds the row no longer ours.
-        """
-        delay, deadline = 0.05, time.monotonic() + FINISH_PATIENCE_SECONDS
-        while True:
-            try:
-                return self.write(**fields)
-            except OperationalError as exc:
-                if time.monotonic() > deadline:
-                    raise
-                log.warning("%s: final state not written yet, database unavailable: %s", self.execution_id, exc)
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
+    def close(self):
+        self.closed.set()
+        if self.heartbeat.is_alive():
+            self.heartbeat.join()
 
-    def write(self, **fields):
-        self.last_flush = time.monotonic()
+    def write(self, fields, lines):
         with models.database.atomic():
-            changed = Execution.update(**fields).where(self.owned()).execute()
-            if changed and self.lines:
-                ExecutionLog.insert_many(
-                    [{"execution": self.execution_id, **line} for line in self.lines]).execute()
-        if changed:
-            self.lines = []
-        return bool(changed)
+            return Execution.transition(self.execution_id, self.status, fields, owner=self.owner, logs=lines)
+
+    def shows(self, fields):
+        """Whether the row already holds `fields` (plain values only), as this attempt's write left it."""
+        row = Execution.get_or_none(Execution.id == self.execution_id)
+        plain = {name: value for name, value in fields.items() if not isinstance(value, Node)}
+        return row is not None and all(getattr(row, name) == value for name, value in plain.items())
 
 
 def kill_group(child):
@@ -347,6 +402,74 @@ def kill_group(child):
             os.killpg(child.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+# The guardian: `python -I -c GUARDIAN <fd>` reads "+group" and "-group" lines
+# from its pipe until EOF, then kills every process group still registered.
+GUARDIAN = r"""
+import os, signal, sys
+for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+    signal.signal(getattr(signal, name), signal.SIG_IGN)  # it ends when its worker does, never before
+fd, groups, pending = int(sys.argv[1]), set(), b""
+while chunk := os.read(fd, 65536):
+    *lines, pending = (pending + chunk).split(b"\n")
+    for line in lines:
+        (groups.add if line.startswith(b"+") else groups.discard)(int(line[1:]))
+for group in groups:
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+
+class ToolGuard:
+    """Ties every tool's lifetime to this process: when it dies, however it dies, its tools die too.
+
+    Not PR_SET_PDEATHSIG: that fires when the *thread* that forked the child
+    exits, and each attempt spawns from a thread of its own; and it reaches
+    only the direct child, never what a `command:` job's shell started. A
+    guardian process holds the read end of a pipe whose write end only this
+    process holds (close-on-exec, so no tool inherits it); the kernel closes
+    it when this process dies, kill -9 included, and the guardian, reading
+    EOF, kills the process groups still registered (issue 18).
+    """
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.groups, self.guardian, self.pipe = set(), None, None
+
+    def watch(self, group):
+        self.send(f"+{group}\n", group, self.groups.add)
+
+    def release(self, group):
+        self.send(f"-{group}\n", group, self.groups.discard)
+
+    def send(self, line, group, change):
+        with self.lock:
+            change(group)
+            try:
+                if self.guardian is None or self.guardian.poll() is not None:
+                    self.start_guardian()  # writes every registered group, this one included
+                else:
+                    os.write(self.pipe, line.encode())  # under PIPE_BUF: one atomic write
+            except OSError as exc:  # a dead guardian: the next call starts another
+                log.error("tool guardian unavailable, %s is unguarded for now: %s", group, exc)
+
+    def start_guardian(self):
+        if self.pipe is not None:
+            os.close(self.pipe)
+        read_end, self.pipe = os.pipe()
+        try:
+            self.guardian = subprocess.Popen([sys.executable, "-I", "-c", GUARDIAN, str(read_end)],
+                                             pass_fds=(read_end,), stdin=subprocess.DEVNULL,
+                                             start_new_session=True)
+        finally:
+            os.close(read_end)
+        os.write(self.pipe, "".join(f"+{group}\n" for group in self.groups).encode())
+
+
+TOOLS = ToolGuard()
 
 
 # --- one attempt -----------------------------------------------------------------------
@@ -359,10 +482,11 @@ class Run:
         self.stopped = threading.Event()
         self.children = []
         self.lock = threading.RLock()  # check() may stop() while spawn() holds it
-        self.report = Reporter(execution, worker_id, source_secrets(job.source))
+        self.report = Reporter(execution, worker_id, source_secrets(job.source), on_lost=lambda: self.stop("lost"))
         self.stamp = utc_stamp(now_ms())
         self.directory = job_directory(job)
         self.size_hint = None
+        self.recorded = None  # the artifact, once the execution is recorded Success with it
 
     # --- called from the worker's thread
 
@@ -403,6 +527,7 @@ class Run:
                 raise BackupError(f"{argv[0]} is not installed (not found on PATH)") from None
             child.stderr_file = stderr
             self.children.append(child)
+            TOOLS.watch(child.pid)
         try:
             # A pipe larger than the default 64 KiB lets the tool run on while
             # this thread compresses the previous chunk.
@@ -417,6 +542,7 @@ class Run:
         An exit status in `warning_statuses` (tar's 1) is not a failure: it is logged as a warning.
         """
         status = child.wait()
+        TOOLS.release(child.pid)
         with child.stderr_file as stream:
             # Only the tail: a chatty tool's stderr can be larger than memory.
             stream.seek(max(0, stream.seek(0, os.SEEK_END) - STDERR_TAIL))
@@ -444,11 +570,12 @@ class Run:
 
     def execute(self):
         """Run the attempt to its end and write its final state; never raises."""
+        self.report.start()
         try:
             self.back_up()
         except Stopped as stop:
             self.stop_children()
-            self.end_stopped(stop.reason)
+            self.end_stopped(stop)
         except (BackupError, OSError) as exc:
             self.stop_children()
             self.end_failed(str(exc))
@@ -456,6 +583,8 @@ class Run:
             log.error("execution %s crashed:\n%s", self.execution.id, self.report.scrub(traceback.format_exc()))
             self.stop_children()
             self.end_failed(f"internal error in the worker: {exc!r}")
+        finally:
+            self.report.close()
 
     def enter(self, stage, message=None):
         self.check()
@@ -482,12 +611,11 @@ class Run:
         try:
             self.enter("Verifying")
             self.verify(artifact, size, sha256)
-            self.enter("Applying Retention")
-            self.apply_retention()
+            self.record_success(artifact, size, sha256)
         except BaseException:
             artifact.unlink(missing_ok=True)
             raise
-        self.end_success(artifact, size, sha256)
+        self.apply_retention()
 
     def follow_remote_backup(self):
         """wpsec://: the site runs the backup, and wpsec.py writes the execution's stages
@@ -495,8 +623,17 @@ class Run:
         that the worker keeps renewing the lease and can cancel or time it out."""
         if wpsec.start_remote_backup(self.execution) is None:
             return  # already Failed, with the site's answer as the error
-        while (Execution.select(Execution.status).where(Execution.id == self.execution.id).scalar()
-               == RUNNING):
+        while True:
+            try:
+                row = (Execution.select(Execution.status, Execution.worker_id, Execution.attempts)
+                       .where(Execution.id == self.execution.id).first())
+            except OperationalError as exc:  # a database that cannot answer only delays the news
+                log.warning("%s: state not read, database unavailable: %s", self.execution.id, exc)
+            else:
+                if row is None or (row.worker_id, row.attempts) != self.report.owner:
+                    raise Stopped("lost")
+                if row.status != RUNNING:  # its webhook (or a status poll) ended it
+                    raise Stopped("ended", row.status)
             self.stopped.wait(REMOTE_CHECK_SECONDS)
             self.check()
 
@@ -536,61 +673,120 @@ class Run:
                               f"({seen:,} of {size:,} bytes read back)")
         self.log(f"verified {size:,} bytes, sha256 {sha256}")
 
+    def record_success(self, artifact, size, sha256):
+        """One guarded write makes the verified artifact the execution's: Success, before any pruning.
+
+        The lease stays held until retention ends, so a worker that dies
+        while pruning leaves an execution the reclaim can complete.
+        """
+        self.check()
+        self.log(f"backup complete: {artifact.name}, {size:,} bytes")
+        if not self.report.record(status=SUCCESS, stage="Applying Retention",
+                                  progress=BANDS["Applying Retention"][0], ended_at=now_ms(),
+                                  size=size, path=str(artifact), sha256=sha256):
+            raise Stopped("lost")  # our lease lapsed and another worker owns the execution now
+        self.recorded = artifact
+
     def apply_retention(self):
-        """Keep the job's `keep` newest successful artifacts, this one included."""
+        """Prune, then complete the execution; nothing here turns the recorded Success into a failure."""
+        problem = None
+        try:
+            problem = self.prune()
+        except Stopped as stop:
+            if stop.reason == "lost":
+                log.warning("execution %s: retention stopped, another worker completed the execution",
+                            self.execution.id)
+                return
+            problem = f"retention stopped by {STOP_CAUSES[stop.reason]} before it finished"
+        except Exception as exc:  # a locked database, a bug: the backup stands all the same
+            log.exception("execution %s: retention failed", self.execution.id)
+            problem = f"retention failed: {exc}"
+        if problem:
+            self.log(f"{problem}; the backup succeeded and the older backups not yet pruned are kept", "error")
+        try:
+            self.report.finish(stage="Completed", progress=100, retention_error=problem,
+                               worker_id=None, lease_expires_at=None)
+        except OperationalError as exc:
+            log.error("execution %s: Success recorded, its completion not written (the reclaim completes it): %s",
+                      self.execution.id, exc)
+
+    def prune(self):
+        """Delete the job's successful artifacts older than its `keep` newest; the problems met, or None.
+
+        Each file is first forgotten in the database (committed), then
+        deleted, so no row ever names a missing file. The newest successful
+        artifact and this attempt's own are never deleted, whatever `keep` says.
+        """
         keep = self.job.keep
-        if not keep:
-            return
-        older = list(Execution.select(Execution.id, Execution.path)
-                     .where((Execution.job == self.job.id) & (Execution.status == SUCCESS)
-                            & Execution.path.is_null(False) & (Execution.id != self.execution.id))
-                     .order_by(Execution.created_at.desc()))
-        expired = older[keep - 1:]
+        if not keep or keep < 1:
+            return None
+        holders = list(Execution.select(Execution.id, Execution.path)
+                       .where((Execution.job == self.job.id) & (Execution.status == SUCCESS)
+                              & Execution.path.is_null(False))
+                       .order_by(Execution.created_at.desc(), Execution.id.desc()))
+        expired = [old for old in holders[keep:] if old.id != self.execution.id]
+        deleted, problems = 0, []
         for old in expired:
             self.check()
-            Path(old.path).unlink(missing_ok=True)
             with models.database.atomic():
-                Execution.update(path=None).where(Execution.id == old.id).execute()
+                forgotten = Execution.transition(old.id, SUCCESS, dict(path=None), where=Execution.path == old.path)
+            if not forgotten:
+                continue  # another run pruned it meanwhile
+            try:
+                Path(old.path).unlink(missing_ok=True)
+            except OSError as exc:
+                # Named again, so that no file is left unaccounted for and the next run tries again.
+                with models.database.atomic():
+                    Execution.transition(old.id, SUCCESS, dict(path=old.path), where=Execution.path.is_null())
+                problems.append(f"could not delete {old.path} (execution {old.id}): {exc.strerror or exc}")
+                self.log(f"retention: {problems[-1]}; it is kept", "error")
+                continue
+            deleted += 1
             self.log(f"retention: deleted {old.path} (execution {old.id})")
-        self.log(f"retention: keeping {min(len(older) + 1, keep)} of at most {keep} backups; "
-                 f"deleted {len(expired)}")
+        self.log(f"retention: keeping the {min(len(holders), keep)} newest of at most {keep} backups; "
+                 f"deleted {deleted}")
+        return "; ".join(problems) or None
 
     # --- endings
-
-    def end_success(self, artifact, size, sha256):
-        self.log(f"backup complete: {artifact.name}, {size:,} bytes")
-        if not self.report.finish(status=SUCCESS, stage="Completed", progress=100, ended_at=now_ms(),
-                                  size=size, path=str(artifact), sha256=sha256,
-                                  worker_id=None, lease_expires_at=None):
-            # Our lease lapsed and another worker owns the execution now.
-            artifact.unlink(missing_ok=True)
 
     def end_failed(self, message):
         message = self.report.scrub(message)
         self.remove_partials()
         self.report.log(message, "error")
-        self.report.finish(status=FAILED, stage="Failed", error=message, ended_at=now_ms(),
-                           worker_id=None, lease_expires_at=None)
+        self.finish(status=FAILED, stage="Failed", error=message, ended_at=now_ms(),
+                    worker_id=None, lease_expires_at=None)
 
-    def end_stopped(self, reason):
-        if reason == "lost":
+    def end_stopped(self, stop):
+        if stop.reason == "lost":
             log.warning("execution %s: lease lost to another worker; abandoning this attempt",
                         self.execution.id)
             return
+        if stop.reason == "ended":
+            log.info("execution %s ended %s by its remote backup's webhook; this attempt is done",
+                     self.execution.id, stop.detail)
+            return
         removed = self.remove_partials()
         cleanup = f"; removed {', '.join(removed)}" if removed else ""
-        if reason == "cancel":
+        if stop.reason == "cancel":
             self.report.log(f"cancelled on request: stopped the backup{cleanup}", "warning")
-            self.report.finish(status=CANCELLED, stage="Cancelled", ended_at=now_ms(),
-                               worker_id=None, lease_expires_at=None)
-        elif reason == "timeout":
+            self.finish(status=CANCELLED, stage="Cancelled", ended_at=now_ms(),
+                        worker_id=None, lease_expires_at=None)
+        elif stop.reason == "timeout":
             self.end_failed(f"timed out after {self.job.timeout_seconds} s (the job's timeout){cleanup}")
         else:  # shutdown: the attempt did not fail, so it goes back to the queue without using one up
             self.report.log(f"worker stopping: attempt interrupted and re-queued{cleanup}", "warning")
-            self.report.finish(status=PENDING, stage="Queued", attempts=Execution.attempts - 1,
-                               worker_id=None, lease_expires_at=None)
+            self.finish(status=PENDING, stage="Queued", attempts=Execution.attempts - 1,
+                        worker_id=None, lease_expires_at=None)
+
+    def finish(self, **fields):
+        try:
+            self.report.finish(**fields)
+        except OperationalError as exc:  # the lease lapses, and the reclaim ends the execution
+            log.error("execution %s: final state %s not written: %s", self.execution.id, fields["status"], exc)
 
     def remove_partials(self):
+        if self.recorded:
+            return []  # the execution reports the artifact now: it is no partial file
         return remove_partial_files(self.job, self.execution.id)
 
     def stop_children(self):
@@ -599,6 +795,7 @@ class Run:
         for child in children:
             kill_group(child)
             child.wait()
+            TOOLS.release(child.pid)
             if child.stdout:
                 child.stdout.close()
             if not child.stderr_file.closed:

@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 from peewee import (
     BigIntegerField,
     BooleanField,
+    Case,
     DatabaseProxy,
     ForeignKeyField,
     IntegerField,
@@ -442,6 +443,30 @@ class Execution(BaseModel):
     worker_id = TextField(null=True)
     lease_expires_at = BigIntegerField(null=True)
     cancel_requested = BooleanField(default=False)
+    retention_error = TextField(null=True)
+
+    @classmethod
+    def transition(cls, execution_id, expected, fields, owner=None, where=None, logs=()):
+        """Change one execution from status `expected`, in one guarded write; True if it did.
+
+        Every state change of an execution after its claim goes through here.
+        The UPDATE holds only while the row still has the status the caller
+        expects (and, given `owner` = (worker_id, attempt), while that attempt
+        still holds it), so a writer working from a stale read, under
+        PostgreSQL's read committed as on SQLite, changes nothing instead of
+        overwriting a Cancelled, Failed or taken-over execution. `logs` (dicts
+        of ExecutionLog fields) are appended only when the write happened. It
+        runs inside the caller's transaction.
+        """
+        condition = (cls.id == execution_id) & (cls.status == expected)
+        if owner is not None:
+            condition &= (cls.worker_id == owner[0]) & (cls.attempts == owner[1])
+        if where is not None:
+            condition &= where
+        changed = cls.update(**fields).where(condition).execute() == 1
+        if changed and logs:
+            ExecutionLog.insert_many([{"execution": execution_id, **line} for line in logs]).execute()
+        return changed
 
     @classmethod
     def enqueue(cls, job):
@@ -466,9 +491,7 @@ class Execution(BaseModel):
             if execution is None or execution.status in FINISHED:
                 return execution, False
             if execution.status == PENDING:
-                now = now_ms()
-                cls.update(status=CANCELLED, stage=CANCELLED, ended_at=now).where(
-                    (cls.id == execution_id) & (cls.status == PENDING)).execute()
+                cls.transition(execution_id, PENDING, dict(status=CANCELLED, stage=CANCELLED, ended_at=now_ms()))
             else:
                 cls.update(cancel_requested=True).where(cls.id == execution_id).execute()
         return cls.with_job_name(execution_id), True
@@ -706,31 +729,34 @@ class Backup(BaseModel):
                                            & BackupEvent.payload.contains(spool_id)).exists())
 
     def mirror_to_execution(self):
-        """Make the wpsec:// execution this backup belongs to follow it (inside the caller's transaction)."""
-        execution = Execution.get_or_none((Execution.id == self.execution_id) & (Execution.status == RUNNING))
-        if execution is None:
-            return
+        """Make the wpsec:// execution this backup belongs to follow it (inside the caller's transaction).
+
+        Each change is a guarded write on the execution still Running, so one
+        that a cancel, its worker or an earlier event ended meanwhile stays as
+        it ended. An end keeps `worker_id`: the attempt following the execution
+        tells from it that the remote backup ended it, not another worker.
+        """
+        execution_id, mirror = self.execution_id, Execution.transition
         if self.status == "completed":
-            if execution.stage != SYNCING:
-                execution.stage, execution.progress = SYNCING, REMOTE_BAND[1]
-                note = f"Remote backup {self.backup_id} completed; syncing the site's backup list"
-            else:
-                return
+            mirror(execution_id, RUNNING, dict(stage=SYNCING, progress=REMOTE_BAND[1]),
+                   where=Execution.stage != SYNCING,
+                   logs=[dict(stage=SYNCING, message=f"Remote backup {self.backup_id} completed; "
+                                                     "syncing the site's backup list")])
         elif self.status == "failed":
-            execution.status, execution.stage, execution.error = FAILED, FAILED, self.error_message
-            execution.ended_at = now_ms()
-            note = f"Remote backup {self.backup_id} failed: {self.error_message}"
+            mirror(execution_id, RUNNING, dict(status=FAILED, stage=FAILED, error=self.error_message,
+                                               ended_at=now_ms(), lease_expires_at=None),
+                   logs=[dict(stage=FAILED, level="error",
+                              message=f"Remote backup {self.backup_id} failed: {self.error_message}")])
         else:
-            progress = max(execution.progress, remote_progress(self.progress))
-            if execution.stage == REMOTE_BACKUP and progress == execution.progress:
-                return
-            note = None if execution.stage == REMOTE_BACKUP else f"Remote backup {self.backup_id} is running"
-            execution.stage, execution.progress = REMOTE_BACKUP, progress
-        execution.save(only=[Execution.status, Execution.stage, Execution.progress, Execution.error,
-                             Execution.ended_at])
-        if note:
-            ExecutionLog.create(execution=execution.id, stage=execution.stage, message=note,
-                                level="error" if self.status == "failed" else "info")
+            progress = remote_progress(self.progress)
+            # The common case first: one more progress event in Remote Backup.
+            if not mirror(execution_id, RUNNING, dict(progress=progress),
+                          where=(Execution.stage == REMOTE_BACKUP) & (Execution.progress < progress)):
+                mirror(execution_id, RUNNING,
+                       dict(stage=REMOTE_BACKUP, progress=Case(None, [(Execution.progress < progress, progress)],
+                                                               Execution.progress)),
+                       where=Execution.stage.not_in([REMOTE_BACKUP, SYNCING]),
+                       logs=[dict(stage=REMOTE_BACKUP, message=f"Remote backup {self.backup_id} is running")])
 
     @classmethod
     def link_execution(cls, website_id, backup_id, execution_id):
@@ -759,11 +785,10 @@ class Backup(BaseModel):
                 cls, on=(cls.execution == Execution.id)).where(
                 (cls.website == website_id) & (cls.status == "completed")
                 & (Execution.status == RUNNING) & (Execution.stage == SYNCING))]
-            for execution_id in waiting:
-                Execution.update(status=SUCCESS, stage="Completed", progress=100, ended_at=now).where(
-                    (Execution.id == execution_id) & (Execution.status == RUNNING)).execute()
-                ExecutionLog.create(execution=execution_id, stage=SYNCING, message=note)
-        return waiting
+            return [execution_id for execution_id in waiting if Execution.transition(
+                execution_id, RUNNING, dict(status=SUCCESS, stage="Completed", progress=100, ended_at=now,
+                                            lease_expires_at=None),
+                where=Execution.stage == SYNCING, logs=[dict(stage=SYNCING, message=note)])]
 
     def to_api(self):
         return {"backupId": self.backup_id, "status": self.status, "progress": self.progress,

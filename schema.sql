@@ -119,6 +119,16 @@ CREATE TABLE backup_event (
 
 CREATE INDEX backup_event_backup ON backup_event (backup_pk, id);
 
+-- version 2
+
+-- Why pruning older artifacts failed after this backup was recorded Success;
+-- the backup stands, and notifications report it.
+ALTER TABLE execution ADD COLUMN retention_error TEXT;
+-- The reclaim finds the executions a worker holds a lease on: Running, or
+-- Success while its retention runs.
+CREATE INDEX execution_lease ON execution (lease_expires_at)
+    WHERE lease_expires_at IS NOT NULL;
+
 -- version 3
 
 -- files:// jobs: the tar patterns to leave out (a JSON list of strings), and

@@ -3,9 +3,12 @@
 One loop in the main thread owns the protocol with the database:
 
 - claim_pending: takes Pending executions, never more than the global limit;
-- renew_leases: keeps this worker's Running executions alive;
+- renew_leases: keeps this worker's executions alive;
 - watch_runs: stops runs that were cancelled or ran past their timeout;
 - reclaim_lapsed: takes back executions whose worker died.
+
+Each duty meets a locked database on its own: one that fails never keeps the
+others, above all the lease renewal, from their turn.
 
 Each claimed execution runs in a thread of its own (backup.Run). The loop
 sleeps on a wake-up socket (wakeup.py) so that a trigger starts a backup
@@ -31,8 +34,9 @@ from peewee import OperationalError, fn
 import config
 import models
 import wpsec
-from backup import MAX_ATTEMPTS, Run, remove_partial_files
-from models import CANCELLED, FAILED, PENDING, RUNNING, Execution, Job, Setting, database, new_id, now_ms
+from backup import MAX_ATTEMPTS, Run, partial_files
+from models import (CANCELLED, FAILED, FINISHED, PENDING, RUNNING, SUCCESS, Execution, Job, Setting, database,
+                    new_id, now_ms)
 from spool import replay_spool
 from wakeup import drain, listen, stop_listening, wake_workers
 
@@ -67,11 +71,13 @@ class Worker:
         self.id = f"{socket.gethostname()}-{os.getpid()}-{new_id()[-8:]}"
         self.data_dir = settings["DATA_DIR"]
         self.lease_ms = int(settings["LEASE_SECONDS"] * 1000)
+        self.renew_every = settings["LEASE_SECONDS"] / 3  # also how long a lapse is watched before a reclaim
         self.grace_seconds = settings["WORKER_GRACE_SECONDS"]
         self.poll_after_seconds = settings["WPSEC_POLL_AFTER"]
         self.runs = {}          # execution id -> (Run, thread)
         self.stopping_since = None
         self.next_renewal = self.next_reclaim = 0.0
+        self.sightings = {}     # (id, worker_id, attempts, lease_expires_at) of a lapsed lease -> monotonic first seen
 
     # --- the claim protocol -------------------------------------------------------
 
@@ -110,56 +116,106 @@ class Worker:
                     .order_by(Execution.created_at))
 
     def renew_leases(self):
-        """Extend this worker's leases; a run whose lease was taken over must stop."""
+        """Extend the leases this worker holds; a run whose execution was taken over must stop.
+
+        A renewal that fails on a busy database stops nothing: it is tried
+        again at the next tick, and only a write that finds the execution in
+        another worker's hands gives a run up (issue 18).
+        """
         if not self.runs or time.monotonic() < self.next_renewal:
             return
-        self.next_renewal = time.monotonic() + self.lease_ms / 1000 / 3
         with database.atomic():
             renewed = (Execution.update(lease_expires_at=now_ms() + self.lease_ms)
                        .where(Execution.id.in_(list(self.runs)) & (Execution.worker_id == self.id)
-                              & (Execution.status == RUNNING))
+                              & Execution.status.in_([RUNNING, SUCCESS]) & Execution.lease_expires_at.is_null(False))
                        .returning(Execution.id).execute())
             still_ours = {row.id for row in renewed}
-        for execution_id, (run, _thread) in self.runs.items():
-            if execution_id not in still_ours:
-                run.stop("lost")
+        self.next_renewal = time.monotonic() + self.renew_every
+        gone = [execution_id for execution_id in self.runs if execution_id not in still_ours]
+        if not gone:
+            return
+        for row in Execution.select(Execution.id, Execution.status, Execution.worker_id).where(Execution.id.in_(gone)):
+            if row.worker_id == self.id and row.status in FINISHED:
+                continue  # its remote backup ended it, not another worker: the run sees that itself
+            self.runs[row.id][0].stop("lost")
+
+    def lapsed(self):
+        """Executions whose lease lapsed, this worker's own live runs excepted.
+
+        Only a held execution has a lease (Running, or Success while pruning),
+        so the lease alone picks them, through its own index.
+        """
+        return (Execution.lease_expires_at < now_ms()) & Execution.id.not_in(list(self.runs))
 
     def reclaim_lapsed(self):
-        """Take back Running executions whose worker stopped renewing its lease.
+        """Take back executions whose worker stopped renewing its lease.
 
-        Their partial files are removed inside the transaction, before any
-        worker can claim the execution again and start writing new ones.
+        A lapsed lease alone is not enough: the database may have been too
+        busy for a live owner to renew. This worker takes an execution only
+        once it has seen the same lapsed lease for a renewal interval by its
+        own monotonic clock, each sighting made holding the rows' write locks;
+        a reclaim that cannot get them forgets its sightings. So once a busy
+        database answers again, the owner renews before anyone takes its
+        execution (issue 18).
         """
         if time.monotonic() < self.next_reclaim:
             return
         self.next_reclaim = time.monotonic() + RECLAIM_EVERY_SECONDS
-        def lapsed():
-            return (Execution.status == RUNNING) & (Execution.lease_expires_at < now_ms())
-
-        if not Execution.select().where(lapsed()).exists():
+        if not Execution.select().where(self.lapsed()).exists():
+            self.sightings = {}
             return  # a read, so the common case never takes the write lock
-        with database.atomic():
-            lock_claims()  # no other worker reclaims, or claims, these meanwhile
-            for execution in Execution.select(Execution, Job).join(Job).where(lapsed()):
-                removed = remove_partial_files(execution.job, execution.id)
-                self.requeue_or_fail(execution, removed)
-        wake_workers(self.data_dir)
+        try:
+            with database.atomic():
+                lock_claims()  # no other worker reclaims, or claims, these meanwhile
+                now, sightings, due = time.monotonic(), {}, []
+                for execution in Execution.select().where(self.lapsed()).for_update(models.is_postgresql()):
+                    seen = (execution.id, execution.worker_id, execution.attempts, execution.lease_expires_at)
+                    sightings[seen] = self.sightings.get(seen, now)
+                    if now - sightings[seen] >= self.renew_every:
+                        due.append(execution)
+                self.sightings = sightings
+                for execution in due:
+                    self.requeue_or_fail(execution, Job.get_by_id(execution.job_id))
+        except OperationalError:
+            self.sightings = {}
+            raise
+        if due:
+            wake_workers(self.data_dir)
 
-    def requeue_or_fail(self, execution, removed):
-        cleanup = f"; removed {', '.join(removed)}" if removed else ""
-        lost = f"worker {execution.worker_id} stopped renewing its lease (attempt {execution.attempts} of {MAX_ATTEMPTS})"
-        if execution.cancel_requested:  # the cancel its dead worker never acted on
-            message = f"{lost}; cancelled as requested{cleanup}"
+    def requeue_or_fail(self, execution, job):
+        """End a lapsed lease in one guarded write on the execution being as it was seen.
+
+        A Running execution goes back to the queue, or fails when no attempt
+        is left, and its partial files are removed inside the transaction,
+        before any worker can claim it again and start writing new ones. A
+        Success whose worker died while pruning keeps its artifact and is
+        completed; any other state only has its lease released.
+        """
+        lost = f"worker {execution.worker_id} stopped renewing its lease"
+        leftovers = partial_files(job, execution.id) if execution.status == RUNNING else []
+        cleanup = f"; removed {', '.join(path.name for path in leftovers)}" if leftovers else ""
+        attempt = f"(attempt {execution.attempts} of {MAX_ATTEMPTS})"
+        if execution.status == SUCCESS:
+            message = f"{lost} while applying retention; the backup stands, and older backups left unpruned are kept"
+            fields = dict(stage="Completed", progress=100, retention_error=message)
+        elif execution.status != RUNNING:
+            fields, message = {}, f"{lost}; its lease is released"
+        elif execution.cancel_requested:  # the cancel its dead worker never acted on
+            message = f"{lost} {attempt}; cancelled as requested{cleanup}"
             fields = dict(status=CANCELLED, stage="Cancelled", ended_at=now_ms())
         elif execution.attempts < MAX_ATTEMPTS:
-            fields, message = dict(status=PENDING, stage="Queued"), f"{lost}; re-queued{cleanup}"
+            fields, message = dict(status=PENDING, stage="Queued"), f"{lost} {attempt}; re-queued{cleanup}"
         else:
-            message = f"{lost}; no attempts left{cleanup}"
+            message = f"{lost} {attempt}; no attempts left{cleanup}"
             fields = dict(status=FAILED, stage="Failed", ended_at=now_ms(), error=message)
-        Execution.update(worker_id=None, lease_expires_at=None, **fields).where(
-            (Execution.id == execution.id) & (Execution.status == RUNNING)).execute()
-        models.ExecutionLog.create(execution=execution.id, level="warning", stage=execution.stage,
-                                   message=message)
+        unchanged = ((Execution.worker_id == execution.worker_id) & (Execution.attempts == execution.attempts)
+                     & (Execution.lease_expires_at == execution.lease_expires_at))
+        if not Execution.transition(execution.id, execution.status,
+                                    dict(worker_id=None, lease_expires_at=None, **fields), where=unchanged,
+                                    logs=[dict(level="warning", stage=execution.stage, message=message)]):
+            return
+        for path in leftovers:
+            path.unlink(missing_ok=True)
         log.warning("execution %s: %s", execution.id, message)
 
     # --- running ----------------------------------------------------------------------
@@ -255,10 +311,7 @@ class Worker:
                              daemon=True).start()
         try:
             while not self.done_stopping():
-                try:
-                    self.tick()
-                except OperationalError as exc:  # a locked or unreachable database: try again shortly
-                    log.warning("database unavailable: %s", exc)
+                self.tick()
                 timeout = BUSY_POLL_SECONDS if self.runs or self.stopping_since else IDLE_POLL_SECONDS
                 for ready in select.select([wake, signal_pipe], [], [], timeout)[0]:
                     drain(ready)
@@ -272,15 +325,21 @@ class Worker:
 
     def tick(self):
         self.reap_finished()
+        duties = [self.renew_leases, self.watch_runs]
         if self.stopping_since is None:
-            self.reclaim_lapsed()
-            for execution in self.claim_pending():
-                self.start(execution)
+            duties = [self.reclaim_lapsed, self.claim_and_start, *duties]
         elif time.monotonic() - self.stopping_since > self.grace_seconds:
             for run, _thread in self.runs.values():
                 run.stop("shutdown")
-        self.renew_leases()
-        self.watch_runs()
+        for duty in duties:
+            try:
+                duty()
+            except OperationalError as exc:  # a locked or unreachable database: try again shortly
+                log.warning("database unavailable: %s", exc)
+
+    def claim_and_start(self):
+        for execution in self.claim_pending():
+            self.start(execution)
 
 
 def main():

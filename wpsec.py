@@ -29,7 +29,6 @@ from models import (
     RUNNING,
     Backup,
     Execution,
-    ExecutionLog,
     Job,
     Website,
     database,
@@ -190,31 +189,34 @@ def start_remote_backup(execution):
     domain = wpsec_domain(Job.get_by_id(execution.job_id).source)
     website = Website.by_domain(domain)
     if website is None:
-        _fail(execution.id, f"No website {domain!r} is registered")
+        _fail(execution, f"No website {domain!r} is registered")
         return None
     earlier = Backup.get_or_none(Backup.execution == execution.id)
     if earlier is not None:  # reclaimed after a worker died: that attempt's backup is still ours
         Backup.link_execution(website.id, earlier.backup_id, execution.id)
         return earlier.backup_id
     with database.atomic():
-        Execution.update(stage=REQUESTING).where(
-            (Execution.id == execution.id) & (Execution.status == RUNNING)).execute()
-        ExecutionLog.create(execution=execution.id, stage=REQUESTING,
-                            message=f"Asking {website.domain} to start a full backup")
+        Execution.transition(execution.id, RUNNING, dict(stage=REQUESTING), owner=_holder(execution),
+                             logs=[dict(stage=REQUESTING, message=f"Asking {website.domain} to start a full backup")])
     try:
         backup_id = start_backup(website)
     except WpsecError as exc:
-        _fail(execution.id, str(exc))
+        _fail(execution, str(exc))
         return None
     Backup.link_execution(website.id, backup_id, execution.id)
     return backup_id
 
 
-def _fail(execution_id, message):
+def _holder(execution):
+    """The attempt that claimed `execution`: its writes here hold only while that attempt still does."""
+    return execution.worker_id, execution.attempts
+
+
+def _fail(execution, message):
     with database.atomic():
-        Execution.update(status=FAILED, stage=FAILED, error=message, ended_at=now_ms()).where(
-            (Execution.id == execution_id) & (Execution.status == RUNNING)).execute()
-        ExecutionLog.create(execution=execution_id, stage=FAILED, level="error", message=message)
+        Execution.transition(execution.id, RUNNING, dict(status=FAILED, stage=FAILED, error=message, ended_at=now_ms(),
+                                                         lease_expires_at=None),
+                             owner=_holder(execution), logs=[dict(stage=FAILED, level="error", message=message)])
 
 
 def poll_silent_remote_backups(poll_after_seconds, limit=20):

@@ -85,6 +85,16 @@ def postgres_listeners(database_url):
     return pids
 
 
+def lock_waiters(database_url):
+    """How many sessions on this PostgreSQL database wait for a lock now."""
+    with psycopg2.connect(database_url) as conn, conn.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                       "AND wait_event_type = 'Lock'")
+        waiting = cursor.fetchone()[0]
+    conn.close()
+    return waiting
+
+
 # Another process takes the database's write lock, says so, holds it, and lets go.
 # On PostgreSQL that is every table locked EXCLUSIVE: reads go on, writes wait.
 HOLD_WRITE_LOCK = {
@@ -160,9 +170,14 @@ def poll(client, auth, execution_id, logs=False):
 
 
 def wait_for_status(client, auth, execution_id, statuses=FINISHED, timeout=30):
-    """Poll the API, as a client would, until the execution reaches one of `statuses`."""
+    """Poll the API, as a client would, until the execution reaches one of `statuses`.
+
+    A backup is Success from the moment it is recorded; its worker then still
+    applies retention (stage "Applying Retention"), and this waits for that too.
+    """
     return wait_until(lambda: (data := poll(client, auth, execution_id, logs=True))["status"] in statuses
-                      and data, timeout=timeout, message=f"execution {execution_id} to reach {statuses}")
+                      and data["stage"] != "Applying Retention" and data,
+                      timeout=timeout, message=f"execution {execution_id} to reach {statuses}")
 
 
 def run_to_end(client, auth, job_id, timeout=30):

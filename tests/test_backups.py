@@ -16,7 +16,7 @@ import pytest
 
 import backup
 from backup import ArtifactWriter, job_directory, read_back
-from models import Execution, Job
+from models import Execution, Job, Setting
 from support import run_to_end, trigger, wait_for_status, wait_until
 
 PG = ["-h", "127.0.0.1", "-p", "5432", "-U", "postgres"]
@@ -385,6 +385,24 @@ def test_retention_deletes_only_older_successful_artifacts_of_the_same_job(
     assert sorted(p.name for p in job_directory(job).iterdir()) == sorted(Path(r["path"]).name for r in runs[1:])
     assert Path(neighbour_data["path"]).exists()
     assert any("retention: deleted" in line["message"] for line in runs[2]["logs"])
+
+
+def test_retention_never_deletes_the_newest_successful_backup_even_when_an_older_run_finishes_last(
+        client, auth, make_job, start_worker, tmp_path):
+    first, go = tmp_path / "first", tmp_path / "go"
+    job = make_job(name="overlap", keep=1, source=f"command:if [ -e {first} ]; then echo quick; else touch {first}; "
+                                                  f"while [ ! -e {go} ]; do sleep 0.05; done; echo slow; fi")
+    Setting.write("max_concurrent_jobs", 2)
+    start_worker()
+    older = trigger(client, auth, job.id)
+    wait_until(first.exists, message="the older run to be under way")
+    newer = wait_for_status(client, auth, trigger(client, auth, job.id))  # triggered later, finished first
+    go.touch()
+    older_data = wait_for_status(client, auth, older)
+
+    assert newer["status"] == older_data["status"] == "Success"
+    assert Path(newer["path"]).exists() and Execution.get_by_id(newer["id"]).path == newer["path"]
+    assert Path(older_data["path"]).exists()  # its own artifact, just verified, is never pruned by itself
 
 
 # --- postgresql ----------------------------------------------------------------------------

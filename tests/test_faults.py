@@ -11,6 +11,7 @@ fault on its own (test_wpsec.py); SIGTERM to an idle `backhook run`
 import contextlib
 import hashlib
 import io
+import os
 import random
 import resource
 import shutil
@@ -21,6 +22,7 @@ import tarfile
 import time
 from pathlib import Path
 
+import psycopg2
 import pytest
 import requests
 import zstandard
@@ -28,8 +30,9 @@ import zstandard
 import models
 import wpsec
 from backup import job_directory
-from models import Execution, Website
-from support import TOKEN, LiveProcess, free_port, hold_write_lock, poll, trigger, wait_for_status, wait_until
+from models import Execution, Job, Website
+from support import (TOKEN, LiveProcess, free_port, hold_write_lock, lock_waiters, poll, trigger,
+                     wait_for_status, wait_until)
 from test_backups import MARIADB, PG, mariadb, psql, unique_name
 from test_wpsec import SITE_KEY, StandInSite
 
@@ -217,6 +220,139 @@ def test_database_locked_past_the_busy_timeout_during_a_backup_loses_nothing(
     assert leftovers(job, [data["path"]]) == set()
 
 
+def gated_job(make_job, tmp_path, name, **fields):
+    """A `command:` job whose run prints nothing until the test creates its `go` file."""
+    go = tmp_path / f"go-{name}"
+    job = make_job(name=name, source=f"command:while [ ! -e {go} ]; do sleep 0.05; done; echo payload", **fields)
+    return job, go
+
+
+def assert_every_row_names_an_existing_file(job):
+    for execution in Execution.select().where((Execution.job == job.id) & Execution.path.is_null(False)):
+        assert Path(execution.path).exists(), f"execution {execution.id} names the missing {execution.path}"
+
+
+def test_a_database_locked_past_the_busy_timeout_during_a_keep_1_run_keeps_the_new_backup(
+        client, auth, make_job, start_worker, database_url, tmp_path):
+    job, go = gated_job(make_job, tmp_path, "keep-one", keep=1)
+    worker = start_worker(BACKHOOK_DATABASE_BUSY_SECONDS="0.2")
+    go.touch()
+    previous = wait_for_status(client, auth, trigger(client, auth, job.id))
+    assert previous["status"] == "Success", previous["error"]
+    go.unlink()
+    execution_id = trigger(client, auth, job.id)
+    wait_for_status(client, auth, execution_id, statuses=("Running",))
+    holder = hold_write_lock(database_url, 3)  # across the run's end, its success and its retention
+    go.touch()
+    assert holder.wait(timeout=30) == 0
+
+    data = wait_for_status(client, auth, execution_id)
+    assert data["status"] == "Success", data["error"]
+    assert Execution.get_by_id(execution_id).attempts == 1
+    assert_artifact_is_the_one_recorded(data)
+    assert Execution.get_by_id(previous["id"]).path is None and not Path(previous["path"]).exists()
+    assert_every_row_names_an_existing_file(job)
+    assert leftovers(job, [data["path"]]) == set()
+    assert worker.proc.poll() is None, worker.output()
+
+
+def assert_artifact_is_the_one_recorded(data):
+    raw = Path(data["path"]).read_bytes()
+    assert len(raw) == data["size"]
+    assert hashlib.sha256(raw).hexdigest() == Execution.get_by_id(data["id"]).sha256
+
+
+# --- retention meeting faults -----------------------------------------------------------------
+
+@contextlib.contextmanager
+def undeletable(directory):
+    """No file in `directory` can be deleted while the block runs, whoever asks (root included)."""
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode != 0:
+            pytest.skip("chattr +i is not available on this file system")
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", str(directory)], check=True)
+    else:
+        directory.chmod(0o555)
+        try:
+            yield
+        finally:
+            directory.chmod(0o755)
+
+
+def test_an_old_artifact_that_cannot_be_deleted_leaves_the_backup_successful_and_stays_recorded(
+        client, auth, make_job, start_worker, tmp_path):
+    job = make_job(name="moved", source="command:echo payload", keep=1, destination=str(tmp_path / "old-disk"))
+    start_worker()
+    old = wait_for_status(client, auth, trigger(client, auth, job.id))
+    assert old["status"] == "Success", old["error"]
+    Job.update(destination=str(tmp_path / "new-disk")).where(Job.id == job.id).execute()  # the job moved
+
+    with undeletable(Path(old["path"]).parent):
+        data = wait_for_status(client, auth, trigger(client, auth, job.id))
+    assert (data["status"], data["stage"], data["progress"]) == ("Success", "Completed", 100), data["error"]
+    assert_artifact_is_the_one_recorded(data)
+    assert Execution.get_by_id(old["id"]).path == old["path"] and Path(old["path"]).exists()
+    problem = Execution.get_by_id(data["id"]).retention_error
+    assert old["path"] in problem and "Operation not permitted" in problem
+    assert any(line["level"] == "error" and old["path"] in line["message"] for line in data["logs"])
+
+    newest = wait_for_status(client, auth, trigger(client, auth, job.id))
+    assert newest["status"] == "Success" and Execution.get_by_id(newest["id"]).retention_error is None
+    assert not Path(old["path"]).exists() and not Path(data["path"]).exists()  # pruned by the next run
+    assert_every_row_names_an_existing_file(job)
+
+
+@contextlib.contextmanager
+def row_locked(database_url, execution_id):
+    """Another session holding the execution's row lock, so that a write to that row waits."""
+    holder = psycopg2.connect(database_url)
+    holder.cursor().execute("SELECT 1 FROM execution WHERE id = %s FOR UPDATE", (execution_id,))
+    try:
+        yield
+    finally:
+        holder.rollback()
+        holder.close()
+
+
+@pytest.mark.postgresql_only("a row lock holds retention at a known point; SQLite has one lock for everything")
+@pytest.mark.parametrize("fault", ["kill -9", "cancel"])
+def test_a_fault_during_pruning_keeps_the_last_good_backup_and_every_row_names_a_file(
+        client, auth, make_job, start_worker, database_url, fault):
+    job = make_job(name="pruned", source="command:echo payload", keep=1)
+    worker = start_worker(BACKHOOK_LEASE_SECONDS="1")
+    old = wait_for_status(client, auth, trigger(client, auth, job.id))
+    assert old["status"] == "Success", old["error"]
+
+    with row_locked(database_url, old["id"]):
+        execution_id = trigger(client, auth, job.id)
+        wait_until(lambda: lock_waiters(database_url), message="retention to wait for the old execution's row")
+        pruning = poll(client, auth, execution_id)
+        assert (pruning["status"], pruning["stage"]) == ("Success", "Applying Retention")
+        if fault == "kill -9":
+            worker.stop(sig=signal.SIGKILL)
+            assert_every_row_names_an_existing_file(job)
+        else:
+            response = client.post(f"/api/executions/{execution_id}/cancel", headers=auth)
+            assert response.status_code == 409  # the backup is already recorded
+    if fault == "kill -9":
+        start_worker(BACKHOOK_LEASE_SECONDS="1")  # reclaims the lapsed lease and completes the execution
+    data = wait_until(lambda: (data := poll(client, auth, execution_id, logs=True))["stage"] == "Completed" and data,
+                      timeout=30, message="the execution to be completed")
+
+    assert (data["status"], data["progress"]) == ("Success", 100)
+    assert_artifact_is_the_one_recorded(data)
+    assert_every_row_names_an_existing_file(job)
+    named = [e.path for e in Execution.select().where((Execution.job == job.id) & Execution.path.is_null(False))]
+    assert leftovers(job, named) == set()
+    if fault == "kill -9":
+        assert "stopped renewing its lease while applying retention" in Execution.get_by_id(execution_id).retention_error
+    else:
+        assert named == [data["path"]]
+
+
 # --- a source database that does not exist --------------------------------------------------
 
 @pytest.fixture
@@ -295,18 +431,24 @@ def dump_blocked_by(lock, dump_tool, client, auth, job, start_worker):
     assert_password_nowhere(client, auth, execution_id, worker)
 
 
-def test_postgresql_password_never_shows_while_pg_dump_runs(client, auth, make_job, start_worker, postgres_url):
+@contextlib.contextmanager
+def postgresql_table_to_lock():
+    """A scratch PostgreSQL database with one table; yields (its name, a session that locks the table)."""
     database = unique_name()
     psql_admin = ["psql", *PG, "-v", "ON_ERROR_STOP=1", "-q"]
     subprocess.run([*psql_admin, "-d", "test", "-c", f"CREATE DATABASE {database}"], check=True)
     try:
         psql(database, "-c", "CREATE TABLE item (id int)")
-        lock = session_holding_a_lock([*psql_admin, "-d", database],
-                                      "BEGIN; LOCK TABLE item IN ACCESS EXCLUSIVE MODE;\n\\echo locked\n")
-        job = make_job(name="pg", source=f"postgresql://postgres:{PASSWORD}@127.0.0.1:5432/{database}")
-        dump_blocked_by(lock, "pg_dump", client, auth, job, start_worker)
+        yield database, session_holding_a_lock([*psql_admin, "-d", database],
+                                               "BEGIN; LOCK TABLE item IN ACCESS EXCLUSIVE MODE;\n\\echo locked\n")
     finally:
         subprocess.run([*psql_admin, "-d", "test", "-c", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"])
+
+
+def test_postgresql_password_never_shows_while_pg_dump_runs(client, auth, make_job, start_worker, postgres_url):
+    with postgresql_table_to_lock() as (database, lock):
+        job = make_job(name="pg", source=f"postgresql://postgres:{PASSWORD}@127.0.0.1:5432/{database}")
+        dump_blocked_by(lock, "pg_dump", client, auth, job, start_worker)
 
 
 def test_mysql_password_never_shows_while_the_dump_runs(client, auth, make_job, start_worker, mysql_url):
@@ -322,6 +464,56 @@ def test_mysql_password_never_shows_while_the_dump_runs(client, auth, make_job, 
         dump_blocked_by(lock, tool, client, auth, job, start_worker)
     finally:
         mariadb("-e", f"DROP DATABASE IF EXISTS {database}; DROP USER IF EXISTS '{user}'@'%';")
+
+
+# --- no tool outlives its worker -------------------------------------------------------------
+
+def alive(pid):
+    """Whether `pid` runs; a zombie no longer does (nobody may be left to reap it in a container)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] not in "ZX"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def pids_of(tool, argument):
+    """The processes running `tool` with `argument` among their arguments."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            words = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile
+        if Path(words[0].decode(errors="replace")).name == tool and argument.encode() in words:
+            found.append(int(cmdline.parent.name))
+    return found
+
+
+def test_kill_9_of_the_worker_kills_a_pg_dump_blocked_on_a_lock(client, auth, make_job, start_worker, postgres_url):
+    with postgresql_table_to_lock() as (database, lock):
+        job = make_job(name="pg", source=f"postgresql://postgres@127.0.0.1:5432/{database}")
+        worker = start_worker()
+        with lock:
+            trigger(client, auth, job.id)
+            pg_dump = wait_until(lambda: pids_of("pg_dump", database), message="pg_dump to wait for the lock")
+            worker.stop(sig=signal.SIGKILL)
+            wait_until(lambda: not any(alive(pid) for pid in pg_dump), timeout=5,
+                       message="pg_dump to die with its worker")
+
+
+def test_kill_9_of_the_worker_kills_what_a_command_started(client, auth, make_job, start_worker, tmp_path):
+    pid_file = tmp_path / "grandchild.pid"
+    job = make_job(name="cmd", source=f"command:echo started; sh -c 'echo $$ > {pid_file}; exec sleep 1000'; echo done")
+    worker = start_worker()
+    trigger(client, auth, job.id)
+    wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), message="the command's child to run")
+    grandchild = int(pid_file.read_text())
+    try:
+        worker.stop(sig=signal.SIGKILL)
+        wait_until(lambda: not alive(grandchild), timeout=5, message="the command's child to die with its worker")
+    finally:
+        if alive(grandchild):
+            os.kill(grandchild, signal.SIGKILL)
 
 
 # --- WPSec unreachable, slow, answering 5xx or malformed JSON -------------------------------

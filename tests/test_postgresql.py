@@ -1,6 +1,7 @@
 """PostgreSQL as the metadata store: dropped connections, real booleans, row locks where SQLite has one write lock."""
 import statistics
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg2
 import pytest
@@ -9,7 +10,8 @@ from peewee import OperationalError
 
 import models
 from models import Backup, Execution, Job, Setting, Website
-from support import postgres_listeners, run_to_end, wait_until
+from support import TOKEN, lock_waiters, poll, postgres_listeners, run_to_end, trigger, wait_until
+from test_wpsec import SITE_KEY, StandInSite
 
 pytestmark = pytest.mark.postgresql_only("about PostgreSQL connections and types")
 
@@ -98,15 +100,6 @@ def test_a_cancel_racing_a_claim_is_never_lost(app, make_job, database_url):
     assert Execution.get_by_id(execution.id).cancel_requested is True
 
 
-def lock_waiters(database_url):
-    with psycopg2.connect(database_url) as conn, conn.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                       "AND wait_event_type = 'Lock'")
-        waiting = cursor.fetchone()[0]
-    conn.close()
-    return waiting
-
-
 def test_a_worker_listens_again_after_its_listen_connection_is_dropped(client, auth, make_job, start_worker,
                                                                       database_url):
     job = make_job(source="command:echo payload")
@@ -137,6 +130,71 @@ def test_a_late_progress_event_racing_complete_cannot_reopen_the_backup(app, dat
     completing.close()
     backup = Backup.get()
     assert (backup.status, backup.progress) == ("completed", 100)
+
+
+@pytest.mark.parametrize("end", ["Failed", "Cancelled"])
+def test_a_progress_webhook_racing_the_end_of_its_execution_never_revives_it(app, make_job, database_url, end):
+    """The end commits while the webhook's mirror waits for the execution's row: the end must stand."""
+    site = Website.create(domain="example.com")
+    execution = Execution.enqueue(make_job(name="wp", source="wpsec://example.com"))
+    Execution.update(status="Running", stage="Requesting", worker_id="w-1", attempts=1,
+                     lease_expires_at=models.now_ms() + 60_000).where(Execution.id == execution.id).execute()
+    Backup.link_execution(site.id, "b1", execution.id)
+    ending = psycopg2.connect(database_url)  # its worker, a cancel or a failed webhook, committing meanwhile
+    ending.cursor().execute("UPDATE execution SET status = %s, stage = %s, worker_id = NULL, lease_expires_at = NULL "
+                            "WHERE id = %s", (end, end, execution.id))
+    late = threading.Thread(target=Backup.apply_event,
+                            args=(site.id, "b1", "progress", {"domain": "example.com", "backup_id": "b1", "progress": 60}))
+    late.start()
+    wait_until(lambda: lock_waiters(database_url), message="the progress event to wait for the execution's row")
+    ending.commit()
+    late.join(10)
+    ending.close()
+    after = Execution.get_by_id(execution.id)
+    assert (after.status, after.stage, after.lease_expires_at) == (end, end, None)
+    assert Backup.get().progress == 60  # the backup itself took the event
+
+
+@pytest.fixture
+def stand_in():
+    site = StandInSite()
+    yield site
+    site.stop()
+
+
+def test_progress_webhooks_from_many_processes_never_overwrite_a_cancel(
+        client, auth, make_job, start_server, start_worker, stand_in):
+    with models.database.atomic():
+        Website.create(domain="example.com", wpsec_url=stand_in.url + "/", wpsec_api_key=SITE_KEY)
+    job = make_job(name="wp", source="wpsec://example.com")
+    server = start_server(processes=3)
+    start_worker()
+    execution_id = trigger(client, auth, job.id)
+    wait_until(lambda: Backup.get_or_none(Backup.execution == execution_id), timeout=20,
+               message="the worker to start the remote backup")
+    session = threading.local()
+
+    def progress(number):
+        if not hasattr(session, "http"):
+            session.http = requests.Session()
+        response = session.http.post(f"{server.url}/webhooks/backup-progress", headers={"x-wpfort-token": TOKEN},
+                                     json={"domain": "example.com", "backup_id": "wp-1", "progress": number % 100},
+                                     timeout=10)
+        assert response.status_code == 200, response.text
+
+    seen_after_the_cancel = []
+    with ThreadPoolExecutor(8) as pool:
+        sent = [pool.submit(progress, number) for number in range(400)]
+        wait_until(lambda: sum(future.done() for future in sent) >= 100, message="webhooks to flow")
+        assert client.post(f"/api/executions/{execution_id}/cancel", headers=auth).status_code == 200
+        wait_until(lambda: poll(client, auth, execution_id)["status"] == "Cancelled", timeout=10,
+                   message="its worker to end the execution Cancelled")
+        while not all(future.done() for future in sent):
+            seen_after_the_cancel.append(poll(client, auth, execution_id)["status"])
+        for future in sent:
+            future.result()
+    assert set(seen_after_the_cancel) <= {"Cancelled"}
+    assert Execution.get_by_id(execution_id).status == "Cancelled"
 
 
 def test_a_connection_lost_mid_transaction_is_a_503_kind_of_error_and_the_next_statement_works(app, database_url):

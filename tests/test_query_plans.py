@@ -163,3 +163,23 @@ def test_claim_and_running_count_use_indexes(history, data_dir, record_sql):
     record_sql.clear()
     assert [row.id for row in claimer.claim_pending()] == [pending.id]
     assert full_scans(record_sql) == []
+
+
+@pytest.mark.skipif(not WORKER_MERGED, reason="the worker is not merged yet")
+def test_reclaim_reads_only_the_leased_executions(history, data_dir, record_sql):
+    import config
+    import worker
+    job, _execution = history
+    lapsed = Execution.enqueue(job)
+    Execution.update(status=models.RUNNING, worker_id="gone", attempts=1, lease_expires_at=1).where(
+        Execution.id == lapsed.id).execute()
+    reclaimer = worker.Worker(config.load({"BACKHOOK_DATA_DIR": str(data_dir)}))
+    record_sql.clear()
+    reclaimer.reclaim_lapsed()
+    connection = models.database.obj.connection()
+    reads = [detail for sql, params in record_sql if "lease_expires_at" in sql and sql.lstrip().startswith("SELECT")
+             for *_ids, detail in connection.execute("EXPLAIN QUERY PLAN " + sql, params)
+             if re.match(r"(SEARCH|SCAN) t1\b", detail)]
+    # Through the index of leases, not through every Success of the history.
+    assert reads and all("INDEX execution_lease " in detail for detail in reads), reads
+    assert full_scans(record_sql) == []

@@ -10,7 +10,7 @@ import pytest
 import models
 from backup import job_directory
 from models import Execution, Setting
-from support import poll, run_to_end, trigger, wait_for_status, wait_until
+from support import hold_write_lock, poll, run_to_end, trigger, wait_for_status, wait_until
 
 
 def command_job(make_job, command, name="cmd", **fields):
@@ -108,6 +108,29 @@ def test_a_live_worker_renews_its_lease_so_a_long_backup_is_not_taken_over(
     data = run_to_end(client, auth, job.id)
     assert data["status"] == "Success"
     assert Execution.get_by_id(data["id"]).attempts == 1
+
+
+def test_a_backup_running_while_the_database_is_locked_longer_than_the_lease_ends_success_on_its_first_attempt(
+        client, auth, make_job, start_worker, database_url, tmp_path):
+    go = tmp_path / "go"
+    job = command_job(make_job, f"echo started; while [ ! -e {go} ]; do sleep 0.05; done; echo finished")
+    for _ in range(3):  # its own worker and two others, each able to reclaim
+        start_worker(BACKHOOK_LEASE_SECONDS="9", BACKHOOK_DATABASE_BUSY_SECONDS="0.2")
+    execution_id = trigger(client, auth, job.id)
+    wait_for_status(client, auth, execution_id, statuses=("Running",))
+    holder = hold_write_lock(database_url, 12)  # longer than the lease: it lapses meanwhile
+    assert holder.wait(timeout=30) == 0
+    released = models.now_ms()
+    # Once the database answers, the lease is renewed by its owner, or taken back by a worker.
+    wait_until(lambda: (execution := Execution.get_by_id(execution_id)).lease_expires_at is None
+               or execution.lease_expires_at > released or execution.attempts > 1,
+               message="the lapsed lease to be renewed or taken back")
+    go.touch()
+
+    data = wait_for_status(client, auth, execution_id)
+    assert data["status"] == "Success", data["error"]
+    assert Execution.get_by_id(execution_id).attempts == 1
+    assert not any("stopped renewing its lease" in line["message"] for line in data["logs"])
 
 
 def test_an_execution_fails_when_its_last_attempt_loses_its_worker(
@@ -250,6 +273,20 @@ def test_progress_never_decreases_and_moves_through_the_stages(client, auth, mak
     assert seen[-1] == ("Success", 100, "Completed")
     assert any(stage == "Dumping" and 5 <= p < 60 for _s, p, stage in seen)
     assert len({p for p in progress if 5 < p < 60}) >= 2
+
+
+def test_a_command_printing_nothing_still_shows_its_stage_and_progress_while_it_runs(
+        client, auth, make_job, start_worker, tmp_path):
+    go = tmp_path / "go"
+    job = command_job(make_job, f"while [ ! -e {go} ]; do sleep 0.05; done; echo finally")
+    start_worker()
+    execution_id = trigger(client, auth, job.id)
+    dumping = wait_until(lambda: (data := poll(client, auth, execution_id))["stage"] == "Dumping" and data,
+                         message="the silent command's stage to be written")
+    assert (dumping["status"], dumping["progress"]) == ("Running", 5)
+    assert not go.exists()  # not one byte was dumped yet
+    go.touch()
+    assert wait_for_status(client, auth, execution_id)["status"] == "Success"
 
 
 def test_a_missing_tool_fails_with_a_clear_error(client, auth, make_job, start_worker, tmp_path):

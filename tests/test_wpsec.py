@@ -422,3 +422,15 @@ def test_cancelling_a_running_site_backup_ends_it_cancelled(client, auth, site, 
     execution_id = trigger_site_backup(client, auth, make_job)
     assert client.post(f"/api/executions/{execution_id}/cancel", headers=auth).status_code == 200
     wait_until(lambda: state(execution_id)[0] == "Cancelled", timeout=5, message="the cancel to land")
+
+
+def test_a_site_backup_its_webhook_ended_is_reported_as_ended_not_as_a_lost_lease(
+        client, auth, site, make_job, stand_in, start_worker):
+    worker = start_worker(BACKHOOK_LEASE_SECONDS="1")  # renewals come often, and notice the end too
+    execution_id = trigger_site_backup(client, auth, make_job)
+    hook(client, "failed", error_message="Out of disk")
+    assert state(execution_id)[0] == "Failed"
+    wait_until(lambda: "ended Failed by its remote backup's webhook" in worker.output(), timeout=10,
+               message="the worker to say how the execution ended")
+    assert "lease lost" not in worker.output()
+    assert Execution.get_by_id(execution_id).attempts == 1
