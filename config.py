@@ -2,9 +2,28 @@
 import os
 from pathlib import Path
 
+import limits
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names the variable and says what it takes."""
+
 
 def _flag(value):
     return value.strip().lower() not in ("0", "false", "no", "off", "")
+
+
+def _rate_limit(env, name, default):
+    value = env.get(name, "").strip() or default
+    try:
+        items = limits.parse_many(value)
+    except ValueError:
+        items = []
+    if not items or any(item.amount < 1 for item in items):
+        raise ConfigError(f"{name}={value!r} is not a usable rate limit: write one or more limits of at least 1 "
+                          "in flask-limiter's notation, for example '300 per minute', '10/second' or "
+                          "'5/second;300/minute'")
+    return value
 
 
 def load(environ=None):
@@ -20,6 +39,9 @@ def load(environ=None):
         # Keeps backhook's counters apart from other users of a shared Redis.
         "RATELIMIT_KEY_PREFIX": env.get("BACKHOOK_RATELIMIT_KEY_PREFIX", "backhook"),
         "RATELIMIT_ENABLED": _flag(env.get("BACKHOOK_RATELIMIT_ENABLED", "true")),
+        # Per client IP, over all /api/ routes together.
+        "RATELIMIT_READ": _rate_limit(env, "BACKHOOK_RATELIMIT_READ", "100 per minute"),  # GET and HEAD
+        "RATELIMIT_WRITE": _rate_limit(env, "BACKHOOK_RATELIMIT_WRITE", "20 per minute"),  # POST, PUT, DELETE, PATCH
         "TRUSTED_PROXIES": int(env.get("BACKHOOK_TRUSTED_PROXIES", "0")),
         "LEASE_SECONDS": float(env.get("BACKHOOK_LEASE_SECONDS", "30")),
         # How long a stopping worker lets running backups finish before it

@@ -8,6 +8,8 @@ import json
 
 from gunicorn import util
 
+from routes import API_HEADERS
+
 # The most gunicorn accepts, so that long ids reach the app and get its JSON 404.
 limit_request_line = 8190
 
@@ -18,7 +20,8 @@ def write_json_error(sock, status_int, reason, mesg):
         f"HTTP/1.1 {status_int} {reason}\r\n"
         "Connection: close\r\n"
         "Content-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n"
+        + "".join(f"{name}: {value}\r\n" for name, value in API_HEADERS)
+        + f"Content-Length: {len(body)}\r\n"
         f"\r\n{body}").encode("latin-1"))
 
 
