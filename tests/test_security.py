@@ -21,7 +21,7 @@ import models
 from cli import is_loopback
 from models import ApiKey
 from routes import json_object, webhooks
-from support import PROJECT, TOKEN, LiveProcess, free_port, trigger, wait_for_status, wait_until
+from support import PROJECT, TOKEN, LiveProcess, free_port, trigger, wait_for_status
 
 
 def protected_routes(app):
@@ -260,14 +260,7 @@ def test_serving_on_a_public_address_without_a_trusted_proxy_warns_that_a_proxy_
     server = LiveProcess([sys.executable, "-m", "cli", command, "--bind", f"{host}:{port}", "--processes", "1"],
                          {**backhook_env, **env}, url=f"http://127.0.0.1:{port}")
     try:
-        def answering():
-            assert server.proc.poll() is None, server.output()
-            try:
-                return requests.get(server.url + "/livez", timeout=1).ok
-            except requests.RequestException:
-                return False
-
-        wait_until(answering, timeout=30, message=f"backhook {command} to answer")
+        server.wait_until_answering(timeout=30)
         output = server.output()
         assert ("warning: serving on" in output and "reverse proxy" in output and "docs/deploy.md" in output) \
             == warned, output
