@@ -8,13 +8,13 @@ import json
 
 from gunicorn import util
 
-from routes import API_HEADERS
-
 # The most gunicorn accepts, so that long ids reach the app and get its JSON 404.
 limit_request_line = 8190
 
 
 def write_json_error(sock, status_int, reason, mesg):
+    from routes import API_HEADERS  # here, in the worker that loaded the app: not while gunicorn reads this file
+
     body = json.dumps({"error": f"{reason}: {mesg}" if mesg else reason})
     util.write_nonblock(sock, (
         f"HTTP/1.1 {status_int} {reason}\r\n"
