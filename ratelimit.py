@@ -17,14 +17,16 @@ import random
 import sqlite3
 import threading
 import time
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 from flask import current_app
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from limits.storage import SlidingWindowCounterSupport, Storage
 
-limiter = Limiter(key_func=get_remote_address, strategy="sliding-window-counter")
+# wrap_exceptions: a failing store (SQLite locked, Redis unreachable) raises StorageError, answered 503.
+limiter = Limiter(key_func=get_remote_address, strategy="sliding-window-counter",
+                  storage_options={"wrap_exceptions": True})
 
 
 def read_limit():
@@ -47,11 +49,12 @@ def limit_api(blueprint):
 
 
 def init_limiter(app):
-    """Start rate limiting `app`; a failing store raises limits' StorageError (answered 503)."""
-    options = {"wrap_exceptions": True}
-    if urlparse(app.config["RATELIMIT_STORAGE_URI"]).scheme in SqliteStorage.STORAGE_SCHEME:
-        options["busy_seconds"] = app.config["DATABASE_BUSY_SECONDS"]
-    app.config["RATELIMIT_STORAGE_OPTIONS"] = options
+    """Start rate limiting `app`; the SQLite store waits on a lock as long as the database does."""
+    uri = app.config["RATELIMIT_STORAGE_URI"]
+    # In the URI, not in flask-limiter's storage options: those pile up on the
+    # one global limiter, and Redis would refuse this one.
+    if urlparse(uri).scheme in SqliteStorage.STORAGE_SCHEME and "?" not in uri:
+        app.config["RATELIMIT_STORAGE_URI"] = f"{uri}?busy_seconds={app.config['DATABASE_BUSY_SECONDS']}"
     limiter.init_app(app)
 
 
@@ -66,17 +69,19 @@ def retry_after_seconds():
 class SqliteStorage(Storage, SlidingWindowCounterSupport):
     """Rate-limit counters in one SQLite file, exact across processes.
 
-    A sliding window is anchored at its key's first hit, as in the limits
-    package's Redis storage: `current` counts the window ending at `ends_at`,
-    `previous` the one before it.
+    `backhook+sqlite:///abs/path.db?busy_seconds=10`: how long a hit waits on
+    a lock before it fails. A sliding window is anchored at its key's first
+    hit, as in the limits package's Redis storage: `current` counts the window
+    ending at `ends_at`, `previous` the one before it.
     """
 
     STORAGE_SCHEME = ["backhook+sqlite"]
 
-    def __init__(self, uri, wrap_exceptions=False, busy_seconds=10, clock=time.time, **options):
+    def __init__(self, uri, wrap_exceptions=False, clock=time.time, **options):
         super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
-        self.path = urlparse(uri).path
-        self.busy_seconds = float(busy_seconds)
+        parsed = urlparse(uri)
+        self.path = parsed.path
+        self.busy_seconds = float(parse_qs(parsed.query).get("busy_seconds", ["10"])[0])
         self.clock = clock
         self._local = threading.local()
         self._set_up_in = None
