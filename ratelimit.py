@@ -63,7 +63,7 @@ def retry_after_seconds():
     current = limiter.current_limit
     if current is None:
         return 60
-    return max(1, math.ceil(current.reset_at - time.time()))
+    return max(1, int(current.reset_at - time.time()))  # reset_at is already a whole second, rounded up
 
 
 class SqliteStorage(Storage, SlidingWindowCounterSupport):
