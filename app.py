@@ -2,6 +2,7 @@
 import logging
 
 from flask import Flask, jsonify, request
+from limits.errors import StorageError
 from peewee import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -9,8 +10,8 @@ from werkzeug.wsgi import get_content_length
 
 import config
 import models
-from ratelimit import limit_api, limiter, retry_after_seconds
-from routes import MAX_BODY_BYTES, ApiError, error, executions, health, jobs, openapi, webhooks, websites
+from ratelimit import init_limiter, limit_api, limiter, retry_after_seconds
+from routes import API_HEADERS, MAX_BODY_BYTES, ApiError, error, executions, health, jobs, openapi, webhooks, websites
 
 log = logging.getLogger("backhook")
 
@@ -23,7 +24,13 @@ def create_app(overrides=None):
     # without an error, so json_object reads one byte more to tell "over" from "at".
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES + 1
     app.json.sort_keys = False
+    # No redirects: werkzeug builds their Location from the untrusted Host
+    # header, and its OPTIONS answer is an empty HTML page. A doubled slash is
+    # a JSON 404, and OPTIONS a JSON 405 naming the allowed methods.
+    app.url_map.merge_slashes = False
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
 
+    app.wsgi_app = send_api_headers(app.wsgi_app)
     if app.config["TRUSTED_PROXIES"]:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["TRUSTED_PROXIES"])
 
@@ -39,8 +46,20 @@ def create_app(overrides=None):
         app.register_blueprint(blueprint)
     app.register_blueprint(health.bp)
     app.register_blueprint(limiter.exempt(webhooks.bp))  # not under /api/: never rate limited
-    limiter.init_app(app)
+    init_limiter(app)
     return app
+
+
+def send_api_headers(wsgi_app):
+    """Add API_HEADERS to every answer, errors included, at the cost of one list extend."""
+    def with_api_headers(environ, start_response):
+        def start(status, headers, exc_info=None):
+            headers.extend(API_HEADERS)
+            return start_response(status, headers, exc_info)
+
+        return wsgi_app(environ, start)
+
+    return with_api_headers
 
 
 def refuse_large_bodies_early(app):
@@ -79,6 +98,7 @@ def register_error_handlers(app):
 
     @app.errorhandler(OperationalError)
     @app.errorhandler(InterfaceError)  # a PostgreSQL connection lost mid-transaction
+    @app.errorhandler(StorageError)  # the rate-limit store: ratelimit.db locked, Redis unreachable
     def database_busy(exc):
         log.warning("database unavailable during %s %s: %s", request.method, request.path, exc)
         return jsonify(error="Database is busy, retry shortly"), 503, {"Retry-After": "1"}

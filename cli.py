@@ -1,4 +1,5 @@
 """The `backhook` command line, built on Flask's CLI."""
+import ipaddress
 import json
 import os
 import shutil
@@ -199,6 +200,29 @@ def worker_command():
     return [sys.executable, str(HERE / "worker.py")]
 
 
+def warn_if_exposed(bind):
+    """Warn when gunicorn would face clients itself: slow clients can hold all its sync processes."""
+    if current_app.config["TRUSTED_PROXIES"] or is_loopback(bind):
+        return
+    click.echo(f"warning: serving on {bind}, which is not a loopback address, and BACKHOOK_TRUSTED_PROXIES "
+               "is not set. Each gunicorn process serves one client at a time, so a few clients sending slowly "
+               "can stall every request. Put a buffering reverse proxy such as nginx in front, and set "
+               "BACKHOOK_TRUSTED_PROXIES: see docs/deploy.md, 'Behind a reverse proxy'.", err=True)
+
+
+def is_loopback(bind):
+    if bind.startswith(("unix:", "fd://")):
+        return True  # a local socket: whatever reaches it is already on this machine
+    if bind.startswith("["):
+        host = bind[1:bind.find("]")]
+    else:
+        host = bind.split(":")[0] if bind.count(":") == 1 else bind
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may well resolve to a public address
+        return False
+
+
 @main.command()
 def init():
     """Create or upgrade the database; safe to repeat."""
@@ -214,6 +238,7 @@ def init():
 @click.option("--processes", default=DEFAULT_PROCESSES, show_default=True, help="gunicorn processes")
 def serve(bind, processes):
     """Run the web server only, under gunicorn."""
+    warn_if_exposed(bind)
     command = gunicorn_command(bind, processes)
     os.execv(command[0], command)
 
@@ -230,6 +255,7 @@ def worker():
 @click.option("--processes", default=DEFAULT_PROCESSES, show_default=True, help="gunicorn processes")
 def run(bind, processes):
     """Run web and worker together; Ctrl-C or SIGTERM stops both."""
+    warn_if_exposed(bind)
     models.migrate()
     children = [subprocess.Popen(gunicorn_command(bind, processes)), subprocess.Popen(worker_command())]
     click.echo(f"backhook web on http://{bind} and a worker are running; Ctrl-C stops both.")

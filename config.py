@@ -3,13 +3,15 @@ import grp
 import os
 from pathlib import Path
 
+import limits
+
 # Every file and directory backhook creates is its owner's alone (the database
 # holds source passwords); each backhook process sets this umask as it starts.
 UMASK = 0o077
 
 
 class ConfigError(ValueError):
-    """A variable whose value backhook cannot use; the message names it."""
+    """A setting that cannot be used; the message names the variable and says what it takes."""
 
 
 def _flag(value):
@@ -34,6 +36,19 @@ def _group_id(env, name):
         raise ConfigError(f"{name}={value!r}: there is no such group") from None
 
 
+def _rate_limit(env, name, default):
+    value = env.get(name, "").strip() or default
+    try:
+        items = limits.parse_many(value)
+    except ValueError:
+        items = []
+    if not items or any(item.amount < 1 for item in items):
+        raise ConfigError(f"{name}={value!r} is not a usable rate limit: write one or more limits of at least 1 "
+                          "in flask-limiter's notation, for example '300 per minute', '10/second' or "
+                          "'5/second;300/minute'")
+    return value
+
+
 def load(environ=None):
     """Return the settings as a Flask-style mapping of upper-case keys."""
     env = os.environ if environ is None else environ
@@ -47,6 +62,9 @@ def load(environ=None):
         # Keeps backhook's counters apart from other users of a shared Redis.
         "RATELIMIT_KEY_PREFIX": env.get("BACKHOOK_RATELIMIT_KEY_PREFIX", "backhook"),
         "RATELIMIT_ENABLED": _flag(env.get("BACKHOOK_RATELIMIT_ENABLED", "true")),
+        # Per client IP, over all /api/ routes together.
+        "RATELIMIT_READ": _rate_limit(env, "BACKHOOK_RATELIMIT_READ", "100 per minute"),  # GET and HEAD
+        "RATELIMIT_WRITE": _rate_limit(env, "BACKHOOK_RATELIMIT_WRITE", "20 per minute"),  # POST, PUT, DELETE, PATCH
         "TRUSTED_PROXIES": _number(env, "BACKHOOK_TRUSTED_PROXIES", "0", int),
         "LEASE_SECONDS": _number(env, "BACKHOOK_LEASE_SECONDS", "30"),
         # How long a stopping worker lets running backups finish before it

@@ -14,12 +14,15 @@ limit_request_line = 8190
 
 
 def write_json_error(sock, status_int, reason, mesg):
+    from routes import API_HEADERS  # here, in the worker that loaded the app: not while gunicorn reads this file
+
     body = json.dumps({"error": f"{reason}: {mesg}" if mesg else reason})
     util.write_nonblock(sock, (
         f"HTTP/1.1 {status_int} {reason}\r\n"
         "Connection: close\r\n"
         "Content-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n"
+        + "".join(f"{name}: {value}\r\n" for name, value in API_HEADERS)
+        + f"Content-Length: {len(body)}\r\n"
         f"\r\n{body}").encode("latin-1"))
 
 

@@ -1,21 +1,26 @@
 """The webhook spool: events the database could not take, kept on disk until the worker replays them.
 
 Web processes append one JSON line per event with a single O_APPEND write and
-fsync, holding a shared flock so a replay never reads a file mid-write. The
-replay renames the spool away, waits for in-flight writers with an exclusive
-flock, and applies the lines in order. Each line carries a spool_id recorded
-in the event history, so a replay that crashed half-way can simply run again.
+fsync, holding a shared flock so a replay never reads a file mid-write. Every
+record starts with a newline of its own, so the fragment a failed or crashed
+write leaves behind can never swallow the next record; a writer whose write
+fails also cuts its fragment off again. The replay renames the spool away,
+waits for in-flight writers with an exclusive flock, and applies the lines in
+order. Each line carries a spool_id recorded in the event history, so a
+replay that crashed half-way can simply run again. A line that cannot be
+applied goes to the rejected file and the replay moves on.
 """
 import fcntl
 import json
 import logging
 import os
+import re
 import secrets
 from pathlib import Path
 
-from peewee import DatabaseError, OperationalError
+from peewee import InterfaceError, OperationalError
 
-from models import Backup, Website, now_ms
+from models import COMPLETE, FAILED_EVENT, PROGRESS, Backup, Website, event_problem, now_ms
 
 log = logging.getLogger("backhook.spool")
 
@@ -23,31 +28,72 @@ SPOOL_NAME = "webhook-spool.jsonl"
 REPLAYING_GLOB = "webhook-spool.*.replaying"
 REJECTED_NAME = "webhook-spool.rejected.jsonl"
 LOCK_NAME = "webhook-spool.lock"
+SPOOL_ID = re.compile(r"[0-9a-f]{32}")  # secrets.token_hex(16); an empty id would match every event
 
 
 def spool_event(data_dir, kind, payload):
     """Append one event durably; return its spool_id. Raises OSError if it cannot be kept."""
     record = {"spool_id": secrets.token_hex(16), "received_at": now_ms(), "kind": kind,
               "domain": payload["domain"], "backup_id": payload["backup_id"], "payload": payload}
-    _append(Path(data_dir) / SPOOL_NAME, (json.dumps(record, separators=(",", ":")) + "\n").encode())
+    _append(Path(data_dir) / SPOOL_NAME, json.dumps(record, separators=(",", ":")).encode())
     return record["spool_id"]
 
 
-def _append(path, line):
+def _append(path, record):
+    """Append `record` (bytes without a newline) on a line of its own, durably, or raise OSError."""
+    # The leading newline ends whatever a torn write left; checking for a torn
+    # tail first would race with a concurrent writer tearing one.
+    line = b"\n" + record + b"\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
             if not _still_named(fd, path):
                 continue  # a replay renamed it between our open and our lock: use the new spool
-            if os.write(fd, line) != len(line):
-                raise OSError("short write to the webhook spool")
+            try:
+                if os.write(fd, line) != len(line):
+                    raise OSError("short write to the webhook spool (is the disk full?)")
+            except OSError:
+                _cut_torn_tail(fd, path)
+                raise
             os.fsync(fd)
             _fsync_directory(path.parent)
             return
         finally:
             os.close(fd)
+
+
+def _cut_torn_tail(fd, path):
+    """Truncate the file back to the end of its last complete record, so a failed write leaves nothing.
+
+    Other writers append under the shared lock, so the truncation waits for
+    the exclusive one: then no write is in flight, and whatever follows the
+    last complete record is a fragment that was never acknowledged.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        keep = _end_of_last_record(fd, size)
+        if keep < size:
+            os.ftruncate(fd, keep)
+            os.fsync(fd)
+    except OSError as exc:  # the leading newline of the next record still protects it
+        log.warning("could not cut a torn write off %s: %s", path.name, exc)
+
+
+def _end_of_last_record(fd, size):
+    """The offset just past the newline that ends the last record of the file's first `size` bytes."""
+    window = 4096
+    while True:
+        start = max(0, size - window)
+        tail = os.pread(fd, size - start, start)
+        record_end = len(tail[:tail.rfind(b"\n") + 1].rstrip(b"\n"))  # 0 when the tail holds no record
+        if record_end:
+            return start + record_end + 1
+        if start == 0:
+            return 0
+        window *= 4
 
 
 def _still_named(fd, path):
@@ -103,6 +149,9 @@ def _replay_file(path, data_dir):
     with open(path, "rb") as spooled:
         fcntl.flock(spooled, fcntl.LOCK_EX)  # writers that opened it before the rename are done
         for number, line in enumerate(spooled, 1):
+            line = line.strip()
+            if not line:
+                continue  # the newline that starts each record
             try:
                 record = json.loads(line)
             except ValueError:
@@ -110,22 +159,41 @@ def _replay_file(path, data_dir):
                             number, path.name)
                 continue
             try:
-                applied += _apply(record)
-            except OperationalError as exc:
+                problem = record_problem(record)
+                applied += 0 if problem else _apply(record)
+            except (OperationalError, InterfaceError) as exc:
                 log.warning("database still unavailable; spool replay stops at line %d: %s", number, exc)
                 return applied, False
-            except DatabaseError as exc:
-                log.error("spooled event %s cannot be applied (%s); kept in %s",
-                          record.get("spool_id"), exc, REJECTED_NAME)
-                _append(data_dir / REJECTED_NAME, line if line.endswith(b"\n") else line + b"\n")
+            except Exception as exc:  # whatever else one record raises, it must not wedge the replay
+                problem = f"{type(exc).__name__}: {exc}"
+            if problem:
+                log.error("line %d of %s cannot be applied (%s); kept in %s", number, path.name, problem,
+                          REJECTED_NAME)
+                _append(data_dir / REJECTED_NAME, line)
     os.unlink(path)
     return applied, True
 
 
+def record_problem(record):
+    """Why a spooled record cannot be applied, or None when it has the shape spool_event wrote."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    if not isinstance(record.get("spool_id"), str) or not SPOOL_ID.fullmatch(record["spool_id"]):
+        return "no spool_id"
+    if type(record.get("received_at")) is not int:
+        return "no received_at time"
+    if record.get("kind") not in (PROGRESS, COMPLETE, FAILED_EVENT):
+        return "no known kind"
+    if not isinstance(record.get("payload"), dict):
+        return "no payload object"
+    return event_problem(record["kind"], record["payload"])
+
+
 def _apply(record):
-    website = Website.by_domain(record["domain"])
+    payload = record["payload"]
+    website = Website.by_domain(payload["domain"])
     if website is None:
-        log.warning("dropping spooled %s event for %r: no such website", record["kind"], record["domain"])
+        log.warning("dropping spooled %s event for %r: no such website", record["kind"], payload["domain"])
         return 0
-    return int(Backup.apply_event(website.id, record["backup_id"], record["kind"], record["payload"],
+    return int(Backup.apply_event(website.id, payload["backup_id"], record["kind"], payload,
                                   received_at=record["received_at"], spool_id=record["spool_id"]))

@@ -1,11 +1,17 @@
 """What every blueprint shares: the JSON error, the auth decorator, the body parser."""
 import functools
 import json
+import re
 
 from flask import g, request
 from werkzeug.wsgi import get_content_length
 
 MAX_BODY_BYTES = 1024 * 1024
+# On every answer, errors included: each is JSON for programs, which no browser
+# may sniff into HTML and no cache may keep (it can hold a job's state or a key's permissions).
+API_HEADERS = [("X-Content-Type-Options", "nosniff"), ("Cache-Control", "no-store")]
+# Neither database driver can encode half of a UTF-16 pair, so a body holding one is refused like a NUL.
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class ApiError(Exception):
@@ -28,7 +34,7 @@ def require_permission(permission):
         @functools.wraps(view)
         def guarded(*args, **kwargs):
             scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-            if scheme != "Bearer" or not presented.strip():
+            if scheme.lower() != "bearer" or not presented.strip():  # schemes ignore case (RFC 7235)
                 error("Missing API key: send 'Authorization: Bearer <key>'", 401)
             key, reason = ApiKey.authenticate(presented.strip())
             if key is None:
@@ -50,16 +56,20 @@ def json_object():
     if len(data) > MAX_BODY_BYTES:
         error("Request body is larger than 1 MiB", 413)
     try:
-        text = data.decode(json.detect_encoding(data), "surrogatepass")  # as json.loads does with bytes
+        # Strict, unlike json.loads with bytes: a raw lone surrogate is no valid UTF-8, -16 or -32.
+        text = data.decode(json.detect_encoding(data))
         body = json.loads(text)
     except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser's stack
         body = None
     if not isinstance(body, dict):
         error("Request body must be a JSON object", 400)
-    # No database text can hold U+0000 (see app.refuse_nul_characters). A
-    # strict parser refuses it raw, so it can only come spelled as an escape.
-    if "\\u0000" in text and contains_nul(body):
+    # No database text can hold U+0000 (see app.refuse_nul_characters) or a
+    # lone surrogate. The strict decoding and parsing above refuse both raw, so
+    # they can only come spelled as escapes: only then is the body searched.
+    if "\\u0000" in text and any("\x00" in string for string in strings(body)):
         error("Request body must not contain NUL characters", 400)
+    if ("\\ud" in text or "\\uD" in text) and any(LONE_SURROGATE.search(string) for string in strings(body)):
+        error("Request body must not contain unpaired UTF-16 surrogates", 400)
     return body
 
 
@@ -76,14 +86,18 @@ def request_body():
     return request.environ["wsgi.input"].read(declared)
 
 
-def contains_nul(value):
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(contains_nul(key) or contains_nul(item) for key, item in value.items())
-    if isinstance(value, list):
-        return any(contains_nul(item) for item in value)
-    return False
+def strings(value):
+    """Every string in a parsed JSON value, keys included; a stack, not recursion, however deep it nests."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def query_flag(name):

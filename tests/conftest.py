@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import requests
 
 import cli
 import models
@@ -167,15 +166,7 @@ def start_server(backhook_env):
         server = LiveProcess(cli.gunicorn_command(f"127.0.0.1:{port}", processes), env,
                              url=f"http://127.0.0.1:{port}")
         started.append(server)
-
-        def ready():
-            try:
-                return requests.get(server.url + "/livez", timeout=1).ok
-            except (requests.ConnectionError, requests.Timeout):  # booting, or a loaded machine
-                assert server.proc.poll() is None, server.output()
-                return False
-
-        wait_until(ready, timeout=20, message="gunicorn to answer")
+        server.wait_until_answering()
         return server
 
     yield start

@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 
 import psycopg2
 import pytest
+import requests
 
 PROJECT = Path(__file__).resolve().parent.parent
 TOKEN = "test-webhook-token"
@@ -136,6 +137,17 @@ class LiveProcess:
         self.log = open(Path(env["BACKHOOK_DATA_DIR"]) / f"process-{time.monotonic_ns()}.log", "w+")
         self.proc = subprocess.Popen(command, env=env, cwd=PROJECT, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True, preexec_fn=preexec_fn)
+
+    def wait_until_answering(self, timeout=20):
+        """Wait until the server answers GET /livez; fail at once, with its output, if it exits."""
+        def answering():
+            assert self.proc.poll() is None, self.output()
+            try:
+                return requests.get(self.url + "/livez", timeout=1).ok
+            except requests.RequestException:  # booting, or a loaded machine
+                return False
+
+        wait_until(answering, timeout=timeout, message=f"{self.url} to answer")
 
     def output(self):
         self.log.flush()

@@ -118,3 +118,8 @@ def test_last_used_is_recorded_at_most_once_a_minute(client, make_key, monkeypat
 def test_unknown_permission_is_refused_at_creation(app):
     with pytest.raises(ValueError):
         ApiKey.issue("x", ["jobs:write"])
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "BeArEr"])
+def test_the_bearer_scheme_is_case_insensitive(client, make_key, scheme):
+    assert client.get("/api/jobs", headers={"Authorization": f"{scheme} {make_key()}"}).status_code == 200

@@ -64,6 +64,56 @@ def test_database_locked_past_the_budget_is_a_json_503_not_a_500(start_server, d
                message="the trigger to succeed once the lock is gone")
 
 
+@pytest.mark.parametrize("path", ["/api//jobs", "//api/jobs", "/api/jobs/", "/api/jobs//x/run", "/livez/",
+                                  "/webhooks//backup-progress", "/api/openapi.json/"])
+def test_a_doubled_or_trailing_slash_is_a_json_404_never_a_redirect(client, auth, path):
+    for method in ("get", "post"):
+        response = client.open(path, method=method, headers={**auth, "Host": "evil.example"})
+        assert response.status_code == 404, (method, path)
+        assert response.is_json and set(response.get_json()) == {"error"}
+        assert "Location" not in response.headers
+
+
+@pytest.mark.parametrize("path, allowed", [
+    ("/api/jobs", {"GET", "HEAD"}),
+    ("/api/jobs/x/run", {"POST"}),
+    ("/webhooks/backup-progress", {"POST"}),
+    ("/livez", {"GET", "HEAD"}),
+])
+def test_options_is_a_json_405_naming_the_allowed_methods(client, path, allowed):
+    response = client.options(path)
+    assert response.status_code == 405
+    assert response.is_json and set(response.get_json()) == {"error"}
+    assert {method.strip() for method in response.headers["Allow"].split(",")} == allowed
+
+
+def test_every_answer_says_nosniff_and_no_store_errors_included(app, client, auth, make_job):
+    @app.get("/boom")
+    def boom():
+        raise RuntimeError("boom")
+
+    webhook = {"x-wpfort-token": TOKEN}
+    answers = [
+        client.get("/api/jobs", headers=auth),
+        client.get("/api/jobs"),
+        client.post(f"/api/jobs/{make_job().id}/run", headers=auth),
+        client.post("/api/jobs/missing/run", headers=auth),
+        client.post("/api/jobs/missing/run", headers=auth, data=b"x" * (1024 * 1024 + 1)),
+        client.get("/api/openapi.json"),
+        client.post("/webhooks/backup-progress", headers=webhook, json={"domain": "nowhere.example", "backup_id": "b"}),
+        client.post("/webhooks/backup-progress", headers=webhook, data="not json"),
+        client.post("/webhooks/backup-progress"),
+        client.get("/livez"),
+        client.get("/no/such/route"),
+        client.options("/api/jobs"),
+        client.get("/boom"),
+    ]
+    assert {answer.status_code for answer in answers} == {200, 400, 401, 404, 405, 413, 500}
+    for answer in answers:
+        assert answer.headers["X-Content-Type-Options"] == "nosniff", answer.status_code
+        assert answer.headers["Cache-Control"] == "no-store", answer.status_code
+
+
 @pytest.mark.parametrize("method, path", [
     ("get", "/api/executions/x%00y"),
     ("post", "/api/jobs/x%00/run"),
@@ -109,3 +159,43 @@ def test_a_backslash_u_text_that_is_no_nul_is_kept(client):
                            json={"domain": "example.com", "backup_id": "b\\u0000", "progress": 5})
     assert response.status_code == 200
     assert models.Backup.get().backup_id == "b\\u0000"
+
+
+LONE_SURROGATE_BODIES = {
+    "in backup_id": '{"domain": "example.com", "backup_id": "a\\ud800b"}',
+    "in domain": '{"domain": "example.com\\udfff", "backup_id": "b1"}',
+    "in error_message": '{"domain": "example.com", "backup_id": "b1", "error_message": "disk \\uDC00 full"}',
+    "in a key": '{"domain": "example.com", "backup_id": "b1", "note\\ud83d": 1}',
+    "deep in a list": '{"domain": "example.com", "backup_id": "b1", "extra": [[{"a": ["\\udbff"]}]]}',
+    "high then high": '{"domain": "example.com", "backup_id": "\\ud83d\\ud83d"}',
+}
+
+
+@pytest.mark.parametrize("route", ["backup-progress", "backup-complete", "backup-failed"])
+@pytest.mark.parametrize("where", sorted(LONE_SURROGATE_BODIES))
+def test_a_lone_surrogate_anywhere_in_a_webhook_body_is_a_json_400(client, route, where):
+    models.Website.create(domain="example.com")
+    response = client.post(f"/webhooks/{route}", data=LONE_SURROGATE_BODIES[where],
+                           headers={"x-wpfort-token": TOKEN, "Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert "surrogate" in response.get_json()["error"]
+    assert models.Backup.select().count() == 0
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16-le", "utf-32-be"])
+def test_a_raw_lone_surrogate_is_no_valid_json_text_and_a_400(client, encoding):
+    models.Website.create(domain="example.com")
+    body = '{"domain": "example.com", "backup_id": "a\ud800b"}'.encode(encoding, "surrogatepass")
+    response = client.post("/webhooks/backup-progress", data=body,
+                           headers={"x-wpfort-token": TOKEN, "Content-Type": "application/json"})
+    assert response.status_code == 400 and "error" in response.get_json()
+    assert models.Backup.select().count() == 0
+
+
+def test_an_escaped_surrogate_pair_is_the_character_it_spells(client):
+    models.Website.create(domain="example.com")
+    body = '{"domain": "example.com", "backup_id": "b1", "error_message": "\\ud83d\\ude00 full"}'
+    response = client.post("/webhooks/backup-failed", data=body,
+                           headers={"x-wpfort-token": TOKEN, "Content-Type": "application/json"})
+    assert response.status_code == 200
+    assert models.Backup.get().error_message == "\U0001F600 full"

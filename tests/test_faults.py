@@ -138,15 +138,7 @@ def start_backhook_run(env):
     port = free_port()
     both = LiveProcess([sys.executable, "-m", "cli", "run", "--bind", f"127.0.0.1:{port}", "--processes", "2"],
                        env, url=f"http://127.0.0.1:{port}")
-
-    def answering():
-        assert both.proc.poll() is None, both.output()
-        try:
-            return requests.get(both.url + "/livez", timeout=1).ok
-        except requests.RequestException:
-            return False
-
-    wait_until(answering, timeout=20, message="backhook run to answer")
+    both.wait_until_answering()
     return both
 
 

@@ -12,14 +12,16 @@ import ast
 import http.client
 import json
 import re
+import sys
 
 import pytest
 import requests
 
 import models
+from cli import is_loopback
 from models import ApiKey
 from routes import json_object, webhooks
-from support import PROJECT, TOKEN, trigger, wait_for_status
+from support import PROJECT, TOKEN, LiveProcess, free_port, trigger, wait_for_status
 
 
 def protected_routes(app):
@@ -176,19 +178,24 @@ ID_ROUTES = [("GET", "/api/executions/{}"), ("POST", "/api/jobs/{}/run"), ("POST
              ("GET", "/api/websites/{}/backups")]
 
 
-def raw_request(url, method, path, headers):
-    """Send `path` byte for byte, as a client library would not."""
+def raw_answer(url, method, path, headers):
+    """Send `path` byte for byte, as a client library would not; (status, headers, body)."""
     host, port = url.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=10)
     try:
-        connection.putrequest(method, path, skip_accept_encoding=True)
+        connection.putrequest(method, path, skip_host="Host" in headers, skip_accept_encoding=True)
         for name, value in headers.items():
             connection.putheader(name, value)
         connection.endheaders()
         response = connection.getresponse()
-        return response.status, response.getheader("Content-Type"), response.read()
+        return response.status, response.headers, response.read()
     finally:
         connection.close()
+
+
+def raw_request(url, method, path, headers):
+    status, answer_headers, body = raw_answer(url, method, path, headers)
+    return status, answer_headers.get("Content-Type"), body
 
 
 def test_path_tricks_in_ids_are_a_clean_json_404(start_server, make_key, make_job):
@@ -213,6 +220,61 @@ def test_a_request_line_past_gunicorns_limit_is_refused_as_json(start_server, ma
     status, content_type, body = raw_request(server.url, "GET", "/api/executions/" + "x" * 10_000, auth)
     assert status == 414
     assert content_type == "application/json" and set(json.loads(body)) == {"error"}
+
+
+def test_the_live_server_redirects_nowhere_and_says_nosniff_and_no_store_on_every_answer(
+        start_server, make_key, website):
+    server = start_server(processes=2, BACKHOOK_RATELIMIT_ENABLED="true", BACKHOOK_RATELIMIT_WRITE="1/minute")
+    auth = {"Authorization": f"bearer {make_key()}"}
+    cases = [
+        ("GET", "/api/jobs", auth, 200),
+        ("GET", "/api//jobs", {**auth, "Host": "evil.example"}, 404),
+        ("GET", "/api/jobs/", {**auth, "Host": "evil.example"}, 404),
+        ("OPTIONS", "/api/jobs", {}, 405),
+        ("OPTIONS", "/webhooks/backup-progress", {}, 405),
+        ("POST", "/api/jobs/x/run", auth, 404),
+        ("POST", "/api/jobs/x/run", auth, 429),
+        ("POST", "/webhooks/backup-progress", {"x-wpfort-token": "wrong"}, 401),
+        ("GET", "/api/executions/" + "x" * 10_000, auth, 414),  # refused by gunicorn itself
+    ]
+    for method, path, headers, status in cases:
+        answer_status, answer_headers, body = raw_answer(server.url, method, path, headers)
+        assert answer_status == status, (method, path[:40], answer_status, body[:200])
+        assert answer_headers["Content-Type"] == "application/json" and json.loads(body), (method, path[:40])
+        assert answer_headers["X-Content-Type-Options"] == "nosniff", (method, path[:40])
+        assert answer_headers["Cache-Control"] == "no-store", (method, path[:40])
+        assert "Location" not in answer_headers, (method, path[:40])
+
+
+# --- slow clients: a buffering reverse proxy is required --------------------------
+
+@pytest.mark.parametrize("command, host, env, warned", [
+    ("serve", "0.0.0.0", {}, True),
+    ("run", "0.0.0.0", {}, True),
+    ("serve", "127.0.0.1", {}, False),
+    ("serve", "0.0.0.0", {"BACKHOOK_TRUSTED_PROXIES": "1"}, False),
+], ids=["serve-public", "run-public", "serve-loopback", "serve-public-behind-a-proxy"])
+def test_serving_on_a_public_address_without_a_trusted_proxy_warns_that_a_proxy_is_needed(
+        backhook_env, command, host, env, warned):
+    port = free_port()
+    server = LiveProcess([sys.executable, "-m", "cli", command, "--bind", f"{host}:{port}", "--processes", "1"],
+                         {**backhook_env, **env}, url=f"http://127.0.0.1:{port}")
+    try:
+        server.wait_until_answering(timeout=30)
+        output = server.output()
+        assert ("warning: serving on" in output and "reverse proxy" in output and "docs/deploy.md" in output) \
+            == warned, output
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("bind, loopback", [
+    ("127.0.0.1:8000", True), ("127.0.0.2:8000", True), ("localhost:8000", True), ("[::1]:8000", True),
+    ("unix:/run/backhook/web.sock", True), ("0.0.0.0:8000", False), ("0.0.0.0", False), ("[::]:8000", False),
+    ("192.0.2.10:8000", False), ("backups.example.com:8000", False), (":8000", False),
+])
+def test_only_loopback_addresses_and_local_sockets_count_as_not_exposed(bind, loopback):
+    assert is_loopback(bind) is loopback
 
 
 # --- hostile bodies ----------------------------------------------------------------

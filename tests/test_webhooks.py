@@ -1,14 +1,16 @@
 """The WPSec webhooks (openapi.yaml, README.md "WordPress sites (WPSec)") and their strict semantics, rule by rule."""
 import json
 import sqlite3
+import subprocess
+import sys
 
 import psycopg2
 import pytest
 
 import models
 from models import Backup, BackupEvent, Execution, ExecutionLog, Website
-from spool import SPOOL_NAME, replay_spool
-from support import TOKEN, hold_write_lock
+from spool import REJECTED_NAME, SPOOL_NAME, replay_spool
+from support import PROJECT, TOKEN, hold_write_lock
 
 HEADERS = {"x-wpfort-token": TOKEN}
 ROUTES = ["/webhooks/backup-progress", "/webhooks/backup-complete", "/webhooks/backup-failed"]
@@ -385,13 +387,18 @@ def short_busy_timeout(app, database_url):
     models.open_database(database_url, busy_seconds=0.05)
 
 
+def spooled(path):
+    """The records of a spool file; each is on a line of its own, after the newline that starts it."""
+    return [json.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
 def test_event_is_spooled_and_acknowledged_when_the_database_is_locked(site, hook, data_dir, lock_database,
                                                                       short_busy_timeout):
     holder = lock_database()
     response = hook("progress", progress=30)
     assert response.status_code == 200 and response.get_json() == {"success": True}
-    lines = (data_dir / SPOOL_NAME).read_text().splitlines()
-    assert len(lines) == 1 and json.loads(lines[0])["payload"]["progress"] == 30
+    records = spooled(data_dir / SPOOL_NAME)
+    assert len(records) == 1 and records[0]["payload"]["progress"] == 30
     holder.rollback()
     holder.close()
     assert replay_spool(data_dir) == 1
@@ -441,6 +448,96 @@ def test_replay_skips_a_damaged_line_and_applies_the_rest(site, data_dir):
     (data_dir / SPOOL_NAME).write_text(json.dumps(good) + "\n" + '{"spool_id": "trunc')
     assert replay_spool(data_dir) == 1
     assert backup().progress == 12 and backup().created_at == 1_700_000_000_000
+
+
+# A web process whose spool write the disk cuts short: RLIMIT_FSIZE lets the file grow
+# by only `room` bytes, so the write stops half-way, as on a full disk.
+WRITE_ON_A_FULL_DISK = """
+import resource, sys
+from pathlib import Path
+import spool
+data_dir, room = sys.argv[1], int(sys.argv[2])
+size = (Path(data_dir) / spool.SPOOL_NAME).stat().st_size
+resource.setrlimit(resource.RLIMIT_FSIZE, (size + room, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    spool.spool_event(data_dir, "progress", {"domain": "example.com", "backup_id": "refused", "pad": "x" * 2 * room})
+except OSError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_an_event_acknowledged_after_a_write_cut_short_by_a_full_disk_is_replayed(
+        site, hook, data_dir, lock_database, short_busy_timeout):
+    holder = lock_database()
+    assert hook("progress", backup_id="before", progress=10).status_code == 200
+    before = (data_dir / SPOOL_NAME).read_bytes()
+    cut_short = subprocess.run([sys.executable, "-c", WRITE_ON_A_FULL_DISK, str(data_dir), "4096"], cwd=PROJECT,
+                               capture_output=True, text=True, check=True)
+    assert cut_short.stdout.startswith("refused:"), cut_short.stdout + cut_short.stderr  # that webhook got a 500
+    assert (data_dir / SPOOL_NAME).read_bytes() == before, "the torn write should have been cut off again"
+    assert hook("progress", backup_id="after", progress=20).status_code == 200
+    holder.rollback()
+    holder.close()
+    assert replay_spool(data_dir) == 2
+    assert (backup("before").progress, backup("after").progress) == (10, 20)
+    assert not Backup.select().where(Backup.backup_id == "refused").exists()
+
+
+def test_an_event_acknowledged_after_a_crash_mid_write_is_replayed(site, hook, data_dir, lock_database,
+                                                                   short_busy_timeout):
+    holder = lock_database()
+    assert hook("progress", backup_id="before", progress=10).status_code == 200
+    with (data_dir / SPOOL_NAME).open("ab") as spool_file:  # what a web process killed mid-write leaves
+        spool_file.write(b'{"spool_id":"0123456789abcdef0123456789abcdef","received_at":17')
+    assert hook("progress", backup_id="after", progress=20).status_code == 200
+    holder.rollback()
+    holder.close()
+    assert replay_spool(data_dir) == 2
+    assert (backup("before").progress, backup("after").progress) == (10, 20)
+
+
+def good_record(number):
+    backup_id = f"good-{number}"
+    return {"spool_id": f"{number:032x}", "received_at": 1_700_000_000_000 + number, "kind": "progress",
+            "domain": "example.com", "backup_id": backup_id,
+            "payload": {"domain": "example.com", "backup_id": backup_id, "progress": number}}
+
+
+def changed(number, drop=(), payload=None, **fields):
+    record = {**good_record(number), **fields}
+    record["payload"] = {**record["payload"], **(payload or {})}
+    return json.dumps({name: value for name, value in record.items() if name not in drop})
+
+
+BAD_LINES = [
+    "123", '"progress"', "[1, 2]", "null", "{}", "true",
+    changed(100, drop=["payload"]),
+    changed(101, drop=["spool_id"]),
+    changed(102, spool_id=""),
+    changed(103, received_at="yesterday"),
+    changed(104, kind="deleted"),
+    changed(105, kind=["progress"]),
+    json.dumps({**good_record(106), "payload": [1, 2]}),
+    changed(107, payload={"domain": 5}),
+    changed(108, payload={"backup_id": None}),
+    changed(109, payload={"progress": 500}),
+    changed(110, payload={"backup_id": "a\ud800b"}),  # valid JSON that neither database can store
+]
+
+
+def test_spooled_lines_that_cannot_be_applied_are_rejected_and_the_replay_moves_on(site, data_dir, caplog):
+    half = len(BAD_LINES) // 2
+    lines = [json.dumps(good_record(1)), *BAD_LINES[:half], json.dumps(good_record(2)), *BAD_LINES[half:]]
+    (data_dir / "webhook-spool.0000000000001.replaying").write_text("\n".join(lines) + "\n")
+    (data_dir / SPOOL_NAME).write_text(json.dumps(good_record(3)) + "\n")  # a later file waits on that one
+    assert replay_spool(data_dir) == 3
+    assert [backup(f"good-{n}").progress for n in (1, 2, 3)] == [1, 2, 3]
+    assert Backup.select().count() == 3
+    rejected = [line for line in (data_dir / REJECTED_NAME).read_text().splitlines() if line]
+    assert rejected == BAD_LINES
+    assert len([r for r in caplog.records if r.levelname == "ERROR" and REJECTED_NAME in r.getMessage()]) \
+        == len(BAD_LINES)
+    assert not list(data_dir.glob("webhook-spool.*.replaying")) and not (data_dir / SPOOL_NAME).exists()
 
 
 def test_replay_finds_the_website_by_domain_and_drops_unknown_ones(site, data_dir):
@@ -502,10 +599,10 @@ def test_webhooks_arriving_while_another_process_holds_the_write_lock_are_all_ke
         statuses = [code for codes in pool.map(run_backup, range(300)) for code in codes]
     assert holder.wait(timeout=30) == 0
     assert len(statuses) == 1500 and set(statuses) == {200}
-    spooled = len((data_dir / SPOOL_NAME).read_text().splitlines())
-    assert spooled > 0, "the lock should have forced some events into the spool"
+    spooled_count = len(spooled(data_dir / SPOOL_NAME))
+    assert spooled_count > 0, "the lock should have forced some events into the spool"
 
-    assert replay_spool(data_dir) == spooled
+    assert replay_spool(data_dir) == spooled_count
     assert Backup.select().where(Backup.status == "completed", Backup.progress == 100).count() == 300
     assert BackupEvent.select().count() == 1500
     assert not (data_dir / SPOOL_NAME).exists()
