@@ -469,14 +469,15 @@ def alive(pid):
 
 
 def pids_of(tool, argument):
-    """The processes running `tool` with `argument` among their arguments."""
+    """The processes running `tool` with `argument` in one of their arguments (pg_dump gets it inside a URI)."""
     found = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             words = cmdline.read_bytes().split(b"\0")
         except OSError:
             continue  # gone meanwhile
-        if Path(words[0].decode(errors="replace")).name == tool and argument.encode() in words:
+        named = Path(words[0].decode(errors="replace")).name == tool
+        if named and any(argument.encode() in word for word in words[1:]):
             found.append(int(cmdline.parent.name))
     return found
 
