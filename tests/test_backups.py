@@ -584,6 +584,8 @@ def test_a_failed_background_sync_fails_the_artifact(tmp_path, monkeypatch):
     partial = tmp_path / "artifact.out.partial"
     writer = ArtifactWriter(StubRun(), str(partial), "none")
     write_pieces(writer, pieces=3)
+    # Only once the background sync has failed: a seal that comes first stops the thread before it syncs.
+    wait_until(lambda: writer.stored.writeback.error is not None, message="the background sync to fail")
     with pytest.raises(OSError, match="Input/output error"):
         writer.seal()
     writer.discard()
