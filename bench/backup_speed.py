@@ -29,7 +29,6 @@ import sqlite3
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import requests
 

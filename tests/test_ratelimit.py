@@ -9,7 +9,6 @@ import requests
 from limits import parse
 from limits.strategies import SlidingWindowCounterRateLimiter
 
-import cli
 import config
 from ratelimit import SqliteStorage
 from support import PROJECT, wait_until
