@@ -1,0 +1,57 @@
+"""The named values stored in status and stage columns and carried by webhook events.
+
+Each is a `StrEnum`, so a member is its stored string: it compares equal to
+what the database returns, and JSON writes it as that string.
+"""
+from enum import StrEnum
+
+
+class ExecutionStatus(StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCESS = "Success"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+    @property
+    def finished(self):
+        return self in FINISHED
+
+
+FINISHED = frozenset({ExecutionStatus.SUCCESS, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED})
+
+
+class Stage(StrEnum):
+    """Where an execution is; README.md, "Stages and progress", gives each its band."""
+    QUEUED = "Queued"
+    INITIALIZING = "Initializing"
+    DUMPING = "Dumping"
+    UPLOADING = "Uploading"
+    VERIFYING = "Verifying"
+    APPLYING_RETENTION = "Applying Retention"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+    # the stages of a wpsec:// execution
+    REQUESTING = "Requesting"
+    REMOTE_BACKUP = "Remote Backup"
+    SYNCING = "Syncing"
+
+
+class BackupStatus(StrEnum):
+    """A WPSec backup's status, as the plugin spells it."""
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+OPEN_BACKUP_STATUSES = (BackupStatus.PENDING, BackupStatus.IN_PROGRESS)
+TERMINAL_BACKUP_STATUSES = (BackupStatus.COMPLETED, BackupStatus.FAILED)
+
+
+class EventKind(StrEnum):
+    """The three webhooks WPSec sends about a backup."""
+    PROGRESS = "progress"
+    COMPLETE = "complete"
+    FAILED = "failed"
