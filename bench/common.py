@@ -3,10 +3,17 @@
 Every script in bench/ is runnable alone (`.venv/bin/python bench/NAME.py`)
 and exposes `main(argv) -> str`, the Markdown section it prints, so that
 run_all.py can collect the sections into bench/RESULTS.md.
+
+The benchmarks stand outside the product: they drive backhook through its
+command line and its HTTP API, and fill databases with plain SQL against
+schema.sql, never by importing its modules (tests/test_bench_smoke.py checks
+this), so that moving code inside backhook cannot change what they measure
+without failing them.
 """
 import json
 import os
 import platform
+import secrets
 import shutil
 import signal
 import socket
@@ -23,10 +30,10 @@ BENCH = PROJECT / "bench"
 WORK = Path(os.environ.get("BENCH_WORK_DIR") or PROJECT / "var" / "bench")
 TOKEN = "bench-webhook-token"
 SITE_DOMAIN = "site{}.bench.test"  # wrk.lua spells the domains the same way
-
-sys.path.insert(0, str(PROJECT))
-import cli  # noqa: E402  (needs the project on sys.path)
-import models  # noqa: E402
+# The app that `backhook serve` runs, as gunicorn names it; the baselines swap it for their own.
+PRODUCT_APP = "app:create_app()"
+# SPEC.md's API key permissions: a benchmark key may do everything.
+PERMISSIONS = ("jobs:read", "jobs:execute", "history:read", "websites:read")
 
 
 # --- machine ----------------------------------------------------------------------
@@ -85,23 +92,65 @@ def fresh_dir(name):
     return path
 
 
-def open_backhook_db(data_dir):
-    """Open (and create or upgrade) the backhook database of `data_dir` in this process."""
-    models.open_database(f"sqlite:///{data_dir}/backhook.db")
-    models.migrate()
-    return models.database
+# --- the backhook command line --------------------------------------------------------
+
+def backhook_executable():
+    """The `backhook` console script beside this Python (the virtualenv's), else the one on PATH."""
+    beside = Path(sys.executable).with_name("backhook")
+    found = str(beside) if beside.exists() else shutil.which("backhook")
+    if not found:
+        sys.exit("bench: the `backhook` command is missing: run `make install` first")
+    return found
 
 
-def add_websites(count):
-    with models.database.atomic():
-        for start in range(0, count, 500):
-            models.Website.insert_many(
-                [{"id": models.new_id(), "domain": SITE_DOMAIN.format(i), "created_at": models.now_ms()}
-                 for i in range(start, min(count, start + 500))]).execute()
+def backhook(data_dir, *args):
+    """Run `backhook ARGS` on the data directory `data_dir`; return its output lines."""
+    done = subprocess.run([backhook_executable(), *args], env=backhook_env(data_dir), cwd=PROJECT,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"`backhook {' '.join(args)}` failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+    return done.stdout.splitlines()
 
 
-def api_key():
-    return models.ApiKey.issue("bench", models.PERMISSIONS)[1]
+def init_database(data_dir):
+    """Create (or upgrade) the database of `data_dir` as `backhook init` does."""
+    backhook(data_dir, "init")
+
+
+def api_key(data_dir):
+    """A new key with every permission; `keys create` prints it alone on its last line."""
+    return backhook(data_dir, "keys", "create", "bench", *(arg for p in PERMISSIONS for arg in ("-p", p)))[-1]
+
+
+def add_job(data_dir, name, source, destination, *options):
+    """A job made with `backhook jobs add`, which prints its id alone on its last line."""
+    return backhook(data_dir, "jobs", "add", name, "--source", source, "--destination", str(destination),
+                    *options)[-1]
+
+
+# --- filling a database with SQL ------------------------------------------------------
+
+def now_ms():
+    return int(time.time() * 1000)
+
+
+def new_id():
+    """An id in backhook's format: creation time in hex (so ids sort by age) and 80 random bits."""
+    return f"{now_ms():012x}{secrets.token_hex(10)}"
+
+
+def connect(data_dir):
+    """A connection to the SQLite database of `data_dir`, in autocommit mode (transactions are explicit)."""
+    return sqlite3.connect(Path(data_dir) / "backhook.db", timeout=10, isolation_level=None)
+
+
+def add_websites(data_dir, count):
+    """Register `count` sites, spelled SITE_DOMAIN, with nothing but their domain."""
+    with connect(data_dir) as db:
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO website (id, domain, created_at) VALUES (?, ?, ?)",
+                       [(new_id(), SITE_DOMAIN.format(i), now_ms()) for i in range(count)])
+        db.execute("COMMIT")
 
 
 def free_port():
@@ -136,6 +185,21 @@ class Process:
                 time.sleep(0.05)
         raise RuntimeError(f"{self.url} did not answer within {timeout}s")
 
+    def wait_exec(self, program, timeout=30):
+        """This process's argv once it has exec'd into `python -m PROGRAM` (as `backhook serve` does)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"process exited early:\n{Path(self.log_path).read_text()[-3000:]}")
+            try:
+                argv = Path(f"/proc/{self.pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+            except OSError:
+                argv = []
+            if program in argv:
+                return argv
+            time.sleep(0.005)
+        raise RuntimeError(f"process {self.pid} did not become {program} within {timeout}s")
+
     def stop(self, timeout=20):
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -153,24 +217,60 @@ class Process:
         self.stop()
 
 
-def gunicorn(env, app="app:create_app()", processes=cli.DEFAULT_PROCESSES, name="gunicorn"):
-    """Serve `app` with exactly the settings of `backhook serve`, only the app swapped."""
+def serve(env, processes=None, name="web"):
+    """`backhook serve` on a free loopback port, with `processes` gunicorn processes (default: its own)."""
     port = free_port()
-    command = cli.gunicorn_command(f"127.0.0.1:{port}", processes)
-    assert command[-1] == "app:create_app()", command
+    command = [backhook_executable(), "serve", "--bind", f"127.0.0.1:{port}"]
+    if processes is not None:
+        command += ["--processes", str(processes)]
+    log = Path(env["BACKHOOK_DATA_DIR"]) / f"{name}.log"
+    return Process(command, env, log, url=f"http://127.0.0.1:{port}").wait_ready()
+
+
+_serve_commands = {}  # processes (None: serve's default) -> the gunicorn command that `backhook serve` runs
+
+
+def serve_command(env, processes=None):
+    """The gunicorn command line of `backhook serve`, read from the process once it has exec'd gunicorn.
+
+    The baselines run under exactly these settings, so whatever `serve`
+    changes in them reaches the baselines too.
+    """
+    if processes not in _serve_commands:
+        port = free_port()
+        command = [backhook_executable(), "serve", "--bind", f"127.0.0.1:{port}"]
+        if processes is not None:
+            command += ["--processes", str(processes)]
+        log = Path(env["BACKHOOK_DATA_DIR"]) / "serve-command.log"
+        with Process(command, env, log) as learner:
+            argv = learner.wait_exec("gunicorn")
+        assert argv[-1] == PRODUCT_APP and "--bind" in argv and "--workers" in argv, argv
+        _serve_commands[processes] = _serve_commands[int(argv[argv.index("--workers") + 1])] = argv
+    return list(_serve_commands[processes])
+
+
+def default_processes(env):
+    """How many gunicorn processes `backhook serve` starts when not told."""
+    command = serve_command(env)
+    return int(command[command.index("--workers") + 1])
+
+
+def gunicorn(env, app=PRODUCT_APP, processes=None, name="gunicorn"):
+    """Serve `app` with exactly the settings of `backhook serve`; backhook's own app through `backhook serve`."""
+    if app == PRODUCT_APP:
+        return serve(env, processes, name)
+    port = free_port()
+    command = serve_command(env, processes)
+    command[command.index("--bind") + 1] = f"127.0.0.1:{port}"
     command[-1] = app
     log = Path(env["BACKHOOK_DATA_DIR"]) / f"{name}.log"
     return Process(command, env, log, url=f"http://127.0.0.1:{port}").wait_ready()
 
 
 def worker(env):
+    """`backhook worker`, which becomes the worker process itself (same pid)."""
     log = Path(env["BACKHOOK_DATA_DIR"]) / "worker.log"
-    return Process(cli.worker_command(), env, log)
-
-
-def worker_available():
-    """False until the worker branch is merged: its stub exits at once."""
-    return "not built yet" not in (PROJECT / "worker.py").read_text()
+    return Process([backhook_executable(), "worker"], env, log)
 
 
 # --- wrk ------------------------------------------------------------------------------

@@ -30,12 +30,13 @@ def main(argv=()):
     with sqlite3.connect(data_dir / "floor.db") as floor:
         floor.execute("CREATE TABLE event (id INTEGER PRIMARY KEY, payload TEXT NOT NULL)")
     env = common.backhook_env(data_dir)
+    args.processes = args.processes or common.default_processes(env)
 
     with contextlib.ExitStack() as running:
         running.enter_context(common.worker(env))
         apps = {"hello": (env, "bench.hello_app:app")}
         apps |= {floor: (dict(env, BENCH_FLOOR=floor), "bench.floor_app:app") for floor in FLOORS}
-        apps["webhook"] = (env, "app:create_app()")
+        apps["webhook"] = (env, common.PRODUCT_APP)
         servers = {name: running.enter_context(common.gunicorn(app_env, app, args.processes, name=name))
                    for name, (app_env, app) in apps.items()}
         for server in servers.values():  # imports, connections, first pages: not measured
