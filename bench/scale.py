@@ -44,12 +44,10 @@ FINISHED = ("Success", "Failed", "Cancelled")
 def create_database(data_dir, websites):
     """A migrated database with the 20 jobs and `websites` sites."""
     common.init_database(data_dir)
-    with common.connect(data_dir) as db:
-        db.execute("BEGIN")
+    with common.transaction(data_dir) as db:
         db.executemany("INSERT INTO job (id, name, source, destination, keep, created_at) VALUES (?, ?, ?, ?, ?, ?)",
                        [(common.new_id(), f"job-{number:02d}", f"files:///srv/site-{number}",
                          "/var/backups/backhook", 7, common.now_ms()) for number in range(JOBS)])
-        db.execute("COMMIT")
     if websites:
         common.add_websites(data_dir, websites)
 
@@ -233,13 +231,12 @@ def main(argv=()):
 
     empty_dir, full_dir = common.fresh_dir("scale-empty"), common.fresh_dir("scale-full")
     create_database(empty_dir, 50)
-    with common.connect(empty_dir) as db:  # each job's one execution, finished
-        db.execute("BEGIN")
+    with common.transaction(empty_dir) as db:  # each job's one execution, finished
         now = common.now_ms()
         db.executemany("INSERT INTO execution (id, job_id, status, stage, created_at, started_at, ended_at) "
                        "VALUES (?, ?, 'Success', 'Queued', ?, ?, ?)",
-                       [(common.new_id(), job_id, now, now, now) for (job_id,) in db.execute("SELECT id FROM job")])
-        db.execute("COMMIT")
+                       [(common.new_id(), job_id, now, now, now)
+                        for (job_id,) in db.execute("SELECT id FROM job").fetchall()])
     empty_key = common.api_key(empty_dir)
     full_key = full_database(full_dir, args.executions, args.websites)
     args.full_gb = (full_dir / "backhook.db").stat().st_size / 1e9
