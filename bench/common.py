@@ -11,6 +11,8 @@ this), so that moving code inside backhook cannot change what they measure
 without failing them.
 """
 import contextlib
+import functools
+import importlib.metadata
 import json
 import os
 import platform
@@ -95,13 +97,19 @@ def fresh_dir(name):
 
 # --- the backhook command line --------------------------------------------------------
 
+@functools.cache
 def backhook_executable():
-    """The `backhook` console script beside this Python (the virtualenv's), else the one on PATH."""
+    """The `backhook` console script of this virtualenv, which must be installed from this tree."""
     beside = Path(sys.executable).with_name("backhook")
-    found = str(beside) if beside.exists() else shutil.which("backhook")
-    if not found:
-        sys.exit("bench: the `backhook` command is missing: run `make install` first")
-    return found
+    if not beside.exists():
+        sys.exit(f"bench: no `backhook` beside {sys.executable}: run `make install` and use .venv/bin/python")
+    # An editable install from another checkout would measure that checkout's code, not this one's.
+    direct_url = importlib.metadata.distribution("backhook").read_text("direct_url.json")
+    installed_from = json.loads(direct_url or "{}").get("url")
+    if installed_from and installed_from != PROJECT.as_uri():
+        sys.exit(f"bench: this virtualenv's backhook is installed from {installed_from}, not {PROJECT}: "
+                 "run `make install` in this tree")
+    return str(beside)
 
 
 def backhook(data_dir, *args):
