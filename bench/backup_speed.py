@@ -220,7 +220,7 @@ def main(argv=()):
     runs = {(who, kind): [] for who in ("plain", "backhook") for kind in source_of}
     commands = {}
     backhook = Backhook(data_dir, sqlite_source, files_source)
-    web = common.gunicorn(backhook.env, name="web")
+    web = common.serve(backhook.env)
     worker = common.worker(backhook.env)
     try:
         for round_number in range(args.rounds):

@@ -33,8 +33,6 @@ BENCH = PROJECT / "bench"
 WORK = Path(os.environ.get("BENCH_WORK_DIR") or PROJECT / "var" / "bench")
 TOKEN = "bench-webhook-token"
 SITE_DOMAIN = "site{}.bench.test"  # wrk.lua spells the domains the same way
-# The app that `backhook serve` runs, as gunicorn names it; the baselines swap it for their own.
-PRODUCT_APP = "app:create_app()"
 # SPEC.md's API key permissions: a benchmark key may do everything.
 PERMISSIONS = ("jobs:read", "jobs:execute", "history:read", "websites:read")
 
@@ -241,13 +239,16 @@ class Process:
 
 
 def serve(env, processes=None, name="web"):
-    """`backhook serve` on a free loopback port, with `processes` gunicorn processes (default: its own)."""
+    """backhook itself: `backhook serve` on a free loopback port, with `processes` gunicorn processes."""
     port = free_port()
-    command = [backhook_executable(), "serve", "--bind", f"127.0.0.1:{port}"]
-    if processes is not None:
-        command += ["--processes", str(processes)]
     log = Path(env["BACKHOOK_DATA_DIR"]) / f"{name}.log"
-    return Process(command, env, log, url=f"http://127.0.0.1:{port}").wait_ready()
+    return Process(serve_argv(port, processes), env, log, url=f"http://127.0.0.1:{port}").wait_ready()
+
+
+def serve_argv(port, processes=None):
+    """`backhook serve` on 127.0.0.1:`port`, with its own default process count unless told."""
+    command = [backhook_executable(), "serve", "--bind", f"127.0.0.1:{port}"]
+    return command + (["--processes", str(processes)] if processes is not None else [])
 
 
 _serve_commands = {}  # processes (None: serve's default) -> the gunicorn command that `backhook serve` runs
@@ -260,14 +261,11 @@ def serve_command(env, processes=None):
     changes in them reaches the baselines too.
     """
     if processes not in _serve_commands:
-        port = free_port()
-        command = [backhook_executable(), "serve", "--bind", f"127.0.0.1:{port}"]
-        if processes is not None:
-            command += ["--processes", str(processes)]
         log = Path(env["BACKHOOK_DATA_DIR"]) / "serve-command.log"
-        with Process(command, env, log) as learner:
+        with Process(serve_argv(free_port(), processes), env, log) as learner:
             argv = learner.wait_exec("gunicorn")
-        assert argv[-1] == PRODUCT_APP and "--bind" in argv and "--workers" in argv, argv
+        # The app to swap is gunicorn's one positional argument, MODULE:VARIABLE, at the end.
+        assert "--bind" in argv and "--workers" in argv and ":" in argv[-1] and not argv[-1].startswith("-"), argv
         _serve_commands[processes] = _serve_commands[int(argv[argv.index("--workers") + 1])] = argv
     return list(_serve_commands[processes])
 
@@ -278,10 +276,8 @@ def default_processes(env):
     return int(command[command.index("--workers") + 1])
 
 
-def gunicorn(env, app=PRODUCT_APP, processes=None, name="gunicorn"):
-    """Serve `app` with exactly the settings of `backhook serve`; backhook's own app through `backhook serve`."""
-    if app == PRODUCT_APP:
-        return serve(env, processes, name)
+def gunicorn(env, app, processes=None, name="gunicorn"):
+    """Serve the baseline `app` (a gunicorn app spec) with exactly the settings of `backhook serve`."""
     port = free_port()
     command = serve_command(env, processes)
     command[command.index("--bind") + 1] = f"127.0.0.1:{port}"

@@ -89,7 +89,7 @@ class Harness:
 def run(name, worker_command, args):
     data_dir = common.fresh_dir(f"pickup-{name}")
     harness = Harness(data_dir)
-    with common.gunicorn(harness.env, name="web") as web:
+    with common.serve(harness.env) as web:
         worker_log = data_dir / "worker.log"
         with common.Process(worker_command(harness), harness.env, worker_log) as worker:
             time.sleep(1)  # let it start and settle into idleness

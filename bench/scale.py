@@ -248,7 +248,7 @@ def main(argv=()):
     servers = {}
     try:
         for side in sides:
-            servers[side.name] = common.gunicorn(common.backhook_env(side.data_dir), name="web")
+            servers[side.name] = common.serve(common.backhook_env(side.data_dir))
         for side in sides:  # warm up each server and its page cache, not measured
             for what in measures if not args.quick else ():
                 side.wrk(servers[side.name], what, 1)

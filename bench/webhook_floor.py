@@ -34,11 +34,11 @@ def main(argv=()):
 
     with contextlib.ExitStack() as running:
         running.enter_context(common.worker(env))
-        apps = {"hello": (env, "bench.hello_app:app")}
-        apps |= {floor: (dict(env, BENCH_FLOOR=floor), "bench.floor_app:app") for floor in FLOORS}
-        apps["webhook"] = (env, common.PRODUCT_APP)
+        baselines = {"hello": (env, "bench.hello_app:app")}
+        baselines |= {floor: (dict(env, BENCH_FLOOR=floor), "bench.floor_app:app") for floor in FLOORS}
         servers = {name: running.enter_context(common.gunicorn(app_env, app, args.processes, name=name))
-                   for name, (app_env, app) in apps.items()}
+                   for name, (app_env, app) in baselines.items()}
+        servers["webhook"] = running.enter_context(common.serve(env, args.processes, name="webhook"))
         for server in servers.values():  # imports, connections, first pages: not measured
             webhooks.measure(server, 1 if args.quick else 2, args.connections)
         runs = {name: [] for name in servers}

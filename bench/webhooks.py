@@ -61,7 +61,7 @@ def main(argv=()):
 
     runs = {"hello": [], "webhook": []}
     with common.gunicorn(env, "bench.hello_app:app", args.processes, name="hello") as hello, \
-            common.gunicorn(env, common.PRODUCT_APP, args.processes, name="webhook") as webhook, \
+            common.serve(env, args.processes, name="webhook") as webhook, \
             common.worker(env):
         servers = {"hello": hello, "webhook": webhook}
         for server in servers.values():  # imports, connections, first pages: not measured
