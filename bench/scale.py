@@ -207,7 +207,7 @@ class Side:
                     time.sleep(0.0002)  # short against the claim, long enough to leave the worker its CPU
                 latencies.append((time.perf_counter() - started) * 1000)
                 deadline = time.monotonic() + 30
-                while self.status(execution_id) not in FINISHED:  # one Running at a time, as the limit says
+                while self.status(execution_id) not in FINISHED:  # so that the next claim finds no run in its way
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"{self.name}: execution {execution_id} did not finish within 30 s")
                     time.sleep(0.005)
