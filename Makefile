@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench bench-smoke clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: install
 
 bench: install
 	$(BIN)/python bench/run_all.py
+
+# Every benchmark in its --quick mode: checks the harness, measures nothing.
+bench-smoke: install
+	$(BIN)/pytest -m bench tests/test_bench_smoke.py
 
 clean:
 	rm -rf $(VENV) var *.egg-info

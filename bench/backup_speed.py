@@ -5,7 +5,7 @@ Sources, generated once under var/bench/ and reused (--size-mb each):
 - a SQLite database of documents: compressible text and random blobs;
 - a directory tree of mixed files: text (logs, CSV-like) and random bytes.
 
-backhook runs the real path: gunicorn and `python -m worker`, a job per
+backhook runs the real path: `backhook serve` and `backhook worker`, a job per
 source with zstd compression, triggered with `POST /api/jobs/<id>/run`; the
 time is trigger -> Success as the client sees it (it includes pickup,
 fsync and the verifying re-read; no --keep, so no retention). The baselines are the plain
@@ -155,22 +155,18 @@ class Backhook:
     """gunicorn + worker on one database, with one job per source."""
 
     def __init__(self, data_dir, sqlite_source, files_source):
-        common.open_backhook_db(data_dir)
+        common.init_database(data_dir)
         # No retention (--keep): the plain pipelines delete no older backups either.
         # The bench removes each artifact itself, untimed.
         self.destination = data_dir / "backups"
-        with common.models.database.atomic():
-            self.jobs = {
-                "sqlite": common.models.Job.create(name="bench-sqlite", source=f"sqlite://{sqlite_source}",
-                                                   destination=str(self.destination)).id,
-                "files": common.models.Job.create(name="bench-files", source=f"files://{files_source}",
-                                                  destination=str(self.destination)).id,
-            }
+        self.jobs = {
+            "sqlite": common.add_job(data_dir, "bench-sqlite", f"sqlite://{sqlite_source}", self.destination),
+            "files": common.add_job(data_dir, "bench-files", f"files://{files_source}", self.destination),
+        }
         self.http = requests.Session()
-        self.http.headers["Authorization"] = f"Bearer {common.api_key()}"
-        common.models.database.close()
+        self.http.headers["Authorization"] = f"Bearer {common.api_key(data_dir)}"
         self.env = common.backhook_env(data_dir)
-        self.db = sqlite3.connect(data_dir / "backhook.db", timeout=10, isolation_level=None)
+        self.db = common.connect(data_dir)
         self.last_stages = {}
 
     def backup(self, kind, web, worker):
@@ -223,32 +219,27 @@ def main(argv=()):
     data_dir = common.fresh_dir("backup")
     runs = {(who, kind): [] for who in ("plain", "backhook") for kind in source_of}
     commands = {}
-    backhook = Backhook(data_dir, sqlite_source, files_source) if common.worker_available() else None
-    web = common.gunicorn(backhook.env, name="web") if backhook else None
-    worker = common.worker(backhook.env) if backhook else None
-    worker_hwm = 0.0
+    backhook = Backhook(data_dir, sqlite_source, files_source)
+    web = common.serve(backhook.env)
+    worker = common.worker(backhook.env)
     try:
         for round_number in range(args.rounds):
             for kind, source in source_of.items():
                 warm(source)
                 seconds, size, cpu, commands[kind] = plain(kind, source, data_dir)
                 runs["plain", kind].append((seconds, size, None, cpu))
-                if backhook:
-                    warm(source)
-                    runs["backhook", kind].append(backhook.backup(kind, web, worker))
+                warm(source)
+                runs["backhook", kind].append(backhook.backup(kind, web, worker))
                 for who in ("plain", "backhook"):
-                    if runs[who, kind]:
-                        seconds, size, _, cpu = runs[who, kind][-1]
-                        print(f"round {round_number + 1} {kind:6} {who:8} {seconds:6.2f} s "
-                              f"{size_of(source) / seconds / 1e6:7.1f} MB/s  → {size / 1e6:.1f} MB  "
-                              f"CPU {cpu:.2f} s", flush=True)
-        if worker:
-            worker_hwm = common.rss_mb(worker.pid, "VmHWM")
+                    seconds, size, _, cpu = runs[who, kind][-1]
+                    print(f"round {round_number + 1} {kind:6} {who:8} {seconds:6.2f} s "
+                          f"{size_of(source) / seconds / 1e6:7.1f} MB/s  → {size / 1e6:.1f} MB  "
+                          f"CPU {cpu:.2f} s", flush=True)
+        worker_hwm = common.rss_mb(worker.pid, "VmHWM")
     finally:
         for process in (worker, web):
-            if process:
-                process.stop()
-    stages = backhook.last_stages if backhook else {}
+            process.stop()
+    stages = backhook.last_stages
     section = report(runs, {kind: size_of(path) for kind, path in source_of.items()}, commands, worker_hwm,
                      stages, args)
     print(section)
@@ -263,23 +254,20 @@ def report(runs, sizes, commands, worker_hwm, stages, args):
         plain_cpu = common.median([run[3] for run in runs["plain", kind]])
         row = [kind, f"{sizes[kind] / 1e6:.0f}", f"{sizes[kind] / plain_s / 1e6:.1f}", f"{plain_size / 1e6:.1f}",
                f"{plain_cpu:.1f}"]
-        if runs["backhook", kind]:
-            own_s = common.median([run[0] for run in runs["backhook", kind]])
-            own_size = runs["backhook", kind][0][1]
-            own_cpu = common.median([run[3] for run in runs["backhook", kind]])
-            ratio = plain_s / own_s
-            peak = max([peak] + [run[2] for run in runs["backhook", kind]])
-            all_met &= ratio >= TARGET_RATIO
-            row += [f"{sizes[kind] / own_s / 1e6:.1f}", f"{own_size / 1e6:.1f}", f"{own_cpu:.1f}",
-                    f"**{ratio:.2f}×**", common.verdict(ratio >= TARGET_RATIO)]
-        else:
-            row += ["not measured"] * 5
+        own_s = common.median([run[0] for run in runs["backhook", kind]])
+        own_size = runs["backhook", kind][0][1]
+        own_cpu = common.median([run[3] for run in runs["backhook", kind]])
+        ratio = plain_s / own_s
+        peak = max([peak] + [run[2] for run in runs["backhook", kind]])
+        all_met &= ratio >= TARGET_RATIO
+        row += [f"{sizes[kind] / own_s / 1e6:.1f}", f"{own_size / 1e6:.1f}", f"{own_cpu:.1f}",
+                f"**{ratio:.2f}×**", common.verdict(ratio >= TARGET_RATIO)]
         rows.append(row)
     lines = [
         "## Backup speed and memory",
         "",
         f"Sources of {args.size_mb} MB each under var/bench/, read into the page cache before each run, {args.rounds} alternating rounds, "
-        f"medians. backhook: trigger → Success through gunicorn and `python -m worker`, zstd.",
+        f"medians. backhook: trigger → Success through `backhook serve` and `backhook worker`, zstd.",
         "",
         common.table(["source", "MB", "plain MB/s", "plain zst MB", "plain CPU s", "backhook MB/s",
                       "backhook zst MB", "backhook CPU s", "ratio", f"≥ {TARGET_RATIO}×"], rows),
@@ -289,8 +277,6 @@ def report(runs, sizes, commands, worker_hwm, stages, args):
         "",
         *(f"- Plain {kind}: `{command}`" for kind, command in commands.items()),
     ]
-    if not any(runs["backhook", kind] for kind in sizes):
-        return "\n".join(lines + ["- backhook: not measured, the worker is not merged yet."])
     rss_met = max(peak, worker_hwm) < TARGET_RSS_MB
     return "\n".join(lines + [
         *(f"- backhook {kind}, last round, end of each stage (from its logs): {ends}" for kind, ends in stages.items()),

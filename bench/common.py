@@ -3,10 +3,20 @@
 Every script in bench/ is runnable alone (`.venv/bin/python bench/NAME.py`)
 and exposes `main(argv) -> str`, the Markdown section it prints, so that
 run_all.py can collect the sections into bench/RESULTS.md.
+
+The benchmarks stand outside the product: they drive backhook through its
+command line and its HTTP API, and fill databases with plain SQL against
+schema.sql, never by importing its modules (tests/test_bench_smoke.py checks
+this), so that moving code inside backhook cannot change what they measure
+without failing them.
 """
+import contextlib
+import functools
+import importlib.metadata
 import json
 import os
 import platform
+import secrets
 import shutil
 import signal
 import socket
@@ -23,10 +33,8 @@ BENCH = PROJECT / "bench"
 WORK = Path(os.environ.get("BENCH_WORK_DIR") or PROJECT / "var" / "bench")
 TOKEN = "bench-webhook-token"
 SITE_DOMAIN = "site{}.bench.test"  # wrk.lua spells the domains the same way
-
-sys.path.insert(0, str(PROJECT))
-import cli  # noqa: E402  (needs the project on sys.path)
-import models  # noqa: E402
+# SPEC.md's API key permissions: a benchmark key may do everything.
+PERMISSIONS = ("jobs:read", "jobs:execute", "history:read", "websites:read")
 
 
 # --- machine ----------------------------------------------------------------------
@@ -85,23 +93,85 @@ def fresh_dir(name):
     return path
 
 
-def open_backhook_db(data_dir):
-    """Open (and create or upgrade) the backhook database of `data_dir` in this process."""
-    models.open_database(f"sqlite:///{data_dir}/backhook.db")
-    models.migrate()
-    return models.database
+# --- the backhook command line --------------------------------------------------------
+
+@functools.cache
+def backhook_executable():
+    """The `backhook` console script of this virtualenv, which must be installed from this tree."""
+    beside = Path(sys.executable).with_name("backhook")
+    if not beside.exists():
+        sys.exit(f"bench: no `backhook` beside {sys.executable}: run `make install` and use .venv/bin/python")
+    # An editable install from another checkout would measure that checkout's code, not this one's.
+    direct_url = importlib.metadata.distribution("backhook").read_text("direct_url.json")
+    installed_from = json.loads(direct_url or "{}").get("url")
+    if installed_from and installed_from != PROJECT.as_uri():
+        sys.exit(f"bench: this virtualenv's backhook is installed from {installed_from}, not {PROJECT}: "
+                 "run `make install` in this tree")
+    return str(beside)
 
 
-def add_websites(count):
-    with models.database.atomic():
-        for start in range(0, count, 500):
-            models.Website.insert_many(
-                [{"id": models.new_id(), "domain": SITE_DOMAIN.format(i), "created_at": models.now_ms()}
-                 for i in range(start, min(count, start + 500))]).execute()
+def backhook(data_dir, *args):
+    """Run `backhook ARGS` on the data directory `data_dir`; return its output lines."""
+    done = subprocess.run([backhook_executable(), *args], env=backhook_env(data_dir), cwd=PROJECT,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"`backhook {' '.join(args)}` failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+    return done.stdout.splitlines()
 
 
-def api_key():
-    return models.ApiKey.issue("bench", models.PERMISSIONS)[1]
+def init_database(data_dir):
+    """Create (or upgrade) the database of `data_dir` as `backhook init` does."""
+    backhook(data_dir, "init")
+
+
+def api_key(data_dir):
+    """A new key with every permission; `keys create` prints it alone on its last line."""
+    return backhook(data_dir, "keys", "create", "bench", *(arg for p in PERMISSIONS for arg in ("-p", p)))[-1]
+
+
+def add_job(data_dir, name, source, destination, *options):
+    """A job made with `backhook jobs add`, which prints its id alone on its last line."""
+    return backhook(data_dir, "jobs", "add", name, "--source", source, "--destination", str(destination),
+                    *options)[-1]
+
+
+# --- filling a database with SQL ------------------------------------------------------
+
+def now_ms():
+    return int(time.time() * 1000)
+
+
+def new_id():
+    """An id in backhook's format: creation time in hex (so ids sort by age) and 80 random bits."""
+    return f"{now_ms():012x}{secrets.token_hex(10)}"
+
+
+def connect(data_dir):
+    """A connection to the SQLite database of `data_dir`, in autocommit mode (transactions are explicit)."""
+    return sqlite3.connect(Path(data_dir) / "backhook.db", timeout=10, isolation_level=None)
+
+
+@contextlib.contextmanager
+def transaction(data_dir):
+    """A connection to the database of `data_dir` inside one transaction, closed at the end.
+
+    Closed explicitly: a connection that lingers until garbage collection
+    would keep a later bulk load from leaving WAL mode.
+    """
+    db = connect(data_dir)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        yield db
+        db.execute("COMMIT")
+    finally:
+        db.close()
+
+
+def add_websites(data_dir, count):
+    """Register `count` sites, spelled SITE_DOMAIN, with nothing but their domain."""
+    with transaction(data_dir) as db:
+        db.executemany("INSERT INTO website (id, domain, created_at) VALUES (?, ?, ?)",
+                       [(new_id(), SITE_DOMAIN.format(i), now_ms()) for i in range(count)])
 
 
 def free_port():
@@ -136,6 +206,21 @@ class Process:
                 time.sleep(0.05)
         raise RuntimeError(f"{self.url} did not answer within {timeout}s")
 
+    def wait_exec(self, program, timeout=30):
+        """This process's argv once it has exec'd into `python -m PROGRAM` (as `backhook serve` does)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"process exited early:\n{Path(self.log_path).read_text()[-3000:]}")
+            try:
+                argv = Path(f"/proc/{self.pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+            except OSError:
+                argv = []
+            if program in argv:
+                return argv
+            time.sleep(0.005)
+        raise RuntimeError(f"process {self.pid} did not become {program} within {timeout}s")
+
     def stop(self, timeout=20):
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -153,24 +238,58 @@ class Process:
         self.stop()
 
 
-def gunicorn(env, app="app:create_app()", processes=cli.DEFAULT_PROCESSES, name="gunicorn"):
-    """Serve `app` with exactly the settings of `backhook serve`, only the app swapped."""
+def serve(env, processes=None, name="web"):
+    """backhook itself: `backhook serve` on a free loopback port, with `processes` gunicorn processes."""
     port = free_port()
-    command = cli.gunicorn_command(f"127.0.0.1:{port}", processes)
-    assert command[-1] == "app:create_app()", command
+    log = Path(env["BACKHOOK_DATA_DIR"]) / f"{name}.log"
+    return Process(serve_argv(port, processes), env, log, url=f"http://127.0.0.1:{port}").wait_ready()
+
+
+def serve_argv(port, processes=None):
+    """`backhook serve` on 127.0.0.1:`port`, with its own default process count unless told."""
+    command = [backhook_executable(), "serve", "--bind", f"127.0.0.1:{port}"]
+    return command + (["--processes", str(processes)] if processes is not None else [])
+
+
+_serve_commands = {}  # processes (None: serve's default) -> the gunicorn command that `backhook serve` runs
+
+
+def serve_command(env, processes=None):
+    """The gunicorn command line of `backhook serve`, read from the process once it has exec'd gunicorn.
+
+    The baselines run under exactly these settings, so whatever `serve`
+    changes in them reaches the baselines too.
+    """
+    if processes not in _serve_commands:
+        log = Path(env["BACKHOOK_DATA_DIR"]) / "serve-command.log"
+        with Process(serve_argv(free_port(), processes), env, log) as learner:
+            argv = learner.wait_exec("gunicorn")
+        # The app to swap is gunicorn's one positional argument, MODULE:VARIABLE, at the end.
+        assert "--bind" in argv and "--workers" in argv and ":" in argv[-1] and not argv[-1].startswith("-"), argv
+        _serve_commands[processes] = _serve_commands[int(argv[argv.index("--workers") + 1])] = argv
+    return list(_serve_commands[processes])
+
+
+def default_processes(env):
+    """How many gunicorn processes `backhook serve` starts when not told."""
+    command = serve_command(env)
+    return int(command[command.index("--workers") + 1])
+
+
+def gunicorn(env, app, processes=None, name="gunicorn"):
+    """Serve the baseline `app` (a gunicorn app spec) with exactly the settings of `backhook serve`."""
+    port = free_port()
+    command = serve_command(env, processes)
+    command[command.index("--bind") + 1] = f"127.0.0.1:{port}"
     command[-1] = app
     log = Path(env["BACKHOOK_DATA_DIR"]) / f"{name}.log"
     return Process(command, env, log, url=f"http://127.0.0.1:{port}").wait_ready()
 
 
 def worker(env):
+    """`backhook worker`, which becomes the worker process itself (same pid)."""
     log = Path(env["BACKHOOK_DATA_DIR"]) / "worker.log"
-    return Process(cli.worker_command(), env, log)
-
-
-def worker_available():
-    """False until the worker branch is merged: its stub exits at once."""
-    return "not built yet" not in (PROJECT / "worker.py").read_text()
+    return Process([backhook_executable(), "worker"], env, log)
 
 
 # --- wrk ------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Pickup latency: trigger -> Running with an idle worker, and the worker's idle CPU.
 
 One gunicorn (the real app) takes `POST /api/jobs/<id>/run`; an idle
-`python -m worker` must start the execution. Each sample:
+`backhook worker` must start the execution. Each sample:
 
 1. the worker is idle (the previous execution has ended) for a short random
    gap, or for a long one (--long-idle seconds) for the last samples;
@@ -22,7 +22,6 @@ measured through the same web process and harness.
 """
 import argparse
 import random
-import sqlite3
 import sys
 import time
 
@@ -38,21 +37,18 @@ class Harness:
     """A web process, a job, a key, and a read-only look at the database."""
 
     def __init__(self, data_dir):
-        common.open_backhook_db(data_dir)
-        with common.models.database.atomic():
-            self.job = common.models.Job.create(name="pickup", source="command:true",
-                                                destination=str(data_dir / "backups"), keep=1)
-        self.key = common.api_key()
-        common.models.database.close()
+        common.init_database(data_dir)
+        self.job_id = common.add_job(data_dir, "pickup", "command:true", data_dir / "backups", "--keep", "1")
+        self.key = common.api_key(data_dir)
         self.env = common.backhook_env(data_dir)
         self.db_path = data_dir / "backhook.db"
-        self.db = sqlite3.connect(self.db_path, timeout=10, isolation_level=None)
+        self.db = common.connect(data_dir)
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"Bearer {self.key}"
 
     def trigger(self, url):
         sent_ms = time.time() * 1000
-        response = self.http.post(f"{url}/api/jobs/{self.job.id}/run", timeout=10)
+        response = self.http.post(f"{url}/api/jobs/{self.job_id}/run", timeout=10)
         response.raise_for_status()
         return sent_ms, response.json()["executionId"]
 
@@ -93,7 +89,7 @@ class Harness:
 def run(name, worker_command, args):
     data_dir = common.fresh_dir(f"pickup-{name}")
     harness = Harness(data_dir)
-    with common.gunicorn(harness.env, name="web") as web:
+    with common.serve(harness.env) as web:
         worker_log = data_dir / "worker.log"
         with common.Process(worker_command(harness), harness.env, worker_log) as worker:
             time.sleep(1)  # let it start and settle into idleness
@@ -124,7 +120,7 @@ def print_summary(result):
 
 
 def backhook_worker(harness):
-    return common.cli.worker_command()
+    return [common.backhook_executable(), "worker"]
 
 
 def polling_worker(harness):
@@ -147,7 +143,7 @@ def main(argv=()):
                                           "long_samples": min(1, args.long_samples),
                                           "long_idle": args.long_idle / 2})
     polling = run("polling", polling_worker, baseline_args)
-    backhook = run("backhook", backhook_worker, args) if common.worker_available() else None
+    backhook = run("backhook", backhook_worker, args)
     section = report(backhook, polling, args)
     print(section)
     return section
@@ -164,11 +160,6 @@ def report(backhook, polling, args):
         f"worker's fallback poll interval). Trigger → Running = `started_at` − client clock before the POST.",
         "",
     ]
-    if backhook is None:
-        return "\n".join(lines + ["Not measured: the worker is not merged into this branch yet.", "",
-                                  f"Baseline (100 ms polling loop): p50 {base['p50']:.0f} ms, "
-                                  f"p99 {base['p99']:.0f} ms, idle CPU {polling['idle_cpu_pct']:.3f}%.",
-                                  "", "- Verdict: not measured"])
     own = summary(backhook)
     rows = [[name, s["n"], f"{s['p50']:.0f}", f"{s['p99']:.0f}", f"{s['max']:.0f}",
              f"{s['created_p50']:.0f} / {s['created_p99']:.0f}", ", ".join(f"{v:.0f}" for v in s["long"]),

@@ -51,13 +51,14 @@ def summarize(path, top=35):
     return "\n".join(lines)
 
 
-def profile_http(target, data_dir, seconds, wrk_args):
+def profile_http(data_dir, seconds, wrk_args):
     out = PROFILES / f"{data_dir.name}.txt"
-    with common.gunicorn(common.backhook_env(data_dir), target, name="profiled") as server:
-        common.wrk(server.url + wrk_args.pop("path", ""), 2, **wrk_args)  # warm up
+    path = wrk_args.pop("path", "")
+    with common.serve(common.backhook_env(data_dir), name="profiled") as server:
+        common.wrk(server.url + path, 2, **wrk_args)  # warm up
         worker = [pid for pid in common.descendants(server.pid) if pid != server.pid][0]
         spy = record(worker, seconds, out)
-        result = common.wrk(server.url + wrk_args.pop("path", ""), seconds + 1, **wrk_args)
+        result = common.wrk(server.url + path, seconds + 1, **wrk_args)
         spy.wait()
     print(f"{result['rps']:.0f} req/s, p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms")
     return out
@@ -73,11 +74,8 @@ def main(argv=()):
 
     if args.scenario == "webhook":
         import webhooks
-        data_dir = common.fresh_dir("profile-webhook")
-        common.open_backhook_db(data_dir)
-        common.add_websites(webhooks.SITES)
-        common.models.database.close()
-        out = profile_http("app:create_app()", data_dir, args.seconds, dict(
+        data_dir = webhooks.sites_database("profile-webhook")
+        out = profile_http(data_dir, args.seconds, dict(
             path=webhooks.PATH, connections=16, mode="webhook", token=common.TOKEN,
             sites=webhooks.SITES, backup_ids=webhooks.BACKUP_IDS))
     elif args.scenario == "poll":
@@ -85,7 +83,7 @@ def main(argv=()):
         data_dir = common.fresh_dir("profile-poll")
         key = scale.full_database(data_dir, 1_000_000, 100_000)
         side = scale.Side("full", data_dir, key, 100_000, 500_000)
-        out = profile_http("app:create_app()", data_dir, args.seconds, dict(
+        out = profile_http(data_dir, args.seconds, dict(
             connections=1, threads=1, mode="paths", paths_file=side.paths["poll"], api_key=key))
     else:
         import backup_speed
@@ -94,10 +92,10 @@ def main(argv=()):
         data_dir = common.fresh_dir("profile-backup")
         backhook = backup_speed.Backhook(data_dir, sqlite_source, files_source)
         out = PROFILES / f"{args.scenario}.txt"
-        with common.gunicorn(backhook.env, name="web") as web, common.worker(backhook.env) as worker:
+        with common.serve(backhook.env) as web, common.worker(backhook.env) as worker:
             time.sleep(1)
             spy = record(worker.pid, 600, out, subprocesses=True)
-            seconds, size, peak = backhook.backup(kind, web, worker)
+            seconds, size, peak, _cpu = backhook.backup(kind, web, worker)
             spy.send_signal(signal.SIGINT)  # like Ctrl-C: py-spy writes what it has and exits
             spy.wait()
         print(f"{kind}: {seconds:.2f} s, {size / 1e6:.1f} MB, peak RSS {peak:.0f} MB")

@@ -30,14 +30,15 @@ def main(argv=()):
     with sqlite3.connect(data_dir / "floor.db") as floor:
         floor.execute("CREATE TABLE event (id INTEGER PRIMARY KEY, payload TEXT NOT NULL)")
     env = common.backhook_env(data_dir)
+    args.processes = args.processes or common.default_processes(env)
 
     with contextlib.ExitStack() as running:
         running.enter_context(common.worker(env))
-        apps = {"hello": (env, "bench.hello_app:app")}
-        apps |= {floor: (dict(env, BENCH_FLOOR=floor), "bench.floor_app:app") for floor in FLOORS}
-        apps["webhook"] = (env, "app:create_app()")
+        baselines = {"hello": (env, "bench.hello_app:app")}
+        baselines |= {floor: (dict(env, BENCH_FLOOR=floor), "bench.floor_app:app") for floor in FLOORS}
         servers = {name: running.enter_context(common.gunicorn(app_env, app, args.processes, name=name))
-                   for name, (app_env, app) in apps.items()}
+                   for name, (app_env, app) in baselines.items()}
+        servers["webhook"] = running.enter_context(common.serve(env, args.processes, name="webhook"))
         for server in servers.values():  # imports, connections, first pages: not measured
             webhooks.measure(server, 1 if args.quick else 2, args.connections)
         runs = {name: [] for name in servers}

@@ -1,7 +1,8 @@
 """Webhook intake: POST /webhooks/backup-progress against a bare Flask hello route.
 
-Both apps run under the same gunicorn settings (cli.gunicorn_command, the
-default process count of `backhook serve`). backhook's worker runs beside
+Both apps run under the same gunicorn settings: backhook through `backhook
+serve`, the hello app under the very command line that `serve` runs, with
+its default process count. backhook's worker runs beside
 the webhook server, as under `backhook run`: it checkpoints SQLite's
 write-ahead log, which the web processes leave to it. wrk sends both the very
 same requests: progress webhooks whose bodies vary over 50 registered sites
@@ -35,7 +36,7 @@ def round_arguments(argv, description, rounds, seconds):
     parser.add_argument("--rounds", type=int, default=rounds)
     parser.add_argument("--seconds", type=int, default=seconds)
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--processes", type=int, default=common.cli.DEFAULT_PROCESSES,
+    parser.add_argument("--processes", type=int, default=None,
                         help="gunicorn processes of every app (default: that of `backhook serve`)")
     parser.add_argument("--quick", action="store_true", help="1 round of 1 s: checks the harness only")
     args = parser.parse_args(argv)
@@ -47,9 +48,8 @@ def round_arguments(argv, description, rounds, seconds):
 def sites_database(name):
     """A fresh data directory whose database holds the SITES that wrk.lua posts for."""
     data_dir = common.fresh_dir(name)
-    common.open_backhook_db(data_dir)
-    common.add_websites(SITES)
-    common.models.database.close()
+    common.init_database(data_dir)
+    common.add_websites(data_dir, SITES)
     return data_dir
 
 
@@ -57,10 +57,11 @@ def main(argv=()):
     args = round_arguments(argv, __doc__.split("\n")[0], 5, 6)
     data_dir = sites_database("webhooks")
     env = common.backhook_env(data_dir)
+    args.processes = args.processes or common.default_processes(env)
 
     runs = {"hello": [], "webhook": []}
     with common.gunicorn(env, "bench.hello_app:app", args.processes, name="hello") as hello, \
-            common.gunicorn(env, "app:create_app()", args.processes, name="webhook") as webhook, \
+            common.serve(env, args.processes, name="webhook") as webhook, \
             common.worker(env):
         servers = {"hello": hello, "webhook": webhook}
         for server in servers.values():  # imports, connections, first pages: not measured
@@ -96,7 +97,7 @@ def report(runs, args):
     return "\n".join([
         "## Webhook intake",
         "",
-        f"`POST {PATH}` vs a bare Flask hello route, both under `cli.gunicorn_command` with "
+        f"`POST {PATH}` vs a bare Flask hello route, both under the gunicorn command of `backhook serve` with "
         f"{args.processes} sync processes, backhook's worker running beside them; wrk, {args.connections} connections, 2 threads, "
         f"{args.rounds} alternating rounds of {args.seconds} s; bodies over {SITES} sites and "
         f"{BACKUP_IDS} backup ids.",
