@@ -47,7 +47,7 @@ log = logging.getLogger("backhook.worker")
 IDLE_POLL_SECONDS = 1.0      # fallback when no wake-up arrives
 BUSY_POLL_SECONDS = 0.25     # while running: how often cancel and timeout are checked
 RECLAIM_EVERY_SECONDS = 1.0
-CHORES_EVERY_SECONDS = 1.0   # the webhook follow-ups (see chores)
+CHORES_EVERY_SECONDS = 1.0   # the webhook follow-ups (see background_tasks)
 # Small, frequent checkpoints: webhooks that write while one copies the log
 # stall less (bench/RESULTS.md, "Figures behind the code: leases and worker").
 CHECKPOINT_EVERY_SECONDS = 0.25
@@ -107,6 +107,7 @@ class Worker:
     # --- the leases: claim, renew, reclaim (leases.py) -----------------------------------
 
     def claim_pending(self):
+        """Claim Pending executions for this worker, never beyond the global limit."""
         return leases.claim(self.id, self.lease_ms)
 
     def renew_leases(self):
