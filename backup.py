@@ -36,6 +36,7 @@ from peewee import Node, OperationalError
 import config
 import models
 import wpsec
+from leases import MAX_ATTEMPTS
 from models import CANCELLED, FAILED, PENDING, RUNNING, SUCCESS, Execution, now_ms
 from sources import CHUNK, DUMPERS, BackupError, shown_source, source_kind, source_secrets
 
@@ -65,7 +66,6 @@ READ_BACK_PIECE = 4 * CHUNK   # bytes per read when verifying; two such buffers 
 # 4 MiB jobs keep it near 90 MB for 0.7% (directory) to 1.8% (SQLite) more output.
 ZSTD_THREADS = 2
 ZSTD_JOB_BYTES = 4 * CHUNK
-MAX_ATTEMPTS = 2
 STOP_CAUSES = {"cancel": "a cancel", "timeout": "the job's timeout", "shutdown": "the worker stopping"}
 REMOTE_CHECK_SECONDS = 0.5  # how often a wpsec:// attempt looks whether its execution ended
 

@@ -1,4 +1,4 @@
-"""The worker's contract: claims, pickup, leases, stopping, cancel, timeout, progress."""
+"""The worker's contract: claims, pickup, leases, stopping, cancel, timeout, progress, and its periodic tasks."""
 import os
 import signal
 import statistics
@@ -11,6 +11,7 @@ import models
 from backup import job_directory
 from models import Execution, Setting
 from support import hold_write_lock, poll, run_to_end, trigger, wait_for_status, wait_until
+from worker import Task
 
 
 def command_job(make_job, command, name="cmd", **fields):
@@ -324,3 +325,65 @@ def test_the_worker_replays_spooled_webhooks(app, data_dir, start_worker):
     wait_until(lambda: not list(data_dir.glob("webhook-spool*.replaying")), timeout=10,
                message="the replayed spool to be removed")
     assert not (data_dir / SPOOL_NAME).exists()
+
+
+# --- Task: a periodic duty, run with the time given ---------------------------------------
+
+class Duty:
+    """A duty that counts its runs and raises while `failing` is set."""
+
+    def __init__(self):
+        self.runs, self.failing = 0, False
+
+    def __call__(self):
+        self.runs += 1
+        if self.failing:
+            raise RuntimeError("database is locked")
+
+
+def test_a_task_runs_when_due_and_not_before():
+    duty = Duty()
+    task = Task("reclaim", 1.0, duty)
+    assert task.run(now=100.0) and duty.runs == 1  # a new task is due at once
+    assert not task.run(now=100.5) and not task.run(now=100.999)
+    assert duty.runs == 1
+    assert task.run(now=101.0) and duty.runs == 2
+
+
+def test_a_tasks_next_time_advances_from_when_it_ran():
+    task = Task("checkpoint", 0.25, Duty())
+    task.run(now=10.0)
+    assert task.next_at == 10.25
+    task.run(now=13.0)  # late, after a slow tick: the next is an interval after this run, not a burst
+    assert task.next_at == 13.25 and task.due_in(now=13.0) == 0.25
+    assert task.due_in(now=14.0) == 0.0
+
+
+def test_a_postponed_task_is_first_due_one_interval_later():
+    duty = Duty()
+    task = Task("spool replay", 1.0, duty)
+    task.postpone(now=50.0)
+    assert not task.run(now=50.5) and duty.runs == 0
+    assert task.run(now=51.0) and duty.runs == 1
+
+
+def test_a_failing_duty_is_retried_at_its_next_interval():
+    duty = Duty()
+    task = Task("website sync", 1.0, duty)
+    duty.failing = True
+    with pytest.raises(RuntimeError):
+        task.run(now=100.0)
+    assert not task.run(now=100.5)
+    duty.failing = False
+    assert task.run(now=101.0) and duty.runs == 2
+
+
+def test_a_failing_renewal_is_retried_at_the_next_run():
+    duty = Duty()
+    task = Task("renewals", 3.0, duty, retry_at_once=True)
+    duty.failing = True
+    with pytest.raises(RuntimeError):
+        task.run(now=100.0)
+    duty.failing = False
+    assert task.run(now=100.25) and duty.runs == 2
+    assert task.next_at == 103.25
