@@ -9,7 +9,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wsgi import get_content_length
 
 import config
-import models
+from database import open_database
 from ratelimit import init_limiter, limit_api, limiter, retry_after_seconds
 from routes import API_HEADERS, MAX_BODY_BYTES, ApiError, error, executions, health, jobs, openapi, webhooks, websites
 
@@ -36,7 +36,7 @@ def create_app(overrides=None):
 
     # Peewee opens the connection on first use and keeps it for the process's
     # life: reconnecting per request costs more than the request itself.
-    models.open_database(app.config["DATABASE_URL"], app.config["DATABASE_BUSY_SECONDS"])
+    open_database(app.config["DATABASE_URL"], app.config["DATABASE_BUSY_SECONDS"])
     refuse_large_bodies_early(app)
     refuse_nul_characters(app)
     register_error_handlers(app)

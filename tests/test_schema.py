@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+import database
+import migrations
 import models
 from support import PROJECT
 
@@ -66,24 +68,24 @@ def test_models_match_schema_sql(app, backend, data_dir):
 
 
 def test_schema_version_is_recorded(app, backend, data_dir):
-    latest = models.schema_sections()[-1][0]
+    latest = migrations.schema_sections()[-1][0]
     if backend == "sqlite":
         with sqlite3.connect(data_dir / "backhook.db") as db:
             assert db.execute("PRAGMA user_version").fetchone()[0] == latest
     else:
         rows = models.database.execute_sql("SELECT version FROM schema_version ORDER BY version").fetchall()
-        assert [row[0] for row in rows] == [version for version, _ in models.schema_sections()]
+        assert [row[0] for row in rows] == [version for version, _ in migrations.schema_sections()]
 
 
 def test_upgrade_applies_only_newer_sections_and_keeps_data(app, make_job, monkeypatch):
     job = make_job()
-    sections = models.schema_sections()
+    sections = migrations.schema_sections()
     extra = (sections[-1][0] + 1, ["CREATE TABLE upgrade_probe (id TEXT PRIMARY KEY)"])
-    monkeypatch.setattr(models, "schema_sections", lambda: sections + [extra])
-    old, new = models.migrate()
+    monkeypatch.setattr(migrations, "schema_sections", lambda: sections + [extra])
+    old, new = migrations.migrate()
     assert (old, new) == (sections[-1][0], extra[0])
     assert models.Job.get_by_id(job.id).name == job.name
-    assert models.migrate() == (new, new)
+    assert migrations.migrate() == (new, new)
 
 
 def test_concurrent_inits_both_succeed(backhook_env):
@@ -94,7 +96,8 @@ def test_concurrent_inits_both_succeed(backhook_env):
         assert init.returncode == 0, err
 
 
-POSTGRESQL = models.connect_postgresql("postgresql://nobody@127.0.0.1:1/never_opened")
+POSTGRESQL = database.connect_database("postgresql://nobody@127.0.0.1:1/never_opened")
+SQLITE = database.SqliteBackend(None)
 
 
 @pytest.mark.parametrize("sqlite, postgresql", [
@@ -108,5 +111,5 @@ POSTGRESQL = models.connect_postgresql("postgresql://nobody@127.0.0.1:1/never_op
     ("CREATE INDEX job_enabled ON job (enabled)", "CREATE INDEX job_enabled ON job (enabled)"),
 ])
 def test_postgresql_dialect_differs_only_in_rowids_and_flags(sqlite, postgresql):
-    assert models._dialect(sqlite, POSTGRESQL) == postgresql
-    assert models._dialect(sqlite, models.SqliteDatabase(None)) == sqlite
+    assert POSTGRESQL.dialect(sqlite, migrations.boolean_columns()) == postgresql
+    assert SQLITE.dialect(sqlite, migrations.boolean_columns()) == sqlite
