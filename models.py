@@ -59,6 +59,7 @@ def iso(ms):
 # database.open_database and opened().for_update / .checkpoint instead.
 from database import open_database  # noqa: E402,F401
 
+
 def is_sqlite():
     return isinstance(opened(), SqliteDatabase)
 

@@ -34,9 +34,11 @@ def run_elsewhere(session, sql):
 def test_opening_binds_the_models_to_the_backend_for_the_url(app, backend, database_url):
     db = database.open_database(database_url)
     try:
-        assert opened() is db and models.database.obj is db
+        assert opened() is db
         assert isinstance(db, SqliteBackend if backend == "sqlite" else PostgresqlBackend)
-        assert Job.select().count() == 0  # the models now query through it
+        assert db.is_closed()
+        assert Job.select().count() == 0
+        assert not db.is_closed()  # the models' query went through this backend's connection
     finally:
         db.close()
 

@@ -1,14 +1,7 @@
 """schema.sql is the source of truth: models.py must mirror it (migrations.py applies it)."""
 import sqlite3
-import subprocess
-import sys
 
-import pytest
-
-import database
-import migrations
 import models
-from support import PROJECT
 
 
 def sqlite_columns(db_path):
