@@ -9,7 +9,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wsgi import get_content_length
 
 import config
-import models
+from database import open_database
 from ratelimit import init_limiter, limit_api, limiter, retry_after_seconds
 from routes import API_HEADERS, MAX_BODY_BYTES, ApiError, error, executions, health, jobs, openapi, webhooks, websites
 
@@ -35,8 +35,8 @@ def create_app(overrides=None):
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["TRUSTED_PROXIES"])
 
     # Peewee opens the connection on first use and keeps it for the process's
-    # life: reconnecting per request costs more than the request itself.
-    models.open_database(app.config["DATABASE_URL"], app.config["DATABASE_BUSY_SECONDS"])
+    # life: reconnecting would be the larger part of each request.
+    open_database(app.config["DATABASE_URL"], app.config["DATABASE_BUSY_SECONDS"])
     refuse_large_bodies_early(app)
     refuse_nul_characters(app)
     register_error_handlers(app)
@@ -65,7 +65,7 @@ def send_api_headers(wsgi_app):
 def refuse_large_bodies_early(app):
     @app.before_request
     def refuse_large_bodies():
-        # From the environ: building request.headers for this cost more than the rest of the hook.
+        # From the environ: building request.headers would be most of this hook's cost.
         if (get_content_length(request.environ) or 0) > MAX_BODY_BYTES:
             error("Request body is larger than 1 MiB", 413)
 

@@ -29,6 +29,8 @@ if __package__:
 import config  # noqa: E402  (the project's own modules need HERE on sys.path)
 import dbcopy  # noqa: E402
 import models  # noqa: E402
+from database import connect_database, database, is_postgresql_url, opened  # noqa: E402
+from migrations import latest_version, migrate  # noqa: E402
 from app import create_app  # noqa: E402
 from models import (CANCELLED, FAILED, FINISHED, PENDING, SUCCESS, ApiKey, Execution, Job,  # noqa: E402
                     Setting, Website, iso, normalize_domain)
@@ -55,7 +57,10 @@ def load_app():
         problem = database_problem(settings["DATABASE_URL"])
         if problem:
             fail(problem)
-    return create_app()
+    try:
+        return create_app()
+    except config.ConfigError as exc:  # a database URL of a kind backhook cannot use
+        fail(str(exc))
 
 
 def database_problem(url):
@@ -71,10 +76,10 @@ def database_problem(url):
                 found = db.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.Error as exc:
             return f"cannot read {where}: {exc}"
-    elif models.is_postgresql_url(url):
+    elif is_postgresql_url(url):
         params = parse_url(url)
         where = f"the PostgreSQL database {params.get('database')} on {params.get('host') or 'localhost'}"
-        db = models.connect_postgresql(url)
+        db = connect_database(url)
         try:
             found = 0
             if db.execute_sql("SELECT to_regclass('schema_version')").fetchone()[0] is not None:
@@ -85,7 +90,7 @@ def database_problem(url):
             db.close()
     else:
         return None
-    latest = models.schema_sections()[-1][0]
+    latest = latest_version()
     if found == 0:
         return f"{where} is not a backhook database yet: run `backhook init` first"
     if found < latest:
@@ -145,7 +150,7 @@ def fail(message):
 
 def create_unique(model, duplicate_message, **fields):
     try:
-        with models.database.atomic():
+        with database.atomic():
             return model.create(**fields)
     except IntegrityError:
         fail(duplicate_message)
@@ -173,7 +178,7 @@ def add_lifecycle_commands(group, find_row, what, metavar, delete_note=""):
         @click.argument("reference", metavar=metavar)
         def toggle(reference, enabled=enabled, name=name):
             row = find_row(reference)
-            with models.database.atomic():
+            with database.atomic():
                 type(row).update(enabled=enabled).where(type(row).id == row.id).execute()
             state = {True: "enabled", False: "disabled"}
             click.echo(f"{what} {row.name} ({row.id}): {state[row.enabled]} → {state[enabled]}")
@@ -182,7 +187,7 @@ def add_lifecycle_commands(group, find_row, what, metavar, delete_note=""):
     @click.argument("reference", metavar=metavar)
     def delete(reference):
         row = find_row(reference)
-        with models.database.atomic():
+        with database.atomic():
             row.delete_instance(recursive=True)
         click.echo(f"{what} {row.name} ({row.id}) deleted")
 
@@ -226,7 +231,7 @@ def is_loopback(bind):
 @main.command()
 def init():
     """Create or upgrade the database; safe to repeat."""
-    old, new = models.migrate()
+    old, new = migrate()
     if old == new:
         click.echo(f"database is up to date (schema version {new})")
     else:
@@ -256,7 +261,7 @@ def worker():
 def run(bind, processes):
     """Run web and worker together; Ctrl-C or SIGTERM stops both."""
     warn_if_exposed(bind)
-    models.migrate()
+    migrate()
     children = [subprocess.Popen(gunicorn_command(bind, processes)), subprocess.Popen(worker_command())]
     click.echo(f"backhook web on http://{bind} and a worker are running; Ctrl-C stops both.")
     if not ApiKey.select().exists() or not Job.select().exists():
@@ -305,9 +310,9 @@ def migrate_db(target_url, batch_rows):
     if target_url == current_app.config["DATABASE_URL"]:
         fail("--to names the database backhook already uses")
     try:
-        counts = dbcopy.copy_database(models.database.obj, models.connect_database(target_url), batch_rows,
+        counts = dbcopy.copy_database(opened(), connect_database(target_url), batch_rows,
                                       report=click.echo)
-    except dbcopy.CopyError as exc:
+    except (dbcopy.CopyError, config.ConfigError) as exc:
         fail(str(exc))
     click.echo(f"copied {sum(counts.values())} rows in {len(counts)} tables; the counts match.")
     click.echo("Now point every web and worker process at it with BACKHOOK_DATABASE_URL and restart them.")
@@ -527,7 +532,7 @@ def jobs_set(reference, keep, keep_all, timeout_hours, compression, destination)
         fail("nothing to change: give --keep N, --keep-all, --timeout-hours H, --compression or --destination")
     changes = {name: (getattr(job, name), value) for name, value in wanted.items() if getattr(job, name) != value}
     if changes:
-        with models.database.atomic():
+        with database.atomic():
             Job.update(**{name: new for name, (_old, new) in changes.items()}).where(Job.id == job.id).execute()
     for name, (old, new) in changes.items():
         click.echo(f"job {job.name}: {name} {shown_value(name, old)} → {shown_value(name, new)}")
@@ -576,7 +581,7 @@ def websites_remove(domain):
     site = Website.by_domain(domain)
     if site is None:
         fail(f"no website {normalize_domain(domain)}")
-    with models.database.atomic():
+    with database.atomic():
         site.delete_instance(recursive=True)
     click.echo(f"removed website {site.domain}")
 

@@ -9,6 +9,7 @@ before that transaction commits.
 from peewee import BigIntegerField, IntegerField, chunked, sort_models
 
 import models
+from migrations import latest_version, migrate, schema_version
 
 BATCH_ROWS = 1000
 
@@ -19,14 +20,14 @@ class CopyError(Exception):
 
 def copy_database(source, target, batch_rows=BATCH_ROWS, report=lambda message: None):
     """Copy every table of `source` into `target` (created or upgraded first); return {table: rows}."""
-    latest = models.schema_sections()[-1][0]
+    latest = latest_version()
     with source.connection_context():
-        if models.schema_version(source) != latest:
+        if schema_version(source) != latest:
             raise CopyError(f"the source database is not at schema version {latest}: run `backhook init` first")
-    models.migrate(target)
+    migrate(target)
     counts = {}
     with source.connection_context(), target.connection_context():
-        with snapshot(source), target.atomic():
+        with source.snapshot(), target.atomic():
             refuse_non_empty(target)
             for model in sort_models(models.ALL_MODELS):
                 counts[model._meta.table_name] = copy_table(model, source, target, batch_rows)
@@ -34,13 +35,6 @@ def copy_database(source, target, batch_rows=BATCH_ROWS, report=lambda message: 
             verify_counts(source, target, counts)
             advance_sequences(target)
     return counts
-
-
-def snapshot(db):
-    """A read transaction that sees one consistent state of `db` throughout."""
-    if models.is_sqlite(db):
-        return db.atomic(lock_type="DEFERRED")  # WAL: readers get a snapshot, writers are not blocked
-    return db.atomic(isolation_level="REPEATABLE READ")
 
 
 def refuse_non_empty(target):
@@ -72,7 +66,7 @@ def verify_counts(source, target, copied):
 
 def advance_sequences(target):
     """Explicit ids were copied into BIGSERIAL columns: move their sequences past them."""
-    if not models.is_postgresql(target):
+    if not target.has_sequences:
         return
     for model in models.ALL_MODELS:
         key = model._meta.primary_key

@@ -16,27 +16,15 @@ import time
 
 from peewee import OperationalError, fn
 
-import models
-from models import Execution, Job, Setting, database, now_ms
+from database import database, opened
+from models import Execution, Job, Setting, now_ms
 from statuses import FINISHED, ExecutionStatus, Stage
 
 log = logging.getLogger("backhook.leases")
 
 MAX_ATTEMPTS = 2  # attempts that lost their worker before an execution fails
 
-CLAIM_LOCK = 0x626B636C61696D  # "bkclaim": PostgreSQL's advisory lock for claims and reclaims
-
 HELD = (ExecutionStatus.RUNNING, ExecutionStatus.SUCCESS)  # Success is held while its retention runs
-
-
-def lock_claims():
-    """On PostgreSQL, wait for the claim lock; the transaction's end releases it.
-
-    SQLite needs nothing here: its IMMEDIATE transaction already holds the
-    database's one write lock.
-    """
-    if models.is_postgresql():
-        database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (CLAIM_LOCK,))
 
 
 def claim(worker_id, lease_ms, now=None):
@@ -53,7 +41,7 @@ def claim(worker_id, lease_ms, now=None):
     if not Execution.select().where(Execution.status == ExecutionStatus.PENDING).exists():
         return []  # a read, so an idle poll never takes the write lock
     with database.atomic():
-        lock_claims()
+        opened().lock_claims()
         running = Execution.select().where(Execution.status == ExecutionStatus.RUNNING).count()
         demand = int(Setting.read("max_concurrent_jobs")) - running
         if demand <= 0:
@@ -63,8 +51,7 @@ def claim(worker_id, lease_ms, now=None):
         now = now_ms() if now is None else now
         oldest_pending = (Execution.select(Execution.id).where(Execution.status == ExecutionStatus.PENDING)
                           .order_by(Execution.created_at).limit(demand))
-        if models.is_postgresql():
-            oldest_pending = oldest_pending.for_update(skip_locked=True)
+        oldest_pending = opened().for_update(oldest_pending, skip_locked=True)
         claimed = (Execution.update(status=ExecutionStatus.RUNNING, stage=Stage.INITIALIZING,
                                     started_at=fn.COALESCE(Execution.started_at, now),
                                     worker_id=worker_id, lease_expires_at=now + lease_ms,
@@ -152,10 +139,10 @@ def reclaim(sightings, own_ids, leftovers, now=None, at=None):
         return []  # a read, so the common case never takes the write lock
     try:
         with database.atomic():
-            lock_claims()  # no other worker reclaims, or claims, these meanwhile
+            opened().lock_claims()  # no other worker reclaims, or claims, these meanwhile
             at = time.monotonic() if at is None else at
             held = lapsed(now_ms() if now is None else now, own_ids)
-            due = sightings.watch(Execution.select().where(held).for_update(models.is_postgresql()), at)
+            due = sightings.watch(opened().for_update(Execution.select().where(held)), at)
             for execution in due:
                 job = Job.get_by_id(execution.job_id)
                 abandoned = leftovers(job, execution.id) if execution.status == ExecutionStatus.RUNNING else []

@@ -1,29 +1,25 @@
-"""The Peewee models, mirroring schema.sql, and the database's lifecycle.
+"""The Peewee models, mirroring schema.sql, and their small queries.
 
-`database` is a proxy: importing this module never touches the disk. The app
-factory, the worker and the CLI call `open_database(url)` once.
+They are bound to `database`, a proxy that `database.open_database(url)`
+binds once the app factory, the worker or the CLI knows the URL; importing
+this module never touches the disk.
 """
 import datetime
 import hashlib
 import hmac
 import json
 import logging
-import os
 import re
 import secrets
 import time
 from decimal import ROUND_HALF_UP, Decimal
-from pathlib import Path
-from urllib.parse import urlparse
 
 from peewee import (
     BigIntegerField,
     BooleanField,
     Case,
-    DatabaseProxy,
     ForeignKeyField,
     IntegerField,
-    InterfaceError,
     JOIN,
     Model,
     OperationalError,
@@ -31,17 +27,10 @@ from peewee import (
     SqliteDatabase,
     TextField,
 )
-from peewee import __exception_wrapper__ as translate_driver_errors
-from playhouse.db_url import connect as connect_url
-from playhouse.db_url import parse as parse_url
-from playhouse.shortcuts import ReconnectMixin
 
-from sqlite_writers import TurnTakingSqliteDatabase
+from database import database, opened, run_sql
 
 log = logging.getLogger("backhook.models")
-
-SCHEMA_PATH = Path(__file__).with_name("schema.sql")
-database = DatabaseProxy()
 
 
 # --- time and identifiers -------------------------------------------------
@@ -63,225 +52,24 @@ def iso(ms):
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
-# --- opening and migrating ---------------------------------------------------
-
-class ServerDatabase(ReconnectMixin, PostgresqlDatabase):
-    """PostgreSQL with one connection per process, reopened when the server drops it.
-
-    A statement outside a transaction (and every BEGIN) is retried once on a
-    fresh connection; inside a transaction the error surfaces, because the
-    transaction's earlier work is gone with the old connection.
-    """
-
-    reconnect_errors = (
-        (OperationalError, "server closed the connection"),
-        (OperationalError, "terminating connection"),
-        (OperationalError, "connection not open"),
-        (OperationalError, "could not receive data"),
-        (OperationalError, "ssl syscall error"),
-        (InterfaceError, "connection already closed"),
-    )
-
-    def cursor(self, *args, **kwargs):
-        # A connection psycopg2 has seen die is replaced before use, so code
-        # that runs SQL straight on a cursor recovers on its next statement too.
-        conn = self._state.conn
-        if conn is not None and conn.closed and not self.in_transaction():
-            self.close()
-            self.connect()
-        return super().cursor(*args, **kwargs)
+# --- transitional: until worker.py and the WPSec code call the backend ---------
+# Issue 13 moves every engine difference into the backend (database.opened());
+# these remain only for the callers still written against them (worker.py, the
+# WPSec code below, tests/test_webhooks.py), and go when those call
+# database.open_database and opened().for_update / .checkpoint instead.
+from database import open_database  # noqa: E402,F401
 
 
-def is_postgresql_url(url):
-    return url.startswith(("postgresql://", "postgres://"))
+def is_sqlite():
+    return isinstance(opened(), SqliteDatabase)
 
 
-def connect_postgresql(url, busy_seconds=10.0):
-    """An unopened PostgreSQL database for `url`.
-
-    Lock waits give up after `busy_seconds`, as SQLite's busy timeout does, so
-    a request blocked on a lock fails with OperationalError (a 503) in time.
-    """
-    params = parse_url(url, unquote_password=True, unquote_user=True)
-    params.setdefault("options", f"-c lock_timeout={int(busy_seconds * 1000)}")
-    params.setdefault("application_name", "backhook")
-    return ServerDatabase(**params)
-
-
-# SQLite copies its write-ahead log back into the database ("checkpoints")
-# when the log reaches this many pages, inside the commit that crossed the
-# mark, fsyncs included: about one webhook in 150 paid milliseconds for it.
-# The worker checkpoints four times a second instead (checkpoint_wal), so
-# requests never do; the mark (about 40 MB) remains for a web server without
-# a worker.
-WAL_AUTOCHECKPOINT_PAGES = 10_000
-
-
-# No memory map (mmap_size stays 0): SQLite unmaps the whole file whenever
-# another connection has written, which with several gunicorn processes is
-# before almost every webhook, and every page touched after that faults back
-# in. Two processes writing in turn spent 100-118 µs of CPU per webhook
-# transaction with read() calls against 123-172 µs through a 256 MiB map.
-# A larger page cache serves reads instead: it too is emptied after another
-# connection's write, but that costs only the pages cached since, and while
-# nobody writes it keeps the upper levels of a large database's B-trees (the
-# scale bench's poll on 1,000,000 executions took 1.42x as long as on an empty
-# database with SQLite's default 2 MiB, 0.63-1.08x with 32 or 64 MiB). Pages
-# are allocated as they are used.
-PAGE_CACHE_KIB = 32 * 1024
-
-
-def open_database(url, busy_seconds=10.0):
-    """Bind the proxy to the database named by `url` and return it."""
-    db = connect_database(url, busy_seconds)
-    database.initialize(db)
-    return db
-
-
-def connect_database(url, busy_seconds=10.0):
-    """The unopened database named by `url`, not bound to the models."""
-    if is_postgresql_url(url):
-        db = connect_postgresql(url, busy_seconds)
-    elif url.startswith("sqlite:///"):
-        path = Path(urlparse(url).path)
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # Created private before SQLite opens it: its -wal and -shm files take the same mode.
-        try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
-        except FileExistsError:
-            pass
-        db = TurnTakingSqliteDatabase(
-            str(path),
-            timeout=busy_seconds,
-            # Every write transaction takes the write lock up front, so a busy
-            # database makes it wait instead of failing half-way through.
-            lock_type="IMMEDIATE",
-            pragmas={"journal_mode": "wal", "foreign_keys": 1, "synchronous": "normal",
-                     "wal_autocheckpoint": WAL_AUTOCHECKPOINT_PAGES, "cache_size": -PAGE_CACHE_KIB},
-        )
-    else:
-        db = connect_url(url)
-    return db
+def is_postgresql():
+    return isinstance(opened(), PostgresqlDatabase)
 
 
 def checkpoint_wal():
-    """Copy SQLite's write-ahead log into the database, waiting for no reader or writer."""
-    if is_sqlite():
-        database.execute_sql("PRAGMA wal_checkpoint(PASSIVE)")
-
-
-def run_sql(sql, params=()):
-    """Plain SQL written with `?` placeholders, straight on the connection (SQLite or PostgreSQL).
-
-    Only for the hottest paths; everything else goes through peewee.
-    """
-    db = database.obj  # reads through the proxy cost 9k instructions a statement, 2/5 of SQLite's own work
-    if db.param != "?":
-        sql = sql.replace("?", db.param)
-    cursor = db.connection().cursor()
-    with translate_driver_errors:  # raise peewee's errors, as execute_sql does
-        cursor.execute(sql, params)
-    return cursor
-
-
-def _actual(db):
-    return database.obj if db is None or db is database else db
-
-
-def is_sqlite(db=None):
-    return isinstance(_actual(db), SqliteDatabase)
-
-
-def is_postgresql(db=None):
-    return isinstance(_actual(db), PostgresqlDatabase)
-
-
-def schema_sections():
-    """The numbered sections of schema.sql as [(version, [statement, ...])]."""
-    sections, current = [], None
-    for line in SCHEMA_PATH.read_text().splitlines():
-        marker = re.fullmatch(r"--\s*version\s+(\d+)\s*", line)
-        if marker:
-            current = (int(marker.group(1)), [])
-            sections.append(current)
-        elif current is not None and not line.lstrip().startswith("--"):
-            current[1].append(line)
-    return [(version, _statements("\n".join(lines))) for version, lines in sections]
-
-
-def _statements(text):
-    return [stmt.strip() for stmt in text.split(";") if stmt.strip()]
-
-
-_TABLE = re.compile(r"\s*(?:CREATE\s+TABLE(?:\s+IF\s+NOT\s+EXISTS)?|ALTER\s+TABLE)\s+(\w+)", re.I)
-
-
-def _dialect(statement, db=None):
-    """SQLite's spelling of the schema, adapted where PostgreSQL differs.
-
-    Two differences: a rowid alias (INTEGER PRIMARY KEY) becomes BIGSERIAL, and
-    a column that models.py maps to a BooleanField, spelled INTEGER with a
-    0/1 default on SQLite, becomes a real BOOLEAN, which Peewee expects there.
-    """
-    if not is_postgresql(db):
-        return statement
-    statement = statement.replace("INTEGER PRIMARY KEY", "BIGSERIAL PRIMARY KEY")
-    table = _TABLE.match(statement)
-    for column in _boolean_columns().get(table.group(1).lower() if table else None, ()):
-        statement = re.sub(
-            rf"\b({column})\s+INTEGER\b((?:\s+NOT\s+NULL)?)(?:(\s+DEFAULT\s+)([01])\b)?",
-            lambda m: f"{m.group(1)} BOOLEAN{m.group(2)}"
-                      + (f"{m.group(3)}{'TRUE' if m.group(4) == '1' else 'FALSE'}" if m.group(3) else ""),
-            statement, flags=re.I)
-    return statement
-
-
-def _boolean_columns():
-    return {model._meta.table_name: [field.column_name for field in model._meta.sorted_fields
-                                     if isinstance(field, BooleanField)]
-            for model in ALL_MODELS}
-
-
-def schema_version(db=None):
-    db = db or database
-    if is_sqlite(db):
-        return db.execute_sql("PRAGMA user_version").fetchone()[0]
-    db.execute_sql("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    row = db.execute_sql("SELECT max(version) FROM schema_version").fetchone()
-    return row[0] or 0
-
-
-MIGRATION_LOCK = 0x6261636B686F6F6B  # "backhook": the advisory lock `init` holds on PostgreSQL
-
-
-def migrate(db=None):
-    """Apply every schema section newer than the database; return (old, new)."""
-    db = db or database
-    with db.connection_context():
-        if is_postgresql(db):
-            # Two processes running `init` at once must not both apply a section.
-            # On SQLite the IMMEDIATE transaction around each section does that.
-            db.execute_sql("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
-        try:
-            old = new = schema_version(db)
-            for version, statements in schema_sections():
-                if version <= old:
-                    continue
-                with db.atomic():
-                    if schema_version(db) >= version:  # a concurrent `init` applied it first
-                        new = version
-                        continue
-                    for statement in statements:
-                        db.execute_sql(_dialect(statement, db))
-                    if is_sqlite(db):
-                        db.execute_sql(f"PRAGMA user_version = {int(version)}")
-                    else:
-                        db.execute_sql("INSERT INTO schema_version (version) VALUES (%s)", (version,))
-                new = version
-        finally:
-            if is_postgresql(db):
-                db.execute_sql("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
-    return old, new
+    opened().checkpoint()
 
 
 # --- models ------------------------------------------------------------------
@@ -487,7 +275,7 @@ class Execution(BaseModel):
         with database.atomic():
             # On PostgreSQL the row lock makes a claim that is under way either
             # finish first (the cancel then asks its worker) or skip this row.
-            execution = cls.select().where(cls.id == execution_id).for_update(is_postgresql()).first()
+            execution = opened().for_update(cls.select().where(cls.id == execution_id)).first()
             if execution is None or execution.status in FINISHED:
                 return execution, False
             if execution.status == PENDING:
@@ -501,28 +289,6 @@ class Execution(BaseModel):
             return None
         return self.ended_at - (self.started_at or self.ended_at)
 
-    def to_api(self, include_logs=False):
-        data = {
-            "id": self.id,
-            "jobId": self.job_id,
-            "jobName": self.name,
-            "type": self.type,
-            "status": self.status,
-            "progress": self.progress,
-            "stage": self.stage,
-            "startedAt": iso(self.started_at),
-            "endedAt": iso(self.ended_at),
-            "duration": self.duration(),
-            "size": self.size,
-            "path": self.path,
-            "error": self.error,
-        }
-        if include_logs:
-            data["logs"] = [entry.to_api() for entry in
-                            ExecutionLog.select().where(ExecutionLog.execution == self.id)
-                            .order_by(ExecutionLog.id)]
-        return data
-
 
 class ExecutionLog(BaseModel):
     id = BigIntegerField(primary_key=True)
@@ -531,10 +297,6 @@ class ExecutionLog(BaseModel):
     level = TextField(default="info")
     stage = TextField(null=True)
     message = TextField()
-
-    def to_api(self):
-        return {"timestamp": iso(self.timestamp), "level": self.level,
-                "stage": self.stage, "message": self.message}
 
 
 class Setting(BaseModel):

@@ -1,10 +1,11 @@
 """SQLite whose write transactions take turns on a file lock before BEGIN IMMEDIATE.
 
 SQLite's own busy handler retries after sleeping 1 ms, then 2, 5, 10 ms and
-more: far longer than a webhook's whole write transaction (about 100 µs).
-With two gunicorn processes taking webhooks, a third of their time went to
-those sleeps while the lock they waited for had long been free. Writers that
-queue on flock() instead look again within microseconds of it freeing.
+more: far longer than a webhook's whole write transaction, so several
+gunicorn processes taking webhooks spent much of their time asleep while the
+lock they waited for had long been free. Writers that queue on flock()
+instead look again soon after it frees. See bench/RESULTS.md, "Figures behind
+the code: database".
 
 The file lock only orders backhook's own processes. Any other writer (the
 sqlite3 shell, a script) still meets SQLite's busy handler, which stays the

@@ -8,8 +8,9 @@ Sending never blocks and never fails the sender; a lost datagram costs at
 most one fallback poll interval.
 
 Datagrams reach only the workers of one machine. On PostgreSQL, which
-several machines share, the same three calls use LISTEN/NOTIFY instead: the
-web process sends NOTIFY, and each worker LISTENs on a connection of its own.
+several machines share, the backend (database.PostgresqlBackend) answers
+`listen` and `wake_workers` with LISTEN/NOTIFY instead: the web process sends
+NOTIFY, and each worker LISTENs on a connection of its own.
 """
 import errno
 import logging
@@ -22,6 +23,7 @@ import psycopg2
 from peewee import DatabaseError
 
 import models
+from database import opened
 
 log = logging.getLogger("backhook.wakeup")
 
@@ -31,9 +33,12 @@ def wake_directory(data_dir):
 
 
 def listen(data_dir, name):
-    """Bind and return a non-blocking datagram socket that receives wake-ups (on PostgreSQL, a NotifyListener)."""
-    if models.is_postgresql():
-        return NotifyListener(models.database.obj)
+    """Start receiving wake-ups: a non-blocking datagram socket, or on PostgreSQL a NotifyListener."""
+    return opened().listen(data_dir, name)
+
+
+def listen_on_socket(data_dir, name):
+    """Bind and return a non-blocking datagram socket under `data_dir` that receives wake-ups."""
     directory = wake_directory(data_dir)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.sock"
@@ -71,9 +76,12 @@ def trigger(job, data_dir):
 
 
 def wake_workers(data_dir):
-    """Nudge every listening worker. Sockets nobody listens on are stale and removed."""
-    if models.is_postgresql():
-        return notify_workers()
+    """Nudge every listening worker, on this machine or (PostgreSQL) on any."""
+    opened().wake_workers(data_dir)
+
+
+def wake_sockets(data_dir):
+    """Send a datagram to every socket under `data_dir`. Sockets nobody listens on are stale and removed."""
     directory = wake_directory(data_dir)
     try:
         paths = [entry.path for entry in os.scandir(directory) if entry.name.endswith(".sock")]
@@ -107,14 +115,14 @@ LISTENER_NAME = "backhook-worker-listen"  # its application_name, seen in pg_sta
 RECONNECT_EVERY_SECONDS = 1.0
 
 
-def notify_workers():
-    """NOTIFY every listening worker, once the caller's transaction has committed.
+def notify_workers(db):
+    """NOTIFY every worker listening on `db`, once the caller's transaction has committed.
 
     Outside a transaction it is delivered at once. A failure costs only the
     fallback poll, never the request that queued the work.
     """
     try:
-        models.database.execute_sql(f"NOTIFY {CHANNEL}")
+        db.execute_sql(f"NOTIFY {CHANNEL}")
     except DatabaseError as exc:
         log.warning("could not wake workers: %s", exc)
 

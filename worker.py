@@ -35,10 +35,10 @@ from peewee import OperationalError
 
 import config
 import leases
-import models
 import wpsec
 from backup import Run, partial_files
-from models import Execution, database, new_id
+from database import database, open_database, opened
+from models import Execution, new_id
 from spool import replay_spool
 from wakeup import drain, listen, stop_listening, wake_workers
 
@@ -168,8 +168,8 @@ class Worker:
             Task("silent backup poll", CHORES_EVERY_SECONDS,
                  lambda: wpsec.poll_silent_remote_backups(self.poll_after_seconds)),
         ]}
-        if models.is_sqlite():
-            threads["checkpoints"] = [Task("checkpoint", CHECKPOINT_EVERY_SECONDS, models.checkpoint_wal)]
+        if opened().needs_checkpoints:
+            threads["checkpoints"] = [Task("checkpoint", CHECKPOINT_EVERY_SECONDS, opened().checkpoint)]
         return threads
 
     @staticmethod
@@ -255,7 +255,7 @@ def main():
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = config.load()
-    models.open_database(settings["DATABASE_URL"], settings["DATABASE_BUSY_SECONDS"])
+    open_database(settings["DATABASE_URL"], settings["DATABASE_BUSY_SECONDS"])
     Worker(settings).serve()
 
 

@@ -1,10 +1,40 @@
 from flask import Blueprint, current_app
 
-from models import Execution
+from models import Execution, ExecutionLog, iso
 from routes import error, query_flag, require_permission
+from statuses import ExecutionStatus
 from wakeup import wake_workers
 
 bp = Blueprint("executions", __name__, url_prefix="/api/executions")
+
+
+def execution_to_api(execution, include_logs=False):
+    """`execution` comes from Execution.with_job_name(), which adds its job's name."""
+    data = {
+        "id": execution.id,
+        "jobId": execution.job_id,
+        "jobName": execution.name,
+        "type": execution.type,
+        "status": execution.status,
+        "progress": execution.progress,
+        "stage": execution.stage,
+        "startedAt": iso(execution.started_at),
+        "endedAt": iso(execution.ended_at),
+        "duration": execution.duration(),
+        "size": execution.size,
+        "path": execution.path,
+        "error": execution.error,
+    }
+    if include_logs:
+        data["logs"] = [log_to_api(entry) for entry in
+                        ExecutionLog.select().where(ExecutionLog.execution == execution.id)
+                        .order_by(ExecutionLog.id)]
+    return data
+
+
+def log_to_api(entry):
+    return {"timestamp": iso(entry.timestamp), "level": entry.level, "stage": entry.stage,
+            "message": entry.message}
 
 
 def find_execution(execution_id):
@@ -18,7 +48,7 @@ def find_execution(execution_id):
 @require_permission("history:read")
 def show_execution(execution_id):
     execution = find_execution(execution_id)
-    return {"success": True, "data": execution.to_api(include_logs=query_flag("includeLogs"))}
+    return {"success": True, "data": execution_to_api(execution, include_logs=query_flag("includeLogs"))}
 
 
 @bp.post("/<execution_id>/cancel")
@@ -29,6 +59,6 @@ def cancel_execution(execution_id):
         error("Execution not found", 404)
     if not accepted:
         error(f"Execution already finished ({execution.status})", 409)
-    if execution.status == "Running":
+    if execution.status == ExecutionStatus.RUNNING:
         wake_workers(current_app.config["DATA_DIR"])  # its worker stops it at once
-    return {"success": True, "data": execution.to_api()}
+    return {"success": True, "data": execution_to_api(execution)}

@@ -1,6 +1,6 @@
 from flask import Blueprint
 
-from models import database
+from database import database
 from routes import error
 
 bp = Blueprint("health", __name__)

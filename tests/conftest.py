@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import cli
+import migrations
 import models
 from app import create_app
 from models import ApiKey, Job
@@ -104,7 +105,7 @@ def app(backhook_env, monkeypatch):
     for key, value in backhook_env.items():
         monkeypatch.setenv(key, value)
     application = create_app({"TESTING": True})
-    models.migrate()
+    migrations.migrate()
     yield application
     models.database.close()
 

@@ -2,6 +2,7 @@
 import re
 
 import pytest
+from peewee import SqliteDatabase
 
 import models
 import test_sources
@@ -148,7 +149,7 @@ def test_livez_and_readyz_answer(client):
 
 def test_readyz_is_503_when_the_database_cannot_be_reached(app, client, tmp_path):
     models.database.close()
-    models.database.initialize(models.SqliteDatabase(str(tmp_path / "no" / "such" / "dir.db")))
+    models.database.initialize(SqliteDatabase(str(tmp_path / "no" / "such" / "dir.db")))
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.get_json() == {"error": "Database unavailable"}

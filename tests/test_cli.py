@@ -11,6 +11,8 @@ from click.testing import CliRunner
 
 import backup
 import cli
+import database
+import migrations
 import models
 import test_sources
 from models import ApiKey, Execution, Job, Setting, Website
@@ -34,10 +36,10 @@ def test_init_creates_the_database_from_nothing(backhook_env, database_url):
     result = subprocess.run([sys.executable, "-m", "cli", "init"], env=backhook_env, cwd=PROJECT,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    db = models.open_database(database_url)
+    db = database.open_database(database_url)
     try:
         assert {model._meta.table_name for model in models.ALL_MODELS} <= set(db.get_tables())
-        assert models.schema_version() == models.schema_sections()[-1][0]
+        assert migrations.schema_version() == migrations.schema_sections()[-1][0]
     finally:
         db.close()
 

@@ -5,6 +5,7 @@ import sys
 import pytest
 import requests
 
+import database
 import models
 from models import ApiKey, Backup, BackupEvent, Execution, ExecutionLog, Job, Setting, Website
 from support import PROJECT
@@ -51,8 +52,8 @@ def test_migrate_db_copies_every_row_and_the_copy_serves_the_same_answers(
     assert result.returncode == 0, result.stderr
     assert "23 rows of execution_log" in result.stdout and "the counts match" in result.stdout
 
-    target = models.connect_database(scratch_postgres)
-    source_rows = every_row(models.database.obj)
+    target = database.connect_database(scratch_postgres)
+    source_rows = every_row(database.opened())
     assert every_row(target) == source_rows
     assert len(source_rows["execution_log"]) == 23 and all(source_rows[table] for table in source_rows)
 
@@ -74,7 +75,7 @@ def test_migrate_db_refuses_a_target_that_holds_data(populated, backhook_env, sc
     assert migrate_db(backhook_env, scratch_postgres).returncode == 0
     again = migrate_db(backhook_env, scratch_postgres)
     assert again.returncode != 0 and "empty database" in again.stderr
-    target = models.connect_database(scratch_postgres)
+    target = database.connect_database(scratch_postgres)
     assert Job.select().count(target) == 2  # the refused run added nothing
 
 

@@ -8,6 +8,7 @@ import pytest
 import requests
 from peewee import OperationalError
 
+import database
 import models
 from models import Backup, Execution, Job, Setting, Website
 from support import TOKEN, lock_waiters, poll, postgres_listeners, run_to_end, trigger, wait_until
@@ -41,7 +42,7 @@ def test_a_dropped_connection_is_reopened_for_the_next_transaction(app, database
 def test_readyz_reports_an_unreachable_database(app, client, monkeypatch):
     assert client.get("/readyz").status_code == 200
     models.database.close()
-    monkeypatch.setitem(models.database.obj.connect_params, "port", 1)
+    monkeypatch.setitem(database.opened().connect_params, "port", 1)
     response = client.get("/readyz")
     assert response.status_code == 503 and "error" in response.get_json()
 

@@ -10,8 +10,10 @@ import re
 
 import pytest
 
+import database
 import models
 from models import Backup, Execution, ExecutionLog, Job, Website
+from routes.executions import execution_to_api
 from support import PROJECT, TOKEN
 
 pytestmark = pytest.mark.sqlite_only("EXPLAIN QUERY PLAN is SQLite's; PostgreSQL plans differ by design")
@@ -22,7 +24,7 @@ FULL_SCAN = re.compile(r"^SCAN (?!CONSTANT ROW)(\w+)")
 @pytest.fixture
 def record_sql(app, monkeypatch):
     """Record (sql, params) of every statement; yields the list."""
-    db = models.database.obj
+    db = database.opened()
     original = db.execute_sql
     statements = []
 
@@ -36,7 +38,7 @@ def record_sql(app, monkeypatch):
 
 def full_scans(statements, allowed=()):
     """The plan steps that read a whole table or index, with their statements."""
-    connection = models.database.obj.connection()
+    connection = database.opened().connection()
     found = []
     for sql, params in statements:
         if not re.match(r"\s*(SELECT|UPDATE|DELETE|INSERT|WITH)", sql, re.IGNORECASE):
@@ -69,14 +71,14 @@ def history(app, make_job):
 def test_execution_by_id_uses_an_index(history, record_sql):
     _job, execution = history
     record_sql.clear()
-    Execution.with_job_name(execution.id).to_api()
+    execution_to_api(Execution.with_job_name(execution.id))
     assert record_sql and full_scans(record_sql) == []
 
 
 def test_execution_logs_by_execution_use_an_index(history, record_sql):
     _job, execution = history
     record_sql.clear()
-    assert len(Execution.with_job_name(execution.id).to_api(include_logs=True)["logs"]) == 3
+    assert len(execution_to_api(Execution.with_job_name(execution.id), include_logs=True)["logs"]) == 3
     assert full_scans(record_sql) == []
 
 
@@ -176,7 +178,7 @@ def test_reclaim_reads_only_the_leased_executions(history, data_dir, record_sql)
     reclaimer = worker.Worker(config.load({"BACKHOOK_DATA_DIR": str(data_dir)}))
     record_sql.clear()
     reclaimer.reclaim_lapsed()
-    connection = models.database.obj.connection()
+    connection = database.opened().connection()
     reads = [detail for sql, params in record_sql if "lease_expires_at" in sql and sql.lstrip().startswith("SELECT")
              for *_ids, detail in connection.execute("EXPLAIN QUERY PLAN " + sql, params)
              if re.match(r"(SEARCH|SCAN) t1\b", detail)]

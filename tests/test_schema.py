@@ -1,12 +1,7 @@
-"""schema.sql is the source of truth: models.py must mirror it, and upgrades keep data."""
+"""schema.sql is the source of truth: models.py must mirror it (migrations.py applies it)."""
 import sqlite3
-import subprocess
-import sys
-
-import pytest
 
 import models
-from support import PROJECT
 
 
 def sqlite_columns(db_path):
@@ -63,50 +58,3 @@ def test_models_match_schema_sql(app, backend, data_dir):
         assert sqlite_columns(data_dir / "backhook.db") == model_columns(backend)
     else:
         assert postgresql_columns() == model_columns(backend)
-
-
-def test_schema_version_is_recorded(app, backend, data_dir):
-    latest = models.schema_sections()[-1][0]
-    if backend == "sqlite":
-        with sqlite3.connect(data_dir / "backhook.db") as db:
-            assert db.execute("PRAGMA user_version").fetchone()[0] == latest
-    else:
-        rows = models.database.execute_sql("SELECT version FROM schema_version ORDER BY version").fetchall()
-        assert [row[0] for row in rows] == [version for version, _ in models.schema_sections()]
-
-
-def test_upgrade_applies_only_newer_sections_and_keeps_data(app, make_job, monkeypatch):
-    job = make_job()
-    sections = models.schema_sections()
-    extra = (sections[-1][0] + 1, ["CREATE TABLE upgrade_probe (id TEXT PRIMARY KEY)"])
-    monkeypatch.setattr(models, "schema_sections", lambda: sections + [extra])
-    old, new = models.migrate()
-    assert (old, new) == (sections[-1][0], extra[0])
-    assert models.Job.get_by_id(job.id).name == job.name
-    assert models.migrate() == (new, new)
-
-
-def test_concurrent_inits_both_succeed(backhook_env):
-    inits = [subprocess.Popen([sys.executable, "-m", "cli", "init"], env=backhook_env, cwd=PROJECT,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
-    for init in inits:
-        out, err = init.communicate(timeout=60)
-        assert init.returncode == 0, err
-
-
-POSTGRESQL = models.connect_postgresql("postgresql://nobody@127.0.0.1:1/never_opened")
-
-
-@pytest.mark.parametrize("sqlite, postgresql", [
-    ("CREATE TABLE job (id TEXT PRIMARY KEY, enabled INTEGER NOT NULL DEFAULT 1, keep INTEGER)",
-     "CREATE TABLE job (id TEXT PRIMARY KEY, enabled BOOLEAN NOT NULL DEFAULT TRUE, keep INTEGER)"),
-    ("CREATE TABLE execution (attempts INTEGER NOT NULL DEFAULT 0, cancel_requested INTEGER NOT NULL DEFAULT 0)",
-     "CREATE TABLE execution (attempts INTEGER NOT NULL DEFAULT 0, cancel_requested BOOLEAN NOT NULL DEFAULT FALSE)"),
-    ("ALTER TABLE api_key ADD COLUMN enabled INTEGER", "ALTER TABLE api_key ADD COLUMN enabled BOOLEAN"),
-    ("CREATE TABLE execution_log (id INTEGER PRIMARY KEY, enabled INTEGER NOT NULL)",
-     "CREATE TABLE execution_log (id BIGSERIAL PRIMARY KEY, enabled INTEGER NOT NULL)"),
-    ("CREATE INDEX job_enabled ON job (enabled)", "CREATE INDEX job_enabled ON job (enabled)"),
-])
-def test_postgresql_dialect_differs_only_in_rowids_and_flags(sqlite, postgresql):
-    assert models._dialect(sqlite, POSTGRESQL) == postgresql
-    assert models._dialect(sqlite, models.SqliteDatabase(None)) == sqlite

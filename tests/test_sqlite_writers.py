@@ -9,6 +9,7 @@ import threading
 import pytest
 from peewee import OperationalError
 
+import database
 import models
 from sqlite_writers import TurnTakingSqliteDatabase
 from support import PROJECT, TOKEN, wait_until
@@ -78,7 +79,7 @@ def test_a_write_transaction_holds_the_turn_from_begin_to_commit(path, app):
             assert not turn_is_free(path)
         assert not turn_is_free(path)
     assert turn_is_free(path)
-    assert isinstance(models.database.obj, TurnTakingSqliteDatabase)  # what the app really uses
+    assert isinstance(database.opened(), TurnTakingSqliteDatabase)  # what the app really uses
 
 
 def test_a_writer_waits_for_the_turn_and_goes_as_soon_as_it_is_free(path):
@@ -159,6 +160,6 @@ def test_requests_leave_the_checkpoint_to_the_worker(client, data_dir, start_wor
 
 
 def test_the_app_reads_through_a_large_page_cache_and_no_memory_map(app):
-    # A memory map is dropped whole after every other process's write; see models.PAGE_CACHE_KIB.
+    # A memory map is dropped whole after every other process's write; see database.PAGE_CACHE_KIB.
     assert models.database.execute_sql("PRAGMA mmap_size").fetchone()[0] == 0
-    assert models.database.execute_sql("PRAGMA cache_size").fetchone()[0] == -models.PAGE_CACHE_KIB
+    assert models.database.execute_sql("PRAGMA cache_size").fetchone()[0] == -database.PAGE_CACHE_KIB
