@@ -377,8 +377,9 @@ def test_a_reclaimed_execution_does_not_start_a_second_backup(claimed, stand_in)
 
 def test_spooled_webhooks_drive_the_execution_once_replayed(client, app, claimed, stand_in, data_dir):
     wpsec.start_remote_backup(claimed)
+    from events import webhook_event
     from spool import spool_event
-    spool_event(data_dir, "complete", {"domain": "example.com", "backup_id": "wp-1"})
+    spool_event(data_dir, webhook_event("complete", {"domain": "example.com", "backup_id": "wp-1"}))
     assert replay_spool(data_dir) == 1
     assert state(claimed.id) == ("Running", "Syncing", 95)
 
