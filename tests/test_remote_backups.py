@@ -72,9 +72,10 @@ def test_failed_keeps_the_plugins_message():
     assert (failed["status"], failed["progress"], failed["error_message"]) == (BackupStatus.FAILED, 30, "disk full")
 
 
-@pytest.mark.parametrize("final", [event("complete"), event("failed", error_message="first")], ids=["completed", "failed"])
-@pytest.mark.parametrize("late", [event("progress", progress=80), event("complete"), event("failed", error_message="late")],
-                         ids=["progress", "complete", "failed"])
+@pytest.mark.parametrize("final", [event("complete"), event("failed", error_message="first")],
+                         ids=["completed", "failed"])
+@pytest.mark.parametrize("late", [event("progress", progress=80), event("complete"),
+                                  event("failed", error_message="late")], ids=["progress", "complete", "failed"])
 def test_a_terminal_state_takes_no_further_event(final, late):
     assert advanced(moved(final), dataclasses.replace(late, received_at=AT + 5)) is None
 

@@ -264,7 +264,8 @@ def test_events_spooled_while_a_replay_runs_are_neither_lost_nor_doubled(site, d
 
     def spool_many(writer):
         for number in range(250):
-            spool_event(data_dir, webhook_event("progress", {"domain": "example.com", "backup_id": f"w{writer}-{number}"}))
+            body = {"domain": "example.com", "backup_id": f"w{writer}-{number}"}
+            spool_event(data_dir, webhook_event("progress", body))
 
     writers = [threading.Thread(target=spool_many, args=(n,)) for n in range(4)]
     for writer in writers:
