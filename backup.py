@@ -35,10 +35,10 @@ from peewee import Node, OperationalError
 
 import config
 import models
-import wpsec
 from leases import MAX_ATTEMPTS
 from models import CANCELLED, FAILED, PENDING, RUNNING, SUCCESS, Execution, now_ms
 from sources import CHUNK, DUMPERS, BackupError, shown_source, source_kind, source_secrets
+from wpsec import follow_remote_backup
 
 log = logging.getLogger("backhook.backup")
 
@@ -67,7 +67,6 @@ READ_BACK_PIECE = 4 * CHUNK   # bytes per read when verifying; two such buffers 
 ZSTD_THREADS = 2
 ZSTD_JOB_BYTES = 4 * CHUNK
 STOP_CAUSES = {"cancel": "a cancel", "timeout": "the job's timeout", "shutdown": "the worker stopping"}
-REMOTE_CHECK_SECONDS = 0.5  # how often a wpsec:// attempt looks whether its execution ended
 
 
 class Stopped(Exception):
@@ -596,7 +595,10 @@ class Run:
         job, execution = self.job, self.execution
         kind = source_kind(job.source)
         if kind == "wpsec":
-            return self.follow_remote_backup()
+            ending = follow_remote_backup(self)
+            if ending:
+                raise Stopped(*ending)
+            return
         self.enter("Initializing", f"attempt {execution.attempts} of {MAX_ATTEMPTS}")
         dumper = DUMPERS.get(kind)
         if dumper is None:
@@ -616,26 +618,6 @@ class Run:
             artifact.unlink(missing_ok=True)
             raise
         self.apply_retention()
-
-    def follow_remote_backup(self):
-        """wpsec://: the site runs the backup, and wpsec.py writes the execution's stages
-        and its end as webhooks (or status polls) arrive. This attempt only waits, so
-        that the worker keeps renewing the lease and can cancel or time it out."""
-        if wpsec.start_remote_backup(self.execution) is None:
-            return  # already Failed, with the site's answer as the error
-        while True:
-            try:
-                row = (Execution.select(Execution.status, Execution.worker_id, Execution.attempts)
-                       .where(Execution.id == self.execution.id).first())
-            except OperationalError as exc:  # a database that cannot answer only delays the news
-                log.warning("%s: state not read, database unavailable: %s", self.execution.id, exc)
-            else:
-                if row is None or (row.worker_id, row.attempts) != self.report.owner:
-                    raise Stopped("lost")
-                if row.status != RUNNING:  # its webhook (or a status poll) ended it
-                    raise Stopped("ended", row.status)
-            self.stopped.wait(REMOTE_CHECK_SECONDS)
-            self.check()
 
     def dump_and_store(self, dumper, artifact):
         """Dumping and Uploading: stream the dump into `<artifact>.partial`, make it durable, rename it."""

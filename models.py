@@ -12,19 +12,15 @@ import logging
 import re
 import secrets
 import time
-from decimal import ROUND_HALF_UP, Decimal
 
 from peewee import (
     BigIntegerField,
     BooleanField,
-    Case,
     ForeignKeyField,
     IntegerField,
     JOIN,
     Model,
     OperationalError,
-    PostgresqlDatabase,
-    SqliteDatabase,
     TextField,
 )
 
@@ -50,26 +46,6 @@ def iso(ms):
         return None
     moment = datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
-
-
-# --- transitional: until worker.py and the WPSec code call the backend ---------
-# Issue 13 moves every engine difference into the backend (database.opened());
-# these remain only for the callers still written against them (worker.py, the
-# WPSec code below, tests/test_webhooks.py), and go when those call
-# database.open_database and opened().for_update / .checkpoint instead.
-from database import open_database  # noqa: E402,F401
-
-
-def is_sqlite():
-    return isinstance(opened(), SqliteDatabase)
-
-
-def is_postgresql():
-    return isinstance(opened(), PostgresqlDatabase)
-
-
-def checkpoint_wal():
-    opened().checkpoint()
 
 
 # --- models ------------------------------------------------------------------
@@ -319,72 +295,7 @@ class Setting(BaseModel):
                 conflict_target=[cls.key], update={cls.value: str(value)}).execute()
 
 
-# --- WPSec backups and their webhook events --------------------------------------
-
-PROGRESS, COMPLETE, FAILED_EVENT = "progress", "complete", "failed"
-OPEN_STATUSES = ("pending", "in_progress")
-TERMINAL_STATUSES = ("completed", "failed")
-DEFAULT_FAILURE = "Backup failed"
-# The stages of a wpsec:// execution and the band of global progress each owns.
-REQUESTING, REMOTE_BACKUP, SYNCING = "Requesting", "Remote Backup", "Syncing"
-REMOTE_BAND = (5, 95)
-
-
-def is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def event_problem(kind, body):
-    """Why a webhook body of `kind` is unacceptable, or None when it is fine."""
-    for field in ("domain", "backup_id"):
-        value = body.get(field)
-        if not isinstance(value, str) or not value.strip() or (field == "domain" and not normalize_domain(value)):
-            return f"'{field}' is required and must be a non-empty string"
-    if kind == PROGRESS:
-        progress = body.get("progress")
-        # The range test also refuses NaN and infinities, and never converts a huge int to float.
-        if progress is not None and not (is_number(progress) and 0 <= progress <= 100):
-            return "'progress' must be a number from 0 to 100"
-        status = body.get("status")
-        if status is not None and status not in OPEN_STATUSES:
-            return "'status' must be 'pending' or 'in_progress'"
-    return None
-
-
-def round_half_up(value):
-    # Decimal(value) is the float's exact value, so 45.5 -> 46 and 0.49999999999999994 -> 0.
-    return int(Decimal(value).to_integral_value(ROUND_HALF_UP))
-
-
-def failure_message(value):
-    """The stored error of a failed backup: the plugin's text, or JSON of anything else it sent."""
-    if value is None or isinstance(value, str):
-        return (value or "").strip()[:10_000] or DEFAULT_FAILURE
-    return json.dumps(value)[:10_000]
-
-
-def remote_progress(progress):
-    """A remote backup's 0-100 mapped into the execution's Remote Backup band."""
-    low, high = REMOTE_BAND
-    return low + round_half_up(progress * (high - low) / 100)
-
-
-def advanced(state, kind, payload, at):
-    """A backup's state (a dict of Backup.STATE) moved by one event; None when it was already final."""
-    if state["status"] in TERMINAL_STATUSES:
-        return None
-    state = dict(state, updated_at=at)
-    if kind == COMPLETE:
-        state.update(status="completed", progress=100, completed_at=at)
-    elif kind == FAILED_EVENT:
-        state.update(status="failed", error_message=failure_message(payload.get("error_message")))
-    else:
-        if payload.get("progress") is not None:
-            state["progress"] = max(state["progress"] or 0, round_half_up(payload["progress"]))
-        if "in_progress" in (state["status"], payload.get("status") or "in_progress"):
-            state["status"] = "in_progress"
-    return state
-
+# --- WPSec websites, their backups and each backup's events (remote_backups.py applies them) ---
 
 def normalize_domain(domain):
     """Domains match ignoring case, surrounding space and a trailing dot."""
@@ -420,142 +331,6 @@ class Backup(BaseModel):
 
     class Meta:
         indexes = ((("website", "backup_id"), True),)
-
-    STATE = ("id", "status", "progress", "error_message", "execution_id", "created_at", "updated_at",
-             "completed_at")
-    SELECT_STATE = f"SELECT {', '.join(STATE)} FROM backup WHERE website_id = ? AND backup_id = ?"
-    INSERT_STATE = (f"INSERT INTO backup (website_id, backup_id, {', '.join(STATE)}) "
-                    f"VALUES (?, ?, {', '.join('?' for _ in STATE)})")
-    CHANGING = ("status", "progress", "error_message", "updated_at", "completed_at")  # no indexed column
-    UPDATE_STATE = f"UPDATE backup SET {', '.join(f'{name} = ?' for name in CHANGING)} WHERE id = ?"
-    NEW_STATE = dict.fromkeys(STATE) | {"status": "pending", "progress": 0}
-
-    @classmethod
-    def apply_webhook(cls, domain, backup_id, kind, payload):
-        """apply_event for the website with `domain`, found in the same transaction; None when there is none.
-
-        One transaction, not a read and then a write: with several processes
-        writing, each transaction first finds its page cache stale, so a
-        separate read paid for that twice.
-        """
-        # Not database.atomic(): through the proxy every step of the transaction
-        # goes through its __getattr__, 47k instructions (6% of a webhook).
-        with database.obj.atomic():
-            row = run_sql("SELECT id FROM website WHERE domain = ?", (normalize_domain(domain),)).fetchone()
-            return row and cls._apply_in_transaction(row[0], backup_id, kind, payload)
-
-    @classmethod
-    def apply_event(cls, website_id, backup_id, kind, payload, received_at=None, spool_id=None):
-        """Apply one webhook (or polled) event in one transaction; False if it was a replayed duplicate.
-
-        `payload` has passed `event_problem`. An unknown backup_id creates the
-        record; terminal states stick; progress only rises; every event joins
-        the history. A replayed event carries its `spool_id` and applies once.
-        """
-        with database.atomic():
-            return cls._apply_in_transaction(website_id, backup_id, kind, payload, received_at, spool_id)
-
-    @classmethod
-    def _apply_in_transaction(cls, website_id, backup_id, kind, payload, received_at=None, spool_id=None):
-        received_at = received_at or now_ms()
-        backup_id = backup_id.strip()
-        record = json.dumps(dict(payload, spool_id=spool_id) if spool_id else payload)
-        # Plain SQL on tuples and dicts: this is the webhook's hot path, and
-        # the write lock is held while it runs. Building peewee queries and
-        # model objects here cost more than SQLite's own work.
-        # On SQLite BEGIN IMMEDIATE took the write lock up front. PostgreSQL
-        # locks the row as it is read, so two events of one backup apply one
-        # after the other, each from the state the other left.
-        lock_row = " FOR UPDATE" if is_postgresql() else ""
-        row = run_sql(cls.SELECT_STATE + lock_row, (website_id, backup_id)).fetchone()
-        if row is None:
-            state = advanced(dict(cls.NEW_STATE, id=new_id(), created_at=received_at), kind, payload, received_at)
-            run_sql(cls.INSERT_STATE, (website_id, backup_id, *(state[name] for name in cls.STATE)))
-        else:
-            if spool_id is not None and cls.has_event(row[0], spool_id):
-                return False
-            state = advanced(dict(zip(cls.STATE, row)), kind, payload, received_at)
-            if state:
-                run_sql(cls.UPDATE_STATE, (*(state[name] for name in cls.CHANGING), state["id"]))
-        run_sql("INSERT INTO backup_event (backup_pk, kind, payload, received_at) VALUES (?, ?, ?, ?)",
-                (row[0] if row else state["id"], kind, record, received_at))
-        if state and kind == COMPLETE:
-            run_sql("UPDATE website SET sync_requested_at = ? WHERE id = ?", (now_ms(), website_id))
-        if state and state["execution_id"]:
-            cls(__no_default__=True, website=website_id, backup_id=backup_id, **state).mirror_to_execution()
-        return True
-
-    @staticmethod
-    def has_event(backup_pk, spool_id):
-        return (BackupEvent.select().where((BackupEvent.backup_pk == backup_pk)
-                                           & BackupEvent.payload.contains(spool_id)).exists())
-
-    def mirror_to_execution(self):
-        """Make the wpsec:// execution this backup belongs to follow it (inside the caller's transaction).
-
-        Each change is a guarded write on the execution still Running, so one
-        that a cancel, its worker or an earlier event ended meanwhile stays as
-        it ended. An end keeps `worker_id`: the attempt following the execution
-        tells from it that the remote backup ended it, not another worker.
-        """
-        execution_id, mirror = self.execution_id, Execution.transition
-        if self.status == "completed":
-            mirror(execution_id, RUNNING, dict(stage=SYNCING, progress=REMOTE_BAND[1]),
-                   where=Execution.stage != SYNCING,
-                   logs=[dict(stage=SYNCING, message=f"Remote backup {self.backup_id} completed; "
-                                                     "syncing the site's backup list")])
-        elif self.status == "failed":
-            mirror(execution_id, RUNNING, dict(status=FAILED, stage=FAILED, error=self.error_message,
-                                               ended_at=now_ms(), lease_expires_at=None),
-                   logs=[dict(stage=FAILED, level="error",
-                              message=f"Remote backup {self.backup_id} failed: {self.error_message}")])
-        else:
-            progress = remote_progress(self.progress)
-            # The common case first: one more progress event in Remote Backup.
-            if not mirror(execution_id, RUNNING, dict(progress=progress),
-                          where=(Execution.stage == REMOTE_BACKUP) & (Execution.progress < progress)):
-                mirror(execution_id, RUNNING,
-                       dict(stage=REMOTE_BACKUP, progress=Case(None, [(Execution.progress < progress, progress)],
-                                                               Execution.progress)),
-                       where=Execution.stage.not_in([REMOTE_BACKUP, SYNCING]),
-                       logs=[dict(stage=REMOTE_BACKUP, message=f"Remote backup {self.backup_id} is running")])
-
-    @classmethod
-    def link_execution(cls, website_id, backup_id, execution_id):
-        """Tie a remote backup to the wpsec:// execution that started it.
-
-        The backup's webhooks may have arrived first: the execution then
-        catches up with the state they left.
-        """
-        with database.atomic():
-            backup = cls.get_or_none((cls.website == website_id) & (cls.backup_id == backup_id))
-            if backup is None:
-                backup = cls.create(website=website_id, backup_id=backup_id, status="pending",
-                                    execution=execution_id)
-            else:
-                backup.execution = execution_id
-                backup.save(only=[cls.execution])
-            backup.mirror_to_execution()
-        return backup
-
-    @classmethod
-    def finish_synced_executions(cls, website_id, note):
-        """End as Success the executions whose remote backup completed and whose sync has run."""
-        now = now_ms()
-        with database.atomic():
-            waiting = [row.id for row in Execution.select(Execution.id).join(
-                cls, on=(cls.execution == Execution.id)).where(
-                (cls.website == website_id) & (cls.status == "completed")
-                & (Execution.status == RUNNING) & (Execution.stage == SYNCING))]
-            return [execution_id for execution_id in waiting if Execution.transition(
-                execution_id, RUNNING, dict(status=SUCCESS, stage="Completed", progress=100, ended_at=now,
-                                            lease_expires_at=None),
-                where=Execution.stage == SYNCING, logs=[dict(stage=SYNCING, message=note)])]
-
-    def to_api(self):
-        return {"backupId": self.backup_id, "status": self.status, "progress": self.progress,
-                "errorMessage": self.error_message, "createdAt": iso(self.created_at),
-                "updatedAt": iso(self.updated_at), "completedAt": iso(self.completed_at)}
 
 
 class BackupEvent(BaseModel):

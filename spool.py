@@ -14,13 +14,14 @@ import fcntl
 import json
 import logging
 import os
-import re
 import secrets
 from pathlib import Path
 
 from peewee import InterfaceError, OperationalError
 
-from models import COMPLETE, FAILED_EVENT, PROGRESS, Backup, Website, event_problem, now_ms
+from events import InvalidEvent, spool_record, spooled_event
+from models import now_ms
+from remote_backups import apply
 
 log = logging.getLogger("backhook.spool")
 
@@ -28,13 +29,11 @@ SPOOL_NAME = "webhook-spool.jsonl"
 REPLAYING_GLOB = "webhook-spool.*.replaying"
 REJECTED_NAME = "webhook-spool.rejected.jsonl"
 LOCK_NAME = "webhook-spool.lock"
-SPOOL_ID = re.compile(r"[0-9a-f]{32}")  # secrets.token_hex(16); an empty id would match every event
 
 
-def spool_event(data_dir, kind, payload):
+def spool_event(data_dir, event):
     """Append one event durably; return its spool_id. Raises OSError if it cannot be kept."""
-    record = {"spool_id": secrets.token_hex(16), "received_at": now_ms(), "kind": kind,
-              "domain": payload["domain"], "backup_id": payload["backup_id"], "payload": payload}
+    record = spool_record(event, secrets.token_hex(16))
     _append(Path(data_dir) / SPOOL_NAME, json.dumps(record, separators=(",", ":")).encode())
     return record["spool_id"]
 
@@ -158,9 +157,11 @@ def _replay_file(path, data_dir):
                 log.warning("skipping damaged line %d of %s (a write that was never acknowledged)",
                             number, path.name)
                 continue
+            problem = None
             try:
-                problem = record_problem(record)
-                applied += 0 if problem else _apply(record)
+                applied += _apply(spooled_event(record))
+            except InvalidEvent as exc:
+                problem = str(exc)
             except (OperationalError, InterfaceError) as exc:
                 log.warning("database still unavailable; spool replay stops at line %d: %s", number, exc)
                 return applied, False
@@ -174,26 +175,8 @@ def _replay_file(path, data_dir):
     return applied, True
 
 
-def record_problem(record):
-    """Why a spooled record cannot be applied, or None when it has the shape spool_event wrote."""
-    if not isinstance(record, dict):
-        return "not a JSON object"
-    if not isinstance(record.get("spool_id"), str) or not SPOOL_ID.fullmatch(record["spool_id"]):
-        return "no spool_id"
-    if type(record.get("received_at")) is not int:
-        return "no received_at time"
-    if record.get("kind") not in (PROGRESS, COMPLETE, FAILED_EVENT):
-        return "no known kind"
-    if not isinstance(record.get("payload"), dict):
-        return "no payload object"
-    return event_problem(record["kind"], record["payload"])
-
-
-def _apply(record):
-    payload = record["payload"]
-    website = Website.by_domain(payload["domain"])
-    if website is None:
-        log.warning("dropping spooled %s event for %r: no such website", record["kind"], payload["domain"])
-        return 0
-    return int(Backup.apply_event(website.id, payload["backup_id"], record["kind"], payload,
-                                  received_at=record["received_at"], spool_id=record["spool_id"]))
+def _apply(event):
+    applied = apply(event)
+    if applied is None:
+        log.warning("dropping spooled %s event for %r: no such website", event.kind, event.payload["domain"])
+    return int(bool(applied))

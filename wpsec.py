@@ -9,33 +9,22 @@ raised as WpsecError to the worker; no webhook response ever waits on them.
 
 The worker calls, once per loop iteration and in any order:
 `replay_spool(data_dir)` (spool.py), `sync_requested_websites()` and
-`poll_silent_remote_backups(poll_after_seconds)`; and `start_remote_backup(execution)`
-for each claimed wpsec:// execution.
+`poll_silent_remote_backups(poll_after_seconds)`; and an attempt at a claimed
+wpsec:// execution runs `follow_remote_backup(run)`.
 """
 import json
 import logging
 
 import requests
+from peewee import OperationalError
 from requests.adapters import HTTPAdapter
 from urllib3.util import Retry
 
-from models import (
-    COMPLETE,
-    FAILED,
-    FAILED_EVENT,
-    OPEN_STATUSES,
-    PROGRESS,
-    REQUESTING,
-    RUNNING,
-    Backup,
-    Execution,
-    Job,
-    Website,
-    database,
-    event_problem,
-    now_ms,
-)
+from events import polled_event
+from models import Backup, Execution, Job, Website, database, now_ms
+from remote_backups import apply, finish_synced_executions, link_execution
 from sources import wpsec_domain
+from statuses import OPEN_BACKUP_STATUSES, ExecutionStatus, Stage
 
 log = logging.getLogger("backhook.wpsec")
 
@@ -48,6 +37,7 @@ RETRY_STATUSES = (429, 500, 502, 503, 504)
 RETRY_AFTER_MAX = 30  # a site's Retry-After of hours must not stall the worker
 # A site whose list cannot be fetched is tried again after these delays, then given up on.
 SYNC_RETRY_DELAYS_MS = (10_000, 60_000, 300_000)
+REMOTE_CHECK_SECONDS = 0.5  # how often a wpsec:// attempt looks whether its execution ended
 
 
 class WpsecError(Exception):
@@ -172,10 +162,38 @@ def sync_requested_websites(limit=10):
         else:
             _sync_failures[site.id] = (failures, now_ms() + SYNC_RETRY_DELAYS_MS[failures - 1])
         synced += ok
-        Backup.finish_synced_executions(
+        finish_synced_executions(
             site.id, "Backup list synced" if ok else "Remote backup completed; the backup list could not be "
                                                      "fetched yet and will be synced later")
     return synced
+
+
+def follow_remote_backup(run):
+    """The attempt `run` (backup.Run) at a wpsec:// execution: start the remote backup, then wait.
+
+    Webhooks (or status polls) write the execution's stages and its end;
+    the attempt only waits, so that the worker keeps renewing the lease and
+    can cancel or time it out (`run.check()` raises then). Returns None when
+    the start failed (the execution is Failed already), ("lost", None) when
+    another attempt took the execution over, ("ended", status) when an
+    event ended it: the caller stops the attempt with that reason.
+    """
+    execution = run.execution
+    if start_remote_backup(execution) is None:
+        return None
+    while True:
+        try:
+            row = (Execution.select(Execution.status, Execution.worker_id, Execution.attempts)
+                   .where(Execution.id == execution.id).first())
+        except OperationalError as exc:  # a database that cannot answer only delays the news
+            log.warning("%s: state not read, database unavailable: %s", execution.id, exc)
+        else:
+            if row is None or (row.worker_id, row.attempts) != run.report.owner:
+                return "lost", None
+            if row.status != ExecutionStatus.RUNNING:  # its webhook (or a status poll) ended it
+                return "ended", row.status
+        run.stopped.wait(REMOTE_CHECK_SECONDS)
+        run.check()
 
 
 def start_remote_backup(execution):
@@ -193,17 +211,19 @@ def start_remote_backup(execution):
         return None
     earlier = Backup.get_or_none(Backup.execution == execution.id)
     if earlier is not None:  # reclaimed after a worker died: that attempt's backup is still ours
-        Backup.link_execution(website.id, earlier.backup_id, execution.id)
+        link_execution(website.id, earlier.backup_id, execution.id)
         return earlier.backup_id
     with database.atomic():
-        Execution.transition(execution.id, RUNNING, dict(stage=REQUESTING), owner=_holder(execution),
-                             logs=[dict(stage=REQUESTING, message=f"Asking {website.domain} to start a full backup")])
+        Execution.transition(execution.id, ExecutionStatus.RUNNING, dict(stage=Stage.REQUESTING),
+                             owner=_holder(execution),
+                             logs=[dict(stage=Stage.REQUESTING,
+                                        message=f"Asking {website.domain} to start a full backup")])
     try:
         backup_id = start_backup(website)
     except WpsecError as exc:
         _fail(execution, str(exc))
         return None
-    Backup.link_execution(website.id, backup_id, execution.id)
+    link_execution(website.id, backup_id, execution.id)
     return backup_id
 
 
@@ -214,9 +234,10 @@ def _holder(execution):
 
 def _fail(execution, message):
     with database.atomic():
-        Execution.transition(execution.id, RUNNING, dict(status=FAILED, stage=FAILED, error=message, ended_at=now_ms(),
-                                                         lease_expires_at=None),
-                             owner=_holder(execution), logs=[dict(stage=FAILED, level="error", message=message)])
+        Execution.transition(execution.id, ExecutionStatus.RUNNING,
+                             dict(status=ExecutionStatus.FAILED, stage=Stage.FAILED, error=message, ended_at=now_ms(),
+                                  lease_expires_at=None),
+                             owner=_holder(execution), logs=[dict(stage=Stage.FAILED, level="error", message=message)])
 
 
 def poll_silent_remote_backups(poll_after_seconds, limit=20):
@@ -228,7 +249,7 @@ def poll_silent_remote_backups(poll_after_seconds, limit=20):
     cutoff = now_ms() - int(poll_after_seconds * 1000)
     silent = (Backup.select(Backup, Website).join(Website).switch(Backup)
               .join(Execution, on=(Backup.execution == Execution.id))
-              .where((Execution.status == RUNNING) & Backup.status.in_(OPEN_STATUSES)
+              .where((Execution.status == ExecutionStatus.RUNNING) & Backup.status.in_(OPEN_BACKUP_STATUSES)
                      & (Backup.updated_at <= cutoff))
               .order_by(Backup.updated_at).limit(limit))
     answered = 0
@@ -240,28 +261,12 @@ def poll_silent_remote_backups(poll_after_seconds, limit=20):
             status = backup_status(backup.website, backup.backup_id)
         except WpsecError:
             continue
-        event = event_from_status(backup.website.domain, backup.backup_id, status)
+        event = polled_event(backup.website.domain, backup.backup_id, status)
         if event is None:
             log.warning("WPSec backup/status for %s answered an unknown status %r",
                         backup.website.domain, status.get("status"))
             continue
-        Backup.apply_event(backup.website_id, backup.backup_id, *event)
+        apply(event)
         _last_poll.pop(backup.id, None)
         answered += 1
     return answered
-
-
-def event_from_status(domain, backup_id, status):
-    """The webhook (kind, payload) a backup/status answer stands for, or None."""
-    payload = {"domain": domain, "backup_id": backup_id, "source": "backup/status", "answer": status}
-    state = status.get("status")
-    if state == "completed":
-        return COMPLETE, payload
-    if state == "failed":
-        return FAILED_EVENT, {**payload, "error_message": status.get("error")}
-    if state in OPEN_STATUSES:
-        payload.update(status=state, progress=status.get("progress"))
-        if event_problem(PROGRESS, payload):
-            payload["progress"] = None
-        return PROGRESS, payload
-    return None

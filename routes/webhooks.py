@@ -1,4 +1,4 @@
-"""The WPSec plugin's webhooks: validate, apply in one transaction, answer.
+"""The WPSec plugin's webhooks: validate (events.py), apply in one transaction (remote_backups.py), answer.
 
 When the database cannot take the event (locked past its timeout, disk
 error), it is spooled to disk and still acknowledged; the worker replays it.
@@ -9,41 +9,44 @@ import logging
 from flask import Blueprint, Response, current_app, request
 from peewee import DatabaseError
 
-from models import COMPLETE, FAILED_EVENT, PROGRESS, Backup, event_problem
+from events import InvalidEvent, webhook_event
+from remote_backups import apply
 from routes import error, json_object
 from spool import spool_event
+from statuses import EventKind
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 log = logging.getLogger("backhook.webhooks")
-# Sent as bytes: Flask's JSON response machinery cost about a twentieth of a whole webhook.
+# Sent as bytes: Flask's JSON response machinery is a share of a webhook worth saving
+# (bench/RESULTS.md, "Figures behind the code: events").
 ACKNOWLEDGED = b'{"success":true}\n'
 
 
 @bp.post("/backup-progress")
 def backup_progress():
-    return receive(PROGRESS)
+    return receive(EventKind.PROGRESS)
 
 
 @bp.post("/backup-complete")
 def backup_complete():
-    return receive(COMPLETE)
+    return receive(EventKind.COMPLETE)
 
 
 @bp.post("/backup-failed")
 def backup_failed():
-    return receive(FAILED_EVENT)
+    return receive(EventKind.FAILED)
 
 
 def receive(kind):
     check_token()
-    body = json_object()
-    problem = event_problem(kind, body)
-    if problem:
-        error(problem, 400)
     try:
-        applied = Backup.apply_webhook(body["domain"], body["backup_id"], kind, body)
+        event = webhook_event(kind, json_object())
+    except InvalidEvent as exc:
+        error(str(exc), 400)
+    try:
+        applied = apply(event)
     except DatabaseError as exc:
-        return keep_for_later(kind, body, exc)
+        return keep_for_later(event, exc)
     if applied is None:
         error("Website not found", 404)
     return acknowledged()
@@ -58,14 +61,14 @@ def check_token():
         error("Missing or invalid x-wpfort-token", 401)
 
 
-def keep_for_later(kind, body, exc):
+def keep_for_later(event, exc):
     try:
-        spool_id = spool_event(current_app.config["DATA_DIR"], kind, body)
+        spool_id = spool_event(current_app.config["DATA_DIR"], event)
     except OSError as spool_exc:
         log.error("webhook %s for %s lost: database failed (%s) and spooling failed (%s)",
-                  kind, body["domain"], exc, spool_exc)
+                  event.kind, event.domain, exc, spool_exc)
         error("The event could not be stored", 500)
-    log.warning("webhook %s for %s spooled as %s: database unavailable (%s)", kind, body["domain"],
+    log.warning("webhook %s for %s spooled as %s: database unavailable (%s)", event.kind, event.domain,
                 spool_id, exc)
     return acknowledged()
 

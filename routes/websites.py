@@ -31,10 +31,16 @@ def list_backups(domain):
     backups = query.order_by(Backup.created_at.desc(), Backup.id.desc()).limit(limit)
     return {"success": True, "data": {
         "domain": website.domain,
-        "backups": [backup.to_api() for backup in backups],
+        "backups": [backup_to_api(backup) for backup in backups],
         "syncedAt": iso(website.synced_at),
         "remoteBackups": json.loads(website.remote_backups) if website.remote_backups else [],
     }}
+
+
+def backup_to_api(backup):
+    return {"backupId": backup.backup_id, "status": backup.status, "progress": backup.progress,
+            "errorMessage": backup.error_message, "createdAt": iso(backup.created_at),
+            "updatedAt": iso(backup.updated_at), "completedAt": iso(backup.completed_at)}
 
 
 def page_limit():

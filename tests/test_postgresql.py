@@ -10,7 +10,9 @@ from peewee import OperationalError
 
 import database
 import models
+from events import webhook_event
 from models import Backup, Execution, Job, Setting, Website
+from remote_backups import apply, link_execution
 from support import TOKEN, lock_waiters, poll, postgres_listeners, run_to_end, trigger, wait_until
 from test_wpsec import SITE_KEY, StandInSite
 
@@ -120,10 +122,10 @@ def test_a_worker_listens_again_after_its_listen_connection_is_dropped(client, a
 def test_a_late_progress_event_racing_complete_cannot_reopen_the_backup(app, database_url):
     site = Website.create(domain="example.com")
     event = {"domain": "example.com", "backup_id": "b1"}
-    Backup.apply_event(site.id, "b1", "progress", {**event, "progress": 40})
+    apply(webhook_event("progress", {**event, "progress": 40}))
     completing = psycopg2.connect(database_url)  # a complete webhook, committing while the progress one reads
     completing.cursor().execute("UPDATE backup SET status = 'completed', progress = 100 WHERE backup_id = 'b1'")
-    late = threading.Thread(target=Backup.apply_event, args=(site.id, "b1", "progress", {**event, "progress": 50}))
+    late = threading.Thread(target=apply, args=(webhook_event("progress", {**event, "progress": 50}),))
     late.start()
     wait_until(lambda: lock_waiters(database_url), message="the progress event to wait for the backup's row")
     completing.commit()
@@ -140,12 +142,12 @@ def test_a_progress_webhook_racing_the_end_of_its_execution_never_revives_it(app
     execution = Execution.enqueue(make_job(name="wp", source="wpsec://example.com"))
     Execution.update(status="Running", stage="Requesting", worker_id="w-1", attempts=1,
                      lease_expires_at=models.now_ms() + 60_000).where(Execution.id == execution.id).execute()
-    Backup.link_execution(site.id, "b1", execution.id)
+    link_execution(site.id, "b1", execution.id)
     ending = psycopg2.connect(database_url)  # its worker, a cancel or a failed webhook, committing meanwhile
     ending.cursor().execute("UPDATE execution SET status = %s, stage = %s, worker_id = NULL, lease_expires_at = NULL "
                             "WHERE id = %s", (end, end, execution.id))
-    late = threading.Thread(target=Backup.apply_event,
-                            args=(site.id, "b1", "progress", {"domain": "example.com", "backup_id": "b1", "progress": 60}))
+    late = threading.Thread(target=apply,
+                            args=(webhook_event("progress", {"domain": "example.com", "backup_id": "b1", "progress": 60}),))
     late.start()
     wait_until(lambda: lock_waiters(database_url), message="the progress event to wait for the execution's row")
     ending.commit()

@@ -314,10 +314,11 @@ def test_a_large_backup_streams_in_bounded_memory(client, auth, make_job, start_
 
 
 def test_the_worker_replays_spooled_webhooks(app, data_dir, start_worker):
+    from events import webhook_event
     from spool import SPOOL_NAME, spool_event
     with models.database.atomic():
         models.Website.create(domain="example.com")
-    spool_event(data_dir, "progress", {"domain": "example.com", "backup_id": "b-1", "progress": 30})
+    spool_event(data_dir, webhook_event("progress", {"domain": "example.com", "backup_id": "b-1", "progress": 30}))
     start_worker()
     replayed = wait_until(lambda: models.Backup.get_or_none(models.Backup.backup_id == "b-1"), timeout=10,
                           message="the spooled event to be applied")

@@ -3,6 +3,7 @@ import json
 import logging
 import threading
 import time
+import types
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
@@ -377,10 +378,47 @@ def test_a_reclaimed_execution_does_not_start_a_second_backup(claimed, stand_in)
 
 def test_spooled_webhooks_drive_the_execution_once_replayed(client, app, claimed, stand_in, data_dir):
     wpsec.start_remote_backup(claimed)
+    from events import webhook_event
     from spool import spool_event
-    spool_event(data_dir, "complete", {"domain": "example.com", "backup_id": "wp-1"})
+    spool_event(data_dir, webhook_event("complete", {"domain": "example.com", "backup_id": "wp-1"}))
     assert replay_spool(data_dir) == 1
     assert state(claimed.id) == ("Running", "Syncing", 95)
+
+
+class Attempt:
+    """What follow_remote_backup needs of backup.Run: the execution, the owner it claimed it as, a stop signal."""
+
+    def __init__(self, execution, owner, on_check=lambda: None):
+        self.execution, self.report = execution, types.SimpleNamespace(owner=owner)
+        self.stopped = threading.Event()
+        self.stopped.set()  # nothing to wait for between looks: each check() is where news arrives
+        self.on_check = on_check
+
+    def check(self):
+        self.on_check()
+
+
+@pytest.fixture
+def owned(claimed):
+    Execution.update(worker_id="w-1", attempts=1).where(Execution.id == claimed.id).execute()
+    return Execution.get_by_id(claimed.id)
+
+
+def test_following_a_remote_backup_ends_when_its_webhook_ends_the_execution(client, owned, stand_in):
+    attempt = Attempt(owned, ("w-1", 1), on_check=lambda: hook(client, "failed", error_message="Out of disk"))
+    assert wpsec.follow_remote_backup(attempt) == ("ended", "Failed")
+    assert stand_in.routes() == ["backup/start"]
+
+
+def test_following_a_remote_backup_stops_when_another_attempt_owns_the_execution(owned, stand_in):
+    assert wpsec.follow_remote_backup(Attempt(owned, ("w-2", 1))) == ("lost", None)
+    assert state(owned.id) == ("Running", "Remote Backup", 5)
+
+
+def test_following_a_remote_backup_whose_start_failed_returns_nothing_to_stop(owned, stand_in):
+    stand_in.faults = [("status", 500)]
+    assert wpsec.follow_remote_backup(Attempt(owned, ("w-1", 1))) is None
+    assert state(owned.id)[:2] == ("Failed", "Failed")
 
 
 # --- wpsec:// jobs through a real worker process ------------------------------------------
