@@ -34,9 +34,10 @@ from peewee import OperationalError, fn
 import config
 import models
 import wpsec
-from backup import MAX_ATTEMPTS, Run, partial_files
+from backup import MAX_ATTEMPTS, Run
 from models import (CANCELLED, FAILED, FINISHED, PENDING, RUNNING, SUCCESS, Execution, Job, Setting, database,
                     new_id, now_ms)
+from sinks import partial_files
 from spool import replay_spool
 from wakeup import drain, listen, stop_listening, wake_workers
 

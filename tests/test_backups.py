@@ -15,8 +15,11 @@ import psycopg2
 import pytest
 
 import backup
-from backup import ArtifactWriter, job_directory, read_back
+import sinks
+from compression import compressor
 from models import Execution, Job, Setting
+from pipeline import Pipeline
+from sinks import LocalDirectorySink, job_directory, read_back
 from support import run_to_end, trigger, wait_for_status, wait_until
 
 PG = ["-h", "127.0.0.1", "-p", "5432", "-U", "postgres"]
@@ -524,7 +527,7 @@ def assert_no_thread_left(before):
 
 
 class StubRun:
-    """The two calls an ArtifactWriter makes on its attempt; check() raises once stop() was called."""
+    """The two calls a Pipeline makes on its attempt; check() raises once stop() was called."""
 
     def __init__(self):
         self.stopped = False
@@ -535,6 +538,11 @@ class StubRun:
 
     def dumped(self, raw_bytes):
         pass
+
+
+def open_pipeline(run, partial, compression):
+    """A pipeline writing `partial` (`<artifact>.partial`) in its directory, as an attempt opens it."""
+    return Pipeline(compressor(compression), [LocalDirectorySink(partial.parent)]).open(partial.stem, run)
 
 
 def write_pieces(writer, pieces=12, size=1024 * 1024):
@@ -548,10 +556,10 @@ def write_pieces(writer, pieces=12, size=1024 * 1024):
 
 
 def test_a_sealed_zstd_artifact_matches_its_checksum_and_leaves_no_thread_behind(tmp_path, monkeypatch):
-    monkeypatch.setattr(backup, "WRITEBACK_BYTES", 1024 * 1024)  # several background syncs
+    monkeypatch.setattr(sinks, "WRITEBACK_BYTES", 1024 * 1024)  # several background syncs
     before = threads()
     partial = tmp_path / "artifact.tar.zst.partial"
-    writer = ArtifactWriter(StubRun(), str(partial), "zstd")
+    writer = open_pipeline(StubRun(), partial, "zstd")
     written = write_pieces(writer)
     size, sha256 = writer.seal()
 
@@ -564,12 +572,12 @@ def test_a_sealed_zstd_artifact_matches_its_checksum_and_leaves_no_thread_behind
 def test_a_stopped_artifact_is_discarded_without_a_file_or_a_thread_left(tmp_path):
     before = threads()
     run, partial = StubRun(), tmp_path / "artifact.tar.zst.partial"
-    writer = ArtifactWriter(run, str(partial), "zstd")
+    writer = open_pipeline(run, partial, "zstd")
     write_pieces(writer, pieces=6)
     run.stopped = True
     with pytest.raises(backup.Stopped):
         writer.write(b"more")
-    writer.discard()
+    writer.abort()
     assert not partial.exists()
     assert_no_thread_left(before)
 
@@ -579,22 +587,22 @@ def test_a_failed_background_sync_fails_the_artifact(tmp_path, monkeypatch):
     def failing_fdatasync(fd):
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(backup, "WRITEBACK_BYTES", 1024 * 1024)
+    monkeypatch.setattr(sinks, "WRITEBACK_BYTES", 1024 * 1024)
     monkeypatch.setattr(os, "fdatasync", failing_fdatasync)
     partial = tmp_path / "artifact.out.partial"
-    writer = ArtifactWriter(StubRun(), str(partial), "none")
+    writer = open_pipeline(StubRun(), partial, "none")
     write_pieces(writer, pieces=3)
     # Only once the background sync has failed: a seal that comes first stops the thread before it syncs.
-    wait_until(lambda: writer.stored.writeback.error is not None, message="the background sync to fail")
+    wait_until(lambda: writer.artifacts[0].writeback.error is not None, message="the background sync to fail")
     with pytest.raises(OSError, match="Input/output error"):
         writer.seal()
-    writer.discard()
+    writer.abort()
     assert not partial.exists()
 
 
 def test_read_back_hashes_the_whole_file_and_stops_when_told(tmp_path):
     path = tmp_path / "stored"
-    path.write_bytes(random.Random(5).randbytes(3 * backup.READ_BACK_PIECE + 12345))
+    path.write_bytes(random.Random(5).randbytes(3 * sinks.READ_BACK_PIECE + 12345))
     content = path.read_bytes()
     progress = []
     assert read_back(path, progress.append) == (len(content), hashlib.sha256(content).hexdigest())
