@@ -48,6 +48,13 @@ def chunks(count=5, size=256 * 1024):
     return [rng.randbytes(size // 2) + bytes(size // 2) for _ in range(count)]
 
 
+def two_sinks(tmp_path):
+    sinks = [LocalDirectorySink(tmp_path / "a"), LocalDirectorySink(tmp_path / "b")]
+    for sink in sinks:
+        sink.directory.mkdir()
+    return sinks
+
+
 def store(pipeline, name, pieces, attempt=None):
     pipeline.open(name, attempt or Attempt())
     for piece in pieces:
@@ -74,9 +81,7 @@ def test_one_local_sink_gets_the_compressed_dump_under_its_name_once_committed(t
 
 
 def test_two_sinks_get_the_same_bytes_and_each_copy_is_verified(tmp_path):
-    sinks = [LocalDirectorySink(tmp_path / "a"), LocalDirectorySink(tmp_path / "b")]
-    for sink in sinks:
-        sink.directory.mkdir()
+    sinks = two_sinks(tmp_path)
     pipeline = Pipeline(compressor("gzip"), sinks)
     size, sha256 = store(pipeline, "x.sql.gz", chunks())
     pipeline.commit()
@@ -88,9 +93,7 @@ def test_two_sinks_get_the_same_bytes_and_each_copy_is_verified(tmp_path):
 
 
 def test_a_corrupted_copy_on_any_sink_fails_verification(tmp_path):
-    sinks = [LocalDirectorySink(tmp_path / "a"), LocalDirectorySink(tmp_path / "b")]
-    for sink in sinks:
-        sink.directory.mkdir()
+    sinks = two_sinks(tmp_path)
     pipeline = Pipeline(compressor("none"), sinks)
     store(pipeline, "x.out", [b"payload" * 1000])
     pipeline.commit()
@@ -101,9 +104,7 @@ def test_a_corrupted_copy_on_any_sink_fails_verification(tmp_path):
 
 
 def test_abort_leaves_nothing_on_any_sink_before_or_after_the_commit(tmp_path):
-    sinks = [LocalDirectorySink(tmp_path / "a"), LocalDirectorySink(tmp_path / "b")]
-    for sink in sinks:
-        sink.directory.mkdir()
+    sinks = two_sinks(tmp_path)
     for commit in (False, True):
         pipeline = Pipeline(compressor("zstd"), sinks)
         store(pipeline, "x.tar.zst", chunks(2))
