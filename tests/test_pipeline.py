@@ -1,25 +1,40 @@
 """The pipeline in process: dump chunks through compression (and an encryptor) to one or more sinks."""
 import hashlib
+import os
 import random
+import subprocess
 
 import pytest
 
+import backup
+import sinks
 from compression import compressor
 from pipeline import Pipeline
 from sinks import LocalDirectorySink
 from sources import BackupError
+from support import wait_until
+
+
+def threads():
+    """The ids of this process's threads, zstd's own C threads included."""
+    return set(os.listdir("/proc/self/task"))
+
+
+def assert_no_thread_left(before):
+    # A joined thread leaves /proc a moment after join() returns: wait for that, not longer.
+    wait_until(lambda: threads() <= before, timeout=2, message="the threads started here to end")
 
 
 class Attempt:
-    """What a pipeline asks of its attempt: check() before each chunk, dumped() after it."""
+    """The two calls a Pipeline makes on its attempt; check() raises once `stopped` is set."""
 
-    def __init__(self, stop_after=None):
-        self.checks, self.reported, self.stop_after = 0, [], stop_after
+    def __init__(self):
+        self.stopped, self.checks, self.reported = False, 0, []
 
     def check(self):
         self.checks += 1
-        if self.stop_after is not None and self.checks > self.stop_after:
-            raise BackupError("stopped")
+        if self.stopped:
+            raise backup.Stopped("cancel")
 
     def dumped(self, raw_bytes):
         self.reported.append(raw_bytes)
@@ -115,10 +130,12 @@ def test_abort_leaves_nothing_on_any_sink_before_or_after_the_commit(tmp_path):
 
 
 def test_the_attempt_stops_the_dump_before_the_next_chunk_is_written(tmp_path):
-    pipeline = Pipeline(compressor("none"), [LocalDirectorySink(tmp_path)]).open("x.out", Attempt(stop_after=2))
+    attempt = Attempt()
+    pipeline = Pipeline(compressor("none"), [LocalDirectorySink(tmp_path)]).open("x.out", attempt)
     pipeline.write(b"one")
     pipeline.write(b"two")
-    with pytest.raises(BackupError, match="stopped"):
+    attempt.stopped = True
+    with pytest.raises(backup.Stopped):
         pipeline.write(b"three")
     assert pipeline.raw_bytes == 6
     pipeline.abort()
@@ -137,3 +154,65 @@ def test_an_encryptor_sits_between_the_compressor_and_the_sinks_and_the_digest_i
     decrypted = bytes(byte ^ 0x5A for byte in stored)
     assert decrypted[:2] == b"\x1f\x8b"  # gzip's magic: compression came first
     pipeline.verify(lambda fraction: None)
+
+
+# --- threads, checksums, stopping ----------------------------------------------------------
+
+def open_pipeline(run, partial, compression):
+    """A pipeline writing `partial` (`<artifact>.partial`) in its directory, as an attempt opens it."""
+    return Pipeline(compressor(compression), [LocalDirectorySink(partial.parent)]).open(partial.stem, run)
+
+
+def write_pieces(writer, pieces=12, size=1024 * 1024):
+    rng = random.Random(3)
+    written = b""
+    for _ in range(pieces):
+        piece = rng.randbytes(size // 2) + bytes(size // 2)
+        writer.write(piece)
+        written += piece
+    return written
+
+
+def test_a_sealed_zstd_artifact_matches_its_checksum_and_leaves_no_thread_behind(tmp_path, monkeypatch):
+    monkeypatch.setattr(sinks, "WRITEBACK_BYTES", 1024 * 1024)  # several background syncs
+    before = threads()
+    partial = tmp_path / "artifact.tar.zst.partial"
+    writer = open_pipeline(Attempt(), partial, "zstd")
+    written = write_pieces(writer)
+    size, sha256 = writer.seal()
+
+    assert_no_thread_left(before)
+    stored = partial.read_bytes()
+    assert (len(stored), hashlib.sha256(stored).hexdigest()) == (size, sha256)
+    assert subprocess.run(["zstd", "-dc", str(partial)], capture_output=True, check=True).stdout == written
+
+
+def test_a_stopped_artifact_is_discarded_without_a_file_or_a_thread_left(tmp_path):
+    before = threads()
+    run, partial = Attempt(), tmp_path / "artifact.tar.zst.partial"
+    writer = open_pipeline(run, partial, "zstd")
+    write_pieces(writer, pieces=6)
+    run.stopped = True
+    with pytest.raises(backup.Stopped):
+        writer.write(b"more")
+    writer.abort()
+    assert not partial.exists()
+    assert_no_thread_left(before)
+
+
+def test_a_failed_background_sync_fails_the_artifact(tmp_path, monkeypatch):
+    """Linux reports a failed writeback to one fsync only, so the background one must not swallow it."""
+    def failing_fdatasync(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(sinks, "WRITEBACK_BYTES", 1024 * 1024)
+    monkeypatch.setattr(os, "fdatasync", failing_fdatasync)
+    partial = tmp_path / "artifact.out.partial"
+    writer = open_pipeline(Attempt(), partial, "none")
+    write_pieces(writer, pieces=3)
+    # Only once the background sync has failed: a seal that comes first stops the thread before it syncs.
+    wait_until(lambda: writer.artifacts[0].writeback.error is not None, message="the background sync to fail")
+    with pytest.raises(OSError, match="Input/output error"):
+        writer.seal()
+    writer.abort()
+    assert not partial.exists()

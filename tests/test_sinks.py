@@ -1,13 +1,18 @@
 """The local directory sink: partial files, the commit, read-back verification, abort, leftovers."""
 import hashlib
 import os
+import random
 import stat
 from types import SimpleNamespace
 
 import pytest
 
-from sinks import LocalDirectorySink, create_artifact, job_directory, partial_files, remove_partial_files
+import backup
+import sinks
+from sinks import (LocalDirectorySink, create_artifact, job_directory, partial_files, read_back,
+                   remove_partial_files)
 from sources import BackupError
+from test_pipeline import assert_no_thread_left, threads
 
 PAYLOAD = b"backup bytes\n" * 4096
 
@@ -113,3 +118,25 @@ def test_the_leftovers_of_an_execution_are_its_files_only(tmp_path):
 def test_a_job_whose_name_cannot_be_a_directory_stores_under_its_id(tmp_path):
     job = SimpleNamespace(id="job-1", name="a/b", destination=str(tmp_path))
     assert job_directory(job) == tmp_path / "job-1"
+
+
+def test_read_back_hashes_the_whole_file_and_stops_when_told(tmp_path):
+    path = tmp_path / "stored"
+    path.write_bytes(random.Random(5).randbytes(3 * sinks.READ_BACK_PIECE + 12345))
+    content = path.read_bytes()
+    progress = []
+    assert read_back(path, progress.append) == (len(content), hashlib.sha256(content).hexdigest())
+    assert progress[-1] == len(content) and progress == sorted(progress)
+
+    before = threads()
+
+    def stop(_count):
+        raise backup.Stopped("cancel")
+
+    with pytest.raises(backup.Stopped):
+        read_back(path, stop)
+    assert_no_thread_left(before)
+
+    empty = tmp_path / "empty"
+    empty.touch()
+    assert read_back(empty, progress.append) == (0, hashlib.sha256().hexdigest())
