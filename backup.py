@@ -177,7 +177,7 @@ class Run:
         except BaseException:
             pipeline.abort()
             raise
-        self.apply_retention(pipeline.sinks[0])
+        self.apply_retention(pipeline.sinks[0])  # the sink whose locations the executions record
 
     def follow_remote_backup(self):
         """wpsec://: the site runs the backup, and wpsec.py writes the execution's stages
