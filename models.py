@@ -24,7 +24,7 @@ from peewee import (
     TextField,
 )
 
-from database import database, opened, run_sql
+from database import database, opened
 
 log = logging.getLogger("backhook.models")
 

@@ -356,14 +356,15 @@ def source_secrets(text):
     return sorted((secret for secret in spellings if secret), key=len, reverse=True)
 
 
-# --- dumping: each source kind writes its backup's bytes into a sink ----------
+# --- dumping: each source kind writes its backup's bytes into the pipeline ---
 #
-# A dumper is `dump(source, run, sink)`. `run` is the running attempt
+# A dumper is `dump(source, run, out)`. `run` is the running attempt
 # (backup.Run): it spawns tools in their own process group so that cancel and
 # timeout can kill the whole tree, raises Stopped from `run.check()` once the
-# attempt must stop, and logs. `sink.write(chunk)` compresses, hashes and
-# stores. Everything streams in CHUNK-sized pieces, so memory stays bounded
-# whatever the size of the source.
+# attempt must stop, and logs. `out.write(chunk)` hands the bytes to the
+# attempt's pipeline (pipeline.py), which compresses, hashes and stores them.
+# Everything streams in CHUNK-sized pieces, so memory stays bounded whatever
+# the size of the source.
 
 CHUNK = 1024 * 1024
 SQLITE_PAGES_PER_STEP = 4096
@@ -372,27 +373,27 @@ SQLITE_PAGES_PER_STEP = 4096
 @dataclass(frozen=True)
 class Dumper:
     suffix: str                                   # the artifact's inner extension
-    dump: Callable                                # dump(source, run, sink)
+    dump: Callable                                # dump(source, run, out)
     estimate: Callable = lambda source: None      # expected bytes, for progress only
 
 
-def pump(stream, sink):
-    """Copy a binary stream into the sink, chunk by chunk, until EOF."""
+def pump(stream, out):
+    """Copy a binary stream into `out`, chunk by chunk, until EOF."""
     while True:
         chunk = stream.read(CHUNK)
         if not chunk:
             return
-        sink.write(chunk)
+        out.write(chunk)
 
 
-def run_tool(run, argv, sink, env=None, warning_statuses=()):
-    """Stream a tool's stdout into the sink; fail with its stderr if it fails.
+def run_tool(run, argv, out, env=None, warning_statuses=()):
+    """Stream a tool's stdout into `out`; fail with its stderr if it fails.
 
     An exit status in `warning_statuses` does not fail the backup; it is logged as a warning.
     """
     process = run.spawn(argv, env=env)
     with process.stdout:
-        pump(process.stdout, sink)
+        pump(process.stdout, out)
     run.wait_tool(process, warning_statuses)
 
 
@@ -401,7 +402,7 @@ def local_path(source):
     return parse_source(source).path
 
 
-def dump_sqlite(source, run, sink):
+def dump_sqlite(source, run, out):
     """Snapshot with SQLite's online backup API, then stream the snapshot.
 
     The source connection holds one read transaction across all backup
@@ -429,7 +430,7 @@ def dump_sqlite(source, run, sink):
             source_db.close()
         run.log(f"snapshot of {path} taken: {os.path.getsize(snapshot):,} bytes")
         with open(snapshot, "rb") as stream:
-            pump(stream, sink)
+            pump(stream, out)
     except sqlite3.Error as exc:
         raise BackupError(f"SQLite backup of {path} failed: {exc}") from exc
     finally:
@@ -453,7 +454,7 @@ def postgresql_uri(source):
     return f"postgresql://{userinfo}{host}{port}/{quote(source.database, safe='')}" + (f"?{query}" if query else "")
 
 
-def dump_postgresql(source, run, sink):
+def dump_postgresql(source, run, out):
     """Plain SQL from pg_dump, restorable with psql.
 
     The password goes through the environment, and options that libpq reads
@@ -471,7 +472,7 @@ def dump_postgresql(source, run, sink):
             with open(os.open(service_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as stream:
                 stream.write("[backhook]\n" + "".join(f"{name}={value}\n" for name, value in hidden))
             env.update(PGSERVICEFILE=service_file, PGSERVICE="backhook")
-        run_tool(run, ["pg_dump", "--no-password", f"--dbname={postgresql_uri(source)}"], sink, env)
+        run_tool(run, ["pg_dump", "--no-password", f"--dbname={postgresql_uri(source)}"], out, env)
 
 
 def mysql_flags(options):
@@ -485,7 +486,7 @@ def mysql_flags(options):
     return flags
 
 
-def dump_mysql(source, run, sink):
+def dump_mysql(source, run, out):
     """mariadb-dump (or mysqldump) in one consistent transaction; the password goes through the environment."""
     source = parse_source(source)
     tool = "mariadb-dump" if shutil.which("mariadb-dump") else "mysqldump"
@@ -498,13 +499,13 @@ def dump_mysql(source, run, sink):
     env = {}
     if source.password:
         env["MYSQL_PWD"] = source.password
-    run_tool(run, argv + ["--", source.database], sink, env)
+    run_tool(run, argv + ["--", source.database], out, env)
 
 
 TAR_WARNING = 1  # GNU tar: some files changed while being read; the archive holds what was read
 
 
-def dump_files(source, run, sink):
+def dump_files(source, run, out):
     """A tar stream of the directory, by the tar binary: faster than tarfile on many small files.
 
     Extended attributes and ACLs are kept. A live directory makes tar exit 1
@@ -518,7 +519,7 @@ def dump_files(source, run, sink):
             *(["--one-file-system"] if job.one_file_system else []),
             *(f"--exclude={pattern}" for pattern in job.exclude_patterns()),
             "--directory", directory, "."]
-    run_tool(run, argv, sink, warning_statuses=(TAR_WARNING,))
+    run_tool(run, argv, out, warning_statuses=(TAR_WARNING,))
 
 
 def files_size(source):
@@ -532,7 +533,7 @@ def files_size(source):
     return total
 
 
-def dump_command(source, run, sink):
+def dump_command(source, run, out):
     """The stdout of an admin-defined shell command, run by bash with pipefail.
 
     This is the one place a shell runs. The command comes only from
@@ -547,7 +548,7 @@ def dump_command(source, run, sink):
         run.log("bash is not installed: running the command with /bin/sh, where only a pipeline's last "
                 "stage decides whether the backup fails", "warning")
         argv = ["/bin/sh", "-c", command]
-    run_tool(run, argv, sink)
+    run_tool(run, argv, out)
 
 
 # wpsec:// is not a dump: the remote plugin makes the backup. It gets its own

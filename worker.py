@@ -36,9 +36,10 @@ from peewee import OperationalError
 import config
 import leases
 import wpsec
-from backup import Run, partial_files
+from backup import Run
 from database import database, open_database, opened
 from models import Execution, new_id
+from sinks import partial_files
 from spool import replay_spool
 from wakeup import drain, listen, stop_listening, wake_workers
 

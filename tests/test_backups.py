@@ -14,9 +14,8 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-import backup
-from backup import ArtifactWriter, job_directory, read_back
 from models import Execution, Job, Setting
+from sinks import job_directory
 from support import run_to_end, trigger, wait_for_status, wait_until
 
 PG = ["-h", "127.0.0.1", "-p", "5432", "-U", "postgres"]
@@ -509,109 +508,6 @@ def test_mysql_bad_credentials_fail_with_the_tools_error_without_the_password(ba
     assert data["status"] == "Failed"
     assert "Access denied" in data["error"]
     assert "Wr0ngPassw0rd" not in str(data)
-
-
-# --- the artifact pipeline, in process: threads, checksums, stopping ------------------------
-
-def threads():
-    """The ids of this process's threads, zstd's own C threads included."""
-    return set(os.listdir("/proc/self/task"))
-
-
-def assert_no_thread_left(before):
-    # A joined thread leaves /proc a moment after join() returns: wait for that, not longer.
-    wait_until(lambda: threads() <= before, timeout=2, message="the threads started here to end")
-
-
-class StubRun:
-    """The two calls an ArtifactWriter makes on its attempt; check() raises once stop() was called."""
-
-    def __init__(self):
-        self.stopped = False
-
-    def check(self):
-        if self.stopped:
-            raise backup.Stopped("cancel")
-
-    def dumped(self, raw_bytes):
-        pass
-
-
-def write_pieces(writer, pieces=12, size=1024 * 1024):
-    rng = random.Random(3)
-    written = b""
-    for _ in range(pieces):
-        piece = rng.randbytes(size // 2) + bytes(size // 2)
-        writer.write(piece)
-        written += piece
-    return written
-
-
-def test_a_sealed_zstd_artifact_matches_its_checksum_and_leaves_no_thread_behind(tmp_path, monkeypatch):
-    monkeypatch.setattr(backup, "WRITEBACK_BYTES", 1024 * 1024)  # several background syncs
-    before = threads()
-    partial = tmp_path / "artifact.tar.zst.partial"
-    writer = ArtifactWriter(StubRun(), str(partial), "zstd")
-    written = write_pieces(writer)
-    size, sha256 = writer.seal()
-
-    assert_no_thread_left(before)
-    stored = partial.read_bytes()
-    assert (len(stored), hashlib.sha256(stored).hexdigest()) == (size, sha256)
-    assert subprocess.run(["zstd", "-dc", str(partial)], capture_output=True, check=True).stdout == written
-
-
-def test_a_stopped_artifact_is_discarded_without_a_file_or_a_thread_left(tmp_path):
-    before = threads()
-    run, partial = StubRun(), tmp_path / "artifact.tar.zst.partial"
-    writer = ArtifactWriter(run, str(partial), "zstd")
-    write_pieces(writer, pieces=6)
-    run.stopped = True
-    with pytest.raises(backup.Stopped):
-        writer.write(b"more")
-    writer.discard()
-    assert not partial.exists()
-    assert_no_thread_left(before)
-
-
-def test_a_failed_background_sync_fails_the_artifact(tmp_path, monkeypatch):
-    """Linux reports a failed writeback to one fsync only, so the background one must not swallow it."""
-    def failing_fdatasync(fd):
-        raise OSError(5, "Input/output error")
-
-    monkeypatch.setattr(backup, "WRITEBACK_BYTES", 1024 * 1024)
-    monkeypatch.setattr(os, "fdatasync", failing_fdatasync)
-    partial = tmp_path / "artifact.out.partial"
-    writer = ArtifactWriter(StubRun(), str(partial), "none")
-    write_pieces(writer, pieces=3)
-    # Only once the background sync has failed: a seal that comes first stops the thread before it syncs.
-    wait_until(lambda: writer.stored.writeback.error is not None, message="the background sync to fail")
-    with pytest.raises(OSError, match="Input/output error"):
-        writer.seal()
-    writer.discard()
-    assert not partial.exists()
-
-
-def test_read_back_hashes_the_whole_file_and_stops_when_told(tmp_path):
-    path = tmp_path / "stored"
-    path.write_bytes(random.Random(5).randbytes(3 * backup.READ_BACK_PIECE + 12345))
-    content = path.read_bytes()
-    progress = []
-    assert read_back(path, progress.append) == (len(content), hashlib.sha256(content).hexdigest())
-    assert progress[-1] == len(content) and progress == sorted(progress)
-
-    before = threads()
-
-    def stop(_count):
-        raise backup.Stopped("cancel")
-
-    with pytest.raises(backup.Stopped):
-        read_back(path, stop)
-    assert_no_thread_left(before)
-
-    empty = tmp_path / "empty"
-    empty.touch()
-    assert read_back(empty, progress.append) == (0, hashlib.sha256().hexdigest())
 
 
 def test_mysql_options_reach_mariadb_dump_as_its_flags(back_up, mysql_databases):

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import backup
 import cli
 import database
 import migrations
 import models
+import sinks
 import test_sources
 from models import ApiKey, Execution, Job, Setting, Website
 from support import PROJECT, hold_write_lock, wait_until
@@ -362,7 +362,7 @@ def test_a_job_name_of_any_script_up_to_100_characters_is_its_artifacts_director
     for name in ["n" * 100, "Café nightly ☃", ".hidden-ok"]:
         result = add_job(runner, tmp_path, name)
         assert result.exit_code == 0, result.output
-        assert backup.job_directory(Job.get(Job.name == name)) == tmp_path / name
+        assert sinks.job_directory(Job.get(Job.name == name)) == tmp_path / name
 
 
 @pytest.mark.parametrize("source, problem", [

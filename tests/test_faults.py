@@ -29,8 +29,8 @@ import zstandard
 
 import models
 import wpsec
-from backup import job_directory
 from models import Execution, Job, Website
+from sinks import job_directory
 from support import (TOKEN, LiveProcess, free_port, hold_write_lock, lock_waiters, poll, trigger,
                      wait_for_status, wait_until)
 from test_backups import MARIADB, PG, mariadb, psql, unique_name

@@ -120,7 +120,7 @@ def test_a_worker_listens_again_after_its_listen_connection_is_dropped(client, a
 
 
 def test_a_late_progress_event_racing_complete_cannot_reopen_the_backup(app, database_url):
-    site = Website.create(domain="example.com")
+    Website.create(domain="example.com")
     event = {"domain": "example.com", "backup_id": "b1"}
     apply(webhook_event("progress", {**event, "progress": 40}))
     completing = psycopg2.connect(database_url)  # a complete webhook, committing while the progress one reads

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 import models
-from backup import job_directory
 from models import Execution, Setting
+from sinks import job_directory
 from support import hold_write_lock, poll, run_to_end, trigger, wait_for_status, wait_until
 from worker import Task
 
