@@ -32,9 +32,9 @@ import models  # noqa: E402
 from database import connect_database, database, is_postgresql_url, opened  # noqa: E402
 from migrations import latest_version, migrate  # noqa: E402
 from app import create_app  # noqa: E402
-from models import (CANCELLED, FAILED, FINISHED, PENDING, SUCCESS, ApiKey, Execution, Job,  # noqa: E402
-                    Setting, Website, iso, normalize_domain)
+from models import ApiKey, Execution, Job, Setting, Website, iso, normalize_domain  # noqa: E402
 from sources import SourceError, describe_source, parse_source, shown_source  # noqa: E402
+from statuses import FINISHED, ExecutionStatus  # noqa: E402
 from wakeup import trigger  # noqa: E402
 
 DEFAULT_BIND = "127.0.0.1:8000"
@@ -425,7 +425,7 @@ def jobs_list():
 
 
 COMPRESSIONS = ("zstd", "gzip", "none")
-EXIT_STATUS = {SUCCESS: 0, FAILED: 1, CANCELLED: 2}
+EXIT_STATUS = {ExecutionStatus.SUCCESS: 0, ExecutionStatus.FAILED: 1, ExecutionStatus.CANCELLED: 2}
 WAIT_POLL_SECONDS = 0.5
 NO_WORKER_HINT_SECONDS = 10
 
@@ -454,7 +454,7 @@ def jobs_run(reference, wait):
     except KeyboardInterrupt:
         click.echo(f"\nstopped waiting; execution {execution.id} goes on", err=True)
         sys.exit(130)
-    if execution.status == SUCCESS:
+    if execution.status == ExecutionStatus.SUCCESS:
         click.echo(f"Success in {execution.duration() / 1000:.1f} s, {execution.size or 0:,} bytes stored")
         # The last line in sha256sum's format: `| tail -n 1 | sha256sum -c` checks the artifact.
         click.echo(f"{execution.sha256}  {execution.path}" if execution.path else "no artifact stored")
@@ -474,7 +474,7 @@ def wait_until_finished(execution_id):
             shown = state
         if execution.status in FINISHED:
             return execution
-        if execution.status == PENDING and not hinted and time.monotonic() - queued_at > NO_WORKER_HINT_SECONDS:
+        if execution.status == ExecutionStatus.PENDING and not hinted and time.monotonic() - queued_at > NO_WORKER_HINT_SECONDS:
             click.echo("no worker has claimed it yet: is `backhook worker` (or `backhook run`) running?", err=True)
             hinted = True
         time.sleep(WAIT_POLL_SECONDS)

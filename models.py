@@ -25,6 +25,7 @@ from peewee import (
 )
 
 from database import database, opened
+from statuses import FINISHED, ExecutionStatus, Stage
 
 log = logging.getLogger("backhook.models")
 
@@ -185,17 +186,15 @@ class Job(BaseModel):
                 .objects())
 
 
-PENDING, RUNNING, SUCCESS, FAILED, CANCELLED = "Pending", "Running", "Success", "Failed", "Cancelled"
-FINISHED = (SUCCESS, FAILED, CANCELLED)
 
 
 class Execution(BaseModel):
     id = TextField(primary_key=True, default=new_id)
     job = ForeignKeyField(Job, backref="executions", on_delete="CASCADE")
     type = TextField(default="Backup")
-    status = TextField(default=PENDING)
+    status = TextField(default=ExecutionStatus.PENDING)
     progress = IntegerField(default=0)
-    stage = TextField(null=True, default="Queued")
+    stage = TextField(null=True, default=Stage.QUEUED)
     created_at = BigIntegerField(default=now_ms)
     started_at = BigIntegerField(null=True)
     ended_at = BigIntegerField(null=True)
@@ -254,8 +253,9 @@ class Execution(BaseModel):
             execution = opened().for_update(cls.select().where(cls.id == execution_id)).first()
             if execution is None or execution.status in FINISHED:
                 return execution, False
-            if execution.status == PENDING:
-                cls.transition(execution_id, PENDING, dict(status=CANCELLED, stage=CANCELLED, ended_at=now_ms()))
+            if execution.status == ExecutionStatus.PENDING:
+                cls.transition(execution_id, ExecutionStatus.PENDING,
+                               dict(status=ExecutionStatus.CANCELLED, stage=Stage.CANCELLED, ended_at=now_ms()))
             else:
                 cls.update(cancel_requested=True).where(cls.id == execution_id).execute()
         return cls.with_job_name(execution_id), True

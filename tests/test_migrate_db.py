@@ -8,6 +8,7 @@ import requests
 import database
 import models
 from models import ApiKey, Backup, BackupEvent, Execution, ExecutionLog, Job, Setting, Website
+from statuses import ExecutionStatus
 from support import PROJECT
 
 pytestmark = pytest.mark.sqlite_only("copies a SQLite database into a PostgreSQL one")
@@ -23,7 +24,7 @@ def populated(app, make_key, make_job):
     make_job("paused", enabled=False)
     execution = Execution.enqueue(job)
     with models.database.atomic():
-        Execution.update(status=models.SUCCESS, started_at=1_700_000_000_000, ended_at=1_700_000_004_321,
+        Execution.update(status=ExecutionStatus.SUCCESS, started_at=1_700_000_000_000, ended_at=1_700_000_004_321,
                          size=1234, path="/backups/x.tar.zst", cancel_requested=True, progress=100,
                          stage="Completed").where(Execution.id == execution.id).execute()
         for n in range(23):

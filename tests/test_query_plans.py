@@ -14,6 +14,7 @@ import database
 import models
 from models import Backup, Execution, ExecutionLog, Job, Website
 from routes.executions import execution_to_api
+from statuses import ExecutionStatus
 from support import PROJECT, TOKEN
 
 pytestmark = pytest.mark.sqlite_only("EXPLAIN QUERY PLAN is SQLite's; PostgreSQL plans differ by design")
@@ -62,7 +63,7 @@ def history(app, make_job):
     job = make_job()
     with models.database.atomic():
         for number in range(3):
-            execution = Execution.create(job=job.id, status=models.SUCCESS, created_at=1000 + number)
+            execution = Execution.create(job=job.id, status=ExecutionStatus.SUCCESS, created_at=1000 + number)
             for line in range(3):
                 ExecutionLog.create(execution=execution.id, message=f"line {line}")
     return job, execution
@@ -87,7 +88,7 @@ def test_jobs_last_execution_uses_an_index_in_one_query(history, make_job, recor
     never_run = make_job(name="zz-never-run")
     record_sql.clear()
     listed = [(listed.id, listed.last_id, listed.last_status) for listed in Job.listing()]
-    assert listed == [(job.id, execution.id, models.SUCCESS), (never_run.id, None, None)]
+    assert listed == [(job.id, execution.id, ExecutionStatus.SUCCESS), (never_run.id, None, None)]
     assert len(record_sql) == 1  # not one more query per job
     # The listing reads the job table whole by design; each job's newest execution must not scan.
     assert full_scans(record_sql, allowed=("job",)) == []
@@ -173,7 +174,7 @@ def test_reclaim_reads_only_the_leased_executions(history, data_dir, record_sql)
     import worker
     job, _execution = history
     lapsed = Execution.enqueue(job)
-    Execution.update(status=models.RUNNING, worker_id="gone", attempts=1, lease_expires_at=1).where(
+    Execution.update(status=ExecutionStatus.RUNNING, worker_id="gone", attempts=1, lease_expires_at=1).where(
         Execution.id == lapsed.id).execute()
     reclaimer = worker.Worker(config.load({"BACKHOOK_DATA_DIR": str(data_dir)}))
     record_sql.clear()
