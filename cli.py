@@ -29,6 +29,7 @@ if __package__:
 import config  # noqa: E402  (the project's own modules need HERE on sys.path)
 import dbcopy  # noqa: E402
 import models  # noqa: E402
+from compression import COMPRESSORS  # noqa: E402
 from database import connect_database, database, is_postgresql_url, opened  # noqa: E402
 from migrations import latest_version, migrate  # noqa: E402
 from app import create_app  # noqa: E402
@@ -367,7 +368,7 @@ def jobs():
               help="sqlite:///abs/path.db, postgresql://user@host:port/db, mysql://user@host:port/db, "
                    "files:///abs/dir, wpsec://example.com or command:SHELL COMMAND (see above)")
 @click.option("--destination", required=True, type=click.Path(file_okay=False), help="local directory")
-@click.option("--compression", type=click.Choice(["zstd", "gzip", "none"]), default="zstd", show_default=True)
+@click.option("--compression", type=click.Choice(list(COMPRESSORS)), default="zstd", show_default=True)
 @click.option("--keep", type=click.IntRange(min=1), default=None, help="keep the N newest successful backups")
 @click.option("--timeout-hours", type=click.FloatRange(min=0, min_open=True), default=6, show_default=True)
 @click.option("--exclude", "excludes", multiple=True, metavar="PATTERN",
@@ -424,7 +425,6 @@ def jobs_list():
                    f"  {job.compression}  {state}  last={job.last_status or 'never'}")
 
 
-COMPRESSIONS = ("zstd", "gzip", "none")
 EXIT_STATUS = {ExecutionStatus.SUCCESS: 0, ExecutionStatus.FAILED: 1, ExecutionStatus.CANCELLED: 2}
 WAIT_POLL_SECONDS = 0.5
 NO_WORKER_HINT_SECONDS = 10
@@ -511,7 +511,7 @@ def shown_value(name, value):
 @click.option("--keep-all", is_flag=True, help="keep every backup (no retention)")
 @click.option("--timeout-hours", type=click.FloatRange(min=0, min_open=True), default=None,
               help="stop a run that takes longer")
-@click.option("--compression", type=click.Choice(COMPRESSIONS), default=None, help="for the next backups")
+@click.option("--compression", type=click.Choice(list(COMPRESSORS)), default=None, help="for the next backups")
 @click.option("--destination", type=click.Path(file_okay=False), default=None,
               help="local directory for the next backups (earlier ones stay where they are)")
 def jobs_set(reference, keep, keep_all, timeout_hours, compression, destination):
