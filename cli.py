@@ -352,6 +352,23 @@ def keys_list():
                    f"  expires={iso(key.expires_at) or 'never'}  last_used={iso(key.last_used_at) or 'never'}")
 
 
+@keys.command("rotate")
+@click.argument("key_id", metavar="ID")
+def keys_rotate(key_id):
+    """Replace a key's secret, keeping its name, permissions, expiry and state.
+
+    The old secret stops working at once; the new key is printed alone on the
+    last line, this once.
+    """
+    key, secret = ApiKey.rotate(key_id)
+    if key is None:
+        fail(f"no key with id {key_id} (see `backhook keys list`)")
+    click.echo(f"rotated key {key.id} ({key.name}): the old secret no longer works; "
+               f"{key.permissions}; expires {iso(key.expires_at) or 'never'}")
+    click.echo("Store it now: it cannot be shown again.")
+    click.echo(secret)
+
+
 add_lifecycle_commands(keys, lambda key_id: find(ApiKey, key_id, "key"), "key", "ID")
 
 

@@ -15,6 +15,7 @@ import time
 
 from peewee import (
     BigIntegerField,
+    IntegrityError,
     BooleanField,
     ForeignKeyField,
     IntegerField,
@@ -25,7 +26,7 @@ from peewee import (
 )
 
 from database import database, opened
-from statuses import FINISHED, ExecutionStatus, Stage
+from statuses import FINISHED, ExecutionStatus, ExecutionType, Stage
 
 log = logging.getLogger("backhook.models")
 
@@ -67,6 +68,14 @@ def hash_key(key):
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def new_secret():
+    return "dbm_" + secrets.token_urlsafe(32)
+
+
+def display_prefix(secret):
+    return secret[:12]
+
+
 class ApiKey(BaseModel):
     id = TextField(primary_key=True, default=new_id)
     name = TextField()
@@ -84,19 +93,33 @@ class ApiKey(BaseModel):
         unknown = sorted(set(permissions) - set(PERMISSIONS))
         if unknown:
             raise ValueError(f"unknown permission {', '.join(unknown)}; choose from {', '.join(PERMISSIONS)}")
-        secret = "dbm_" + secrets.token_urlsafe(32)
+        secret = new_secret()
         expires_at = None
         if expires_in_days is not None:
             expires_at = now_ms() + int(expires_in_days * 86_400_000)
         with database.atomic():
             row = cls.create(
                 name=name,
-                prefix=secret[:12],
+                prefix=display_prefix(secret),
                 key_hash=hash_key(secret),
                 permissions=" ".join(sorted(set(permissions))),
                 expires_at=expires_at,
             )
         return row, secret
+
+    @classmethod
+    def rotate(cls, key_id):
+        """Give a key a new secret, keeping everything else; return (row, secret), or (None, None) for no such key.
+
+        Lookup is by hash, so the old secret stops matching the moment this commits.
+        """
+        secret = new_secret()
+        with database.atomic():
+            changed = cls.update(prefix=display_prefix(secret), key_hash=hash_key(secret)).where(
+                cls.id == key_id).execute()
+        if not changed:
+            return None, None
+        return cls.get_by_id(key_id), secret
 
     @classmethod
     def authenticate(cls, presented):
@@ -191,7 +214,7 @@ class Job(BaseModel):
 class Execution(BaseModel):
     id = TextField(primary_key=True, default=new_id)
     job = ForeignKeyField(Job, backref="executions", on_delete="CASCADE")
-    type = TextField(default="Backup")
+    type = TextField(default=ExecutionType.BACKUP)
     status = TextField(default=ExecutionStatus.PENDING)
     progress = IntegerField(default=0)
     stage = TextField(null=True, default=Stage.QUEUED)
@@ -237,9 +260,47 @@ class Execution(BaseModel):
             return cls.create(job=job.id)
 
     @classmethod
+    def enqueue_once(cls, job, key, now=None):
+        """Queue an execution of `job` unless `key` queued one in the last 24 hours; return (execution, queued).
+
+        The key's row is written in the execution's transaction, and its
+        unique (job, key) index lets only one of two concurrent calls commit:
+        the other rolls back its execution and answers the winner's.
+        """
+        now = now_ms() if now is None else now
+        existing = IdempotencyKey.fresh(job.id, key, now)
+        if existing is not None:
+            return existing, False
+        try:
+            with database.atomic():
+                IdempotencyKey.delete().where((IdempotencyKey.job == job.id) & (IdempotencyKey.key == key)
+                                              & IdempotencyKey.expired(now)).execute()
+                execution = cls.create(job=job.id)
+                IdempotencyKey.create(job=job.id, key=key, execution=execution.id, created_at=now)
+            return execution, True
+        except IntegrityError:
+            existing = IdempotencyKey.fresh(job.id, key, now)
+            if existing is None:  # the winner's execution went with its job in the meantime
+                raise
+            return existing, False
+
+    @classmethod
     def with_job_name(cls, execution_id):
         return (cls.select(cls, Job.name).join(Job)
                 .where(cls.id == execution_id).objects().first())
+
+    @classmethod
+    def history(cls, job_id=None, status=None, type=None):
+        """Executions with their job's name (as with_job_name), of one job, status or type when given.
+
+        Unordered: `newest_first` orders and pages it along the index of
+        whichever filters are given (schema.sql, version 4).
+        """
+        query = cls.select(cls, Job.name).join(Job)
+        for column, value in ((cls.job, job_id), (cls.status, status), (cls.type, type)):
+            if value is not None:
+                query = query.where(column == value)
+        return query.objects()
 
     @classmethod
     def cancel(cls, execution_id):
@@ -341,5 +402,39 @@ class BackupEvent(BaseModel):
     received_at = BigIntegerField(default=now_ms)
 
 
-ALL_MODELS = (ApiKey, Job, Execution, ExecutionLog, Setting, Website, Backup, BackupEvent)
+IDEMPOTENCY_MS = 24 * 3600 * 1000
+
+
+class IdempotencyKey(BaseModel):
+    """An Idempotency-Key of POST /api/jobs/<id>/run and the execution its first call queued."""
+    id = BigIntegerField(primary_key=True)
+    job = ForeignKeyField(Job, on_delete="CASCADE")
+    key = TextField()
+    execution = ForeignKeyField(Execution, on_delete="CASCADE")
+    created_at = BigIntegerField(default=now_ms)
+
+    class Meta:
+        indexes = ((("job", "key"), True),)
+
+    @classmethod
+    def expired(cls, now):
+        return cls.created_at <= now - IDEMPOTENCY_MS
+
+    @classmethod
+    def fresh(cls, job_id, key, now):
+        """The execution `key` queued for the job within 24 hours of `now`, or None."""
+        return (Execution.select(Execution).join(cls, on=(cls.execution == Execution.id))
+                .where((cls.job == job_id) & (cls.key == key) & ~cls.expired(now)).first())
+
+    @classmethod
+    def purge_expired(cls, now=None):
+        """Forget the keys that no longer match; the worker's chores call it. Returns how many went."""
+        expired = cls.expired(now_ms() if now is None else now)
+        if not cls.select().where(expired).exists():  # a read: the usual case takes no write lock
+            return 0
+        with database.atomic():
+            return cls.delete().where(expired).execute()
+
+
+ALL_MODELS = (ApiKey, Job, Execution, ExecutionLog, Setting, Website, Backup, BackupEvent, IdempotencyKey)
 

@@ -135,3 +135,38 @@ CREATE INDEX execution_lease ON execution (lease_expires_at)
 -- whether the backup stays on the directory's own file system.
 ALTER TABLE job ADD COLUMN excludes TEXT NOT NULL DEFAULT '[]';
 ALTER TABLE job ADD COLUMN one_file_system INTEGER NOT NULL DEFAULT 0;
+
+-- version 4
+
+-- GET /api/executions lists newest first by (created_at, id), filtered by any
+-- combination of job, status and type and paged with ?before=. Each
+-- combination has an index whose equality columns lead and whose (created_at,
+-- id) end gives the order, so no page reads rows it does not return, however
+-- long the history (tests/test_query_plans.py). The two version 1 indexes
+-- become the job's and the status's listing indexes, which serve the claim,
+-- lastExecution and retention as before.
+DROP INDEX execution_status_created;
+DROP INDEX execution_job_created;
+CREATE INDEX execution_created ON execution (created_at, id);
+CREATE INDEX execution_job_created ON execution (job_id, created_at, id);
+CREATE INDEX execution_status_created ON execution (status, created_at, id);
+CREATE INDEX execution_type_created ON execution (type, created_at, id);
+CREATE INDEX execution_job_status_created ON execution (job_id, status, created_at, id);
+CREATE INDEX execution_job_type_created ON execution (job_id, type, created_at, id);
+CREATE INDEX execution_status_type_created ON execution (status, type, created_at, id);
+CREATE INDEX execution_job_status_type_created ON execution (job_id, status, type, created_at, id);
+
+-- Idempotency-Key on POST /api/jobs/<id>/run: the execution the first call with
+-- this key queued, written in that execution's transaction; a key matches for
+-- 24 hours and the worker purges it after (by created_at).
+CREATE TABLE idempotency_key (
+    id            INTEGER PRIMARY KEY,
+    job_id        TEXT NOT NULL REFERENCES job (id) ON DELETE CASCADE,
+    key           TEXT NOT NULL,
+    execution_id  TEXT NOT NULL REFERENCES execution (id) ON DELETE CASCADE,
+    created_at    BIGINT NOT NULL,
+    UNIQUE (job_id, key)
+);
+
+CREATE INDEX idempotency_key_created ON idempotency_key (created_at);
+CREATE INDEX idempotency_key_execution ON idempotency_key (execution_id);

@@ -18,6 +18,11 @@ class ExecutionStatus(StrEnum):
         return self in FINISHED
 
 
+class ExecutionType(StrEnum):
+    BACKUP = "Backup"
+    RESTORE = "Restore"
+
+
 FINISHED = frozenset({ExecutionStatus.SUCCESS, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED})
 
 

@@ -68,10 +68,18 @@ def drain(sock):
             return
 
 
-def trigger(job, data_dir):
-    """Queue an execution of `job` and wake the workers: how both the API and `backhook jobs run` start a run."""
-    execution = models.Execution.enqueue(job)
-    wake_workers(data_dir)
+def trigger(job, data_dir, idempotency_key=None):
+    """Queue an execution of `job` and wake the workers: how both the API and `backhook jobs run` start a run.
+
+    With an `idempotency_key` that already queued a run of `job` in the last
+    24 hours, that run is returned and nothing is queued.
+    """
+    if idempotency_key is None:
+        execution, queued = models.Execution.enqueue(job), True
+    else:
+        execution, queued = models.Execution.enqueue_once(job, idempotency_key)
+    if queued:
+        wake_workers(data_dir)
     return execution
 
 

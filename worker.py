@@ -38,7 +38,7 @@ import leases
 import wpsec
 from backup import Run
 from database import database, open_database, opened
-from models import Execution, new_id
+from models import Execution, IdempotencyKey, new_id
 from sinks import partial_files
 from spool import replay_spool
 from wakeup import drain, listen, stop_listening, wake_workers
@@ -49,6 +49,7 @@ IDLE_POLL_SECONDS = 1.0      # fallback when no wake-up arrives
 BUSY_POLL_SECONDS = 0.25     # while running: how often cancel and timeout are checked
 RECLAIM_EVERY_SECONDS = 1.0
 CHORES_EVERY_SECONDS = 1.0   # the webhook follow-ups (see background_tasks)
+PURGE_EVERY_SECONDS = 60.0   # expired Idempotency-Keys no longer match; dropping them is only housekeeping
 # Small, frequent checkpoints: webhooks that write while one copies the log
 # stall less (bench/RESULTS.md, "Figures behind the code: leases and worker").
 CHECKPOINT_EVERY_SECONDS = 0.25
@@ -155,19 +156,21 @@ class Worker:
             if time.monotonic() > run.deadline:
                 run.stop("timeout")
 
-    # --- background tasks: webhook follow-ups and the WAL checkpoint --------------------
+    # --- background tasks: webhook follow-ups, housekeeping and the WAL checkpoint -------
 
     def background_tasks(self):
         """The tasks of each background thread, by the thread's name.
 
         Each thread runs on its own: a slow WPSec site may take minutes to
         answer, and neither the claim loop nor the checkpoint may wait on it.
+        The chores also purge the Idempotency-Keys older than 24 hours.
         """
         threads = {"chores": [
             Task("spool replay", CHORES_EVERY_SECONDS, lambda: replay_spool(self.data_dir)),
             Task("website sync", CHORES_EVERY_SECONDS, wpsec.sync_requested_websites),
             Task("silent backup poll", CHORES_EVERY_SECONDS,
                  lambda: wpsec.poll_silent_remote_backups(self.poll_after_seconds)),
+            Task("idempotency key purge", PURGE_EVERY_SECONDS, IdempotencyKey.purge_expired),
         ]}
         if opened().needs_checkpoints:
             threads["checkpoints"] = [Task("checkpoint", CHECKPOINT_EVERY_SECONDS, opened().checkpoint)]

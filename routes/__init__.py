@@ -1,9 +1,10 @@
-"""What every blueprint shares: the JSON error, the auth decorator, the body parser."""
+"""What every blueprint shares: the JSON error, the auth decorator, the body parser, paging."""
 import functools
 import json
 import re
 
 from flask import g, request
+from peewee import Tuple
 from werkzeug.wsgi import get_content_length
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -103,3 +104,42 @@ def strings(value):
 
 def query_flag(name):
     return request.args.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
+# --- paging: ?limit=N and ?before=<id>, newest first by (created_at, id) ---
+
+DEFAULT_PAGE_LIMIT = 100
+
+
+def page_limit(maximum, default=DEFAULT_PAGE_LIMIT):
+    """?limit= as a whole number from 1 to `maximum`, `default` without one; else a 400."""
+    raw = request.args.get("limit")
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
+        error(f"'limit' must be a whole number from 1 to {maximum}", 400)
+    return int(raw)
+
+
+def page_cursor(find, what):
+    """The row ?before= names, found by `find(value)`; None without one, a 400 naming `what` when it names none."""
+    before = request.args.get("before")
+    if before is None:
+        return None
+    # A NUL cannot be stored, so it names no row (and PostgreSQL would refuse the query).
+    row = None if "\x00" in before else find(before)
+    if row is None:
+        error(f"'before' names no {what}", 400)
+    return row
+
+
+def newest_first(query, model, limit, cursor=None):
+    """`query` newest first by (created_at, id), only rows strictly older than `cursor`, at most `limit`.
+
+    The cursor is one row-value comparison, which both databases turn into a
+    range of a (..., created_at, id) index: a deep page starts where it
+    begins instead of walking every newer row.
+    """
+    if cursor is not None:
+        query = query.where(Tuple(model.created_at, model.id) < Tuple(cursor.created_at, cursor.id))
+    return query.order_by(model.created_at.desc(), model.id.desc()).limit(limit)

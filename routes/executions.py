@@ -1,11 +1,13 @@
-from flask import Blueprint, current_app
+from flask import Blueprint, current_app, request
 
 from models import Execution, ExecutionLog, iso
-from routes import error, query_flag, require_permission
-from statuses import ExecutionStatus
+from routes import error, newest_first, page_cursor, page_limit, query_flag, require_permission
+from statuses import ExecutionStatus, ExecutionType
 from wakeup import wake_workers
 
 bp = Blueprint("executions", __name__, url_prefix="/api/executions")
+
+MAX_LIMIT = 1000
 
 
 def execution_to_api(execution, include_logs=False):
@@ -42,6 +44,37 @@ def find_execution(execution_id):
     if execution is None:
         error("Execution not found", 404)
     return execution
+
+
+@bp.get("")
+@require_permission("history:read")
+def list_executions():
+    """Executions newest first, by ?jobId=, ?status= and ?type=; page with ?limit=N and ?before=<executionId>.
+
+    One row more than the page is read: when it exists, the page's last id is
+    `next`, the `before` of the following page.
+    """
+    job_id = request.args.get("jobId")
+    if job_id is not None and "\x00" in job_id:  # no id holds one, and PostgreSQL would refuse the query
+        error("'jobId' must not contain NUL characters", 400)
+    filters = {"job_id": job_id, "status": enum_arg("status", ExecutionStatus),
+               "type": enum_arg("type", ExecutionType)}
+    limit = page_limit(MAX_LIMIT)
+    cursor = page_cursor(lambda before: Execution.get_or_none(Execution.id == before), "execution")
+    executions = list(newest_first(Execution.history(**filters), Execution, limit + 1, cursor))
+    page = executions[:limit]
+    return {"success": True, "data": [execution_to_api(execution) for execution in page],
+            "next": page[-1].id if len(executions) > limit else None}
+
+
+def enum_arg(name, enum):
+    """The query argument `name` as a member of `enum`, None when absent; a 400 naming the choices otherwise."""
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    if raw not in set(enum):
+        error(f"'{name}' must be one of {', '.join(enum)}", 400)
+    return enum(raw)
 
 
 @bp.get("/<execution_id>")

@@ -1,4 +1,6 @@
-from flask import Blueprint, current_app
+import re
+
+from flask import Blueprint, current_app, request
 
 from models import Job, iso
 from routes import error, require_permission
@@ -6,6 +8,8 @@ from sources import describe_source
 from wakeup import trigger
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/jobs")
+
+IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
 
 
 def job_to_api(job):
@@ -37,5 +41,13 @@ def run_job(job_id):
         error("Job not found", 404)
     if not job.enabled:
         error("Job is disabled", 409)
-    execution = trigger(job, current_app.config["DATA_DIR"])
+    execution = trigger(job, current_app.config["DATA_DIR"], idempotency_key())
     return {"success": True, "executionId": execution.id}
+
+
+def idempotency_key():
+    """The Idempotency-Key header, None without one; a 400 unless it is 1 to 255 printable ASCII characters."""
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
+        error("'Idempotency-Key' must be 1 to 255 printable ASCII characters", 400)
+    return key

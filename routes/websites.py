@@ -1,13 +1,13 @@
 import json
 
-from flask import Blueprint, request
+from flask import Blueprint
 
 from models import Backup, Website, iso
-from routes import error, require_permission
+from routes import error, newest_first, page_cursor, page_limit, require_permission
 
 bp = Blueprint("websites", __name__, url_prefix="/api/websites")
 
-DEFAULT_LIMIT, MAX_LIMIT = 100, 10_000
+MAX_LIMIT = 10_000
 
 
 @bp.get("/<domain>/backups")
@@ -17,18 +17,10 @@ def list_backups(domain):
     website = Website.by_domain(domain)
     if website is None:
         error("Website not found", 404)
-    limit = page_limit()
-    query = Backup.select().where(Backup.website == website.id)
-    before = request.args.get("before")
-    if before is not None:
-        # A NUL cannot be stored, so it names no backup (and PostgreSQL would refuse the query).
-        cursor = None if "\x00" in before else Backup.get_or_none(
-            (Backup.website == website.id) & (Backup.backup_id == before))
-        if cursor is None:
-            error("'before' names no backup of this website", 400)
-        query = query.where((Backup.created_at < cursor.created_at)
-                            | ((Backup.created_at == cursor.created_at) & (Backup.id < cursor.id)))
-    backups = query.order_by(Backup.created_at.desc(), Backup.id.desc()).limit(limit)
+    limit = page_limit(MAX_LIMIT)
+    cursor = page_cursor(lambda before: Backup.get_or_none(
+        (Backup.website == website.id) & (Backup.backup_id == before)), "backup of this website")
+    backups = newest_first(Backup.select().where(Backup.website == website.id), Backup, limit, cursor)
     return {"success": True, "data": {
         "domain": website.domain,
         "backups": [backup_to_api(backup) for backup in backups],
@@ -42,11 +34,3 @@ def backup_to_api(backup):
             "errorMessage": backup.error_message, "createdAt": iso(backup.created_at),
             "updatedAt": iso(backup.updated_at), "completedAt": iso(backup.completed_at)}
 
-
-def page_limit():
-    raw = request.args.get("limit")
-    if raw is None:
-        return DEFAULT_LIMIT
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
-        error(f"'limit' must be a whole number from 1 to {MAX_LIMIT}", 400)
-    return int(raw)
