@@ -7,6 +7,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+import requests
 from click.testing import CliRunner
 
 import cli
@@ -84,6 +85,48 @@ def test_keys_disable_enable_delete(runner):
     assert runner("keys", "delete", key_id).exit_code == 0
     assert ApiKey.select().count() == 0
     assert runner("keys", "delete", key_id).exit_code != 0
+
+
+def test_keys_rotate_prints_a_new_key_alone_on_the_last_line_and_keeps_everything_else(runner):
+    old = runner("keys", "create", "ci", "-p", "jobs:read", "-p", "history:read",
+                 "--expires-in-days", "3").output.strip().splitlines()[-1]
+    before = ApiKey.get()
+    runner("keys", "disable", before.id)
+    result = runner("keys", "rotate", before.id)
+    assert result.exit_code == 0, result.output
+    new = result.output.strip().splitlines()[-1]
+    assert models.KEY_PATTERN.fullmatch(new) and new != old and old not in result.output
+    after = ApiKey.get()
+    assert (after.id, after.name, after.permissions, after.expires_at, after.enabled, after.created_at) == (
+        before.id, before.name, before.permissions, before.expires_at, False, before.created_at)
+    assert after.key_hash == models.hash_key(new) and after.prefix == new[:12] != before.prefix
+    assert ApiKey.authenticate(new) == (None, "API key is disabled")  # rotating enables nothing
+
+
+def test_keys_rotate_an_unknown_id_fails_saying_so(runner):
+    runner("keys", "create", "ci", "-p", "jobs:read")
+    result = runner("keys", "rotate", "no-such-key")
+    assert result.exit_code != 0 and "no key with id no-such-key" in result.output
+    assert ApiKey.select().count() == 1
+
+
+def test_keys_rotate_stops_the_old_secret_at_once_over_http(start_server, backhook_env):
+    server = start_server(processes=2)
+    old = backhook("keys", "create", "ci", "-p", "jobs:read", env=backhook_env).stdout.strip().splitlines()[-1]
+    key_id = backhook("keys", "list", env=backhook_env).stdout.split()[0]
+
+    def jobs_with(key):
+        return requests.get(f"{server.url}/api/jobs", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+
+    for _ in range(4):  # every gunicorn process has served the old key
+        assert jobs_with(old).status_code == 200
+    rotated = backhook("keys", "rotate", key_id, env=backhook_env)
+    assert rotated.returncode == 0, rotated.stderr
+    new = rotated.stdout.strip().splitlines()[-1]
+    for _ in range(4):
+        refused = jobs_with(old)
+        assert refused.status_code == 401 and refused.json() == {"error": "Invalid API key"}
+        assert jobs_with(new).status_code == 200
 
 
 def test_jobs_add_prints_the_id_alone_on_the_last_line(runner, tmp_path):

@@ -9,6 +9,7 @@ import worker
 from models import Execution, IdempotencyKey, Job
 from routes.executions import execution_to_api
 from statuses import ExecutionStatus, ExecutionType
+from support import hold_write_lock
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -257,26 +258,41 @@ def test_a_key_of_255_printable_characters_is_accepted(client, auth, make_job):
     assert first.status_code == 200 and run(client, auth, job, key).get_json() == first.get_json()
 
 
-def test_concurrent_retries_with_one_key_queue_exactly_one_run(start_server, make_job, make_key):
-    """Through a real gunicorn with several processes: 16 calls at once, one key, one execution."""
+def test_concurrent_retries_with_one_key_queue_exactly_one_run(start_server, make_job, make_key, database_url):
+    """Through a real gunicorn: retries that all found no key yet race to queue; exactly one execution wins.
+
+    Another process holds the write lock while the calls arrive, so every
+    gunicorn process reads "no such key" and then waits to write; let go,
+    they all write at once, and the losers answer the winner's execution.
+    """
     job = make_job()
     server = start_server(processes=4)
-    headers = {"Authorization": f"Bearer {make_key('jobs:execute')}", "Idempotency-Key": "cron-0300"}
-    barrier = threading.Barrier(16)
+    key = make_key("jobs:execute", "jobs:read")
+    headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "cron-0300"}
     answers = []
 
-    def call():
-        with requests.Session() as session:
-            session.get(f"{server.url}/livez", timeout=10)  # connected before the barrier
-            barrier.wait()
-            response = session.post(f"{server.url}/api/jobs/{job.id}/run", headers=headers, timeout=30)
-            answers.append((response.status_code, response.json()))
+    def at_once(request, count=16):
+        threads = [threading.Thread(target=request) for _ in range(count)]
+        for thread in threads:
+            thread.start()
+        return threads
 
-    threads = [threading.Thread(target=call) for _ in range(16)]
-    for thread in threads:
-        thread.start()
+    def use_key():
+        assert requests.get(f"{server.url}/api/jobs", headers=headers, timeout=10).status_code == 200
+
+    def call():
+        response = requests.post(f"{server.url}/api/jobs/{job.id}/run", headers=headers, timeout=30)
+        answers.append((response.status_code, response.json()))
+
+    # Calls at once reach every process: each records the key's use now, so none writes it under the lock.
+    for _ in range(3):
+        for thread in at_once(use_key):
+            thread.join()
+    holder = hold_write_lock(database_url, 2)
+    threads = at_once(call, 8)
+    holder.wait()
     for thread in threads:
         thread.join()
-    assert [status for status, _body in answers] == [200] * 16, answers
+    assert [status for status, _body in answers] == [200] * 8, answers
     assert len({body["executionId"] for _status, body in answers}) == 1
     assert executions_of(job) == 1 and IdempotencyKey.select().count() == 1

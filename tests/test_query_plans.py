@@ -5,7 +5,12 @@ sends to SQLite, then asks SQLite how it would run each of them. A plan step
 that reads a whole table ("SCAN execution") or a whole index ("SCAN execution
 USING INDEX ...") would make the path slower as the history grows, which is
 what bench/scale.py measures; here it fails at once, with no timing involved.
+The history listing's plans are also asked of PostgreSQL, with its
+sequential scans and sorts priced out, so that only a missing index makes
+it fall back to them.
 """
+import itertools
+import json
 import re
 
 import pytest
@@ -14,17 +19,23 @@ import database
 import models
 from models import Backup, Execution, ExecutionLog, Job, Website
 from routes.executions import execution_to_api
-from statuses import ExecutionStatus
+from statuses import ExecutionStatus, ExecutionType
 from support import PROJECT, TOKEN
-
-pytestmark = pytest.mark.sqlite_only("EXPLAIN QUERY PLAN is SQLite's; PostgreSQL plans differ by design")
 
 FULL_SCAN = re.compile(r"^SCAN (?!CONSTANT ROW)(\w+)")
 
 
 @pytest.fixture
-def record_sql(app, monkeypatch):
-    """Record (sql, params) of every statement; yields the list."""
+def record_sql(recorded, backend):
+    """Record (sql, params) of every statement SQLite runs; yields the list."""
+    if backend != "sqlite":
+        pytest.skip("EXPLAIN QUERY PLAN is SQLite's; PostgreSQL plans differ by design")
+    return recorded
+
+
+@pytest.fixture
+def recorded(app, monkeypatch):
+    """Record (sql, params) of every statement, on either backend; yields the list."""
     db = database.opened()
     original = db.execute_sql
     statements = []
@@ -186,3 +197,84 @@ def test_reclaim_reads_only_the_leased_executions(history, data_dir, record_sql)
     # Through the index of leases, not through every Success of the history.
     assert reads and all("INDEX execution_lease " in detail for detail in reads), reads
     assert full_scans(record_sql) == []
+
+
+# --- the history listing: each filter combination along an index of its own -----------
+
+HISTORY_FILTERS = [dict(combination) for size in range(4) for combination in itertools.combinations(
+    [("jobId", None), ("status", ExecutionStatus.FAILED), ("type", ExecutionType.RESTORE)], size)]
+
+
+def history_queries(history, params, paged):
+    job, execution = history
+    params = {name: job.id if name == "jobId" else value for name, value in params.items()}
+    return {**params, "limit": 2, **({"before": execution.id} if paged else {})}
+
+
+def temp_sorts(statements):
+    """Plan steps that sort rows in a temporary B-tree: the order does not come from an index."""
+    connection = database.opened().connection()
+    return [f"{detail}\n    in: {sql}" for sql, params in statements
+            for *_ids, detail in connection.execute("EXPLAIN QUERY PLAN " + sql, params)
+            if "TEMP B-TREE" in detail]
+
+
+@pytest.mark.parametrize("paged", [False, True], ids=["first page", "before"])
+@pytest.mark.parametrize("params", HISTORY_FILTERS, ids=lambda params: "+".join(params) or "unfiltered")
+def test_history_listing_reads_an_index_in_order_for_every_filter_combination(
+        history, client, auth, record_sql, params, paged):
+    record_sql.clear()
+    response = client.get("/api/executions", headers=auth, query_string=history_queries(history, params, paged))
+    assert response.status_code == 200, response.get_json()
+    scans = full_scans(record_sql)
+    if not params and not paged:
+        # The newest page of everything walks the (created_at, id) index from its end and stops at the limit.
+        assert [scan.splitlines()[0] for scan in scans] == ["SCAN t1 USING INDEX execution_created"]
+    else:
+        assert scans == []
+    assert temp_sorts(record_sql) == []
+
+
+def postgresql_plan_problems(statements):
+    """Sequential scans of the execution table and sorts in PostgreSQL's plans for `statements`.
+
+    Both are priced out (enable_seqscan, enable_sort), so the planner picks
+    them only when no index can serve the query.
+    """
+    problems = []
+    with models.database.atomic():
+        models.database.execute_sql("SET LOCAL enable_seqscan = off")
+        models.database.execute_sql("SET LOCAL enable_sort = off")
+        for sql, params in statements:
+            if "FROM \"execution\"" not in sql or not sql.lstrip().upper().startswith("SELECT"):
+                continue
+            plan = json.loads(json.dumps(models.database.execute_sql("EXPLAIN (FORMAT JSON) " + sql, params)
+                                         .fetchone()[0]))[0]["Plan"]
+            nodes = [plan]
+            while nodes:
+                node = nodes.pop()
+                nodes.extend(node.get("Plans", ()))
+                if "Sort" in node["Node Type"] or (node["Node Type"] == "Seq Scan"
+                                                   and node.get("Relation Name") == "execution"):
+                    problems.append(f"{node['Node Type']} {node.get('Relation Name', '')}\n    in: {sql}")
+    return problems
+
+
+@pytest.mark.postgresql_only("EXPLAIN of PostgreSQL's planner")
+@pytest.mark.parametrize("paged", [False, True], ids=["first page", "before"])
+@pytest.mark.parametrize("params", HISTORY_FILTERS, ids=lambda params: "+".join(params) or "unfiltered")
+def test_history_listing_needs_no_sequential_scan_or_sort_on_postgresql(
+        history, client, auth, recorded, params, paged):
+    recorded.clear()
+    response = client.get("/api/executions", headers=auth, query_string=history_queries(history, params, paged))
+    assert response.status_code == 200, response.get_json()
+    assert any("ORDER BY" in sql for sql, _params in recorded)
+    assert postgresql_plan_problems(recorded) == []
+
+
+@pytest.mark.postgresql_only("EXPLAIN of PostgreSQL's planner")
+def test_a_postgresql_query_no_index_serves_is_caught(history, recorded):
+    recorded.clear()
+    list(Execution.select().where(Execution.error == "disk full").order_by(Execution.size))
+    assert sorted(problem.splitlines()[0] for problem in postgresql_plan_problems(recorded)) == [
+        "Seq Scan execution", "Sort "]
