@@ -2,7 +2,8 @@
 
 Two databases with the same 20 jobs:
 
-- "empty": only what the requests need: one execution per job, 50 websites;
+- "empty": only what the requests need: a history page (20 executions) per
+  job, 50 websites;
 - "full": 1,000,000 finished executions spread over the 20 jobs, each with
   5 log lines; 100,000 websites with 5 backups each and 3 events per backup.
 
@@ -14,11 +15,13 @@ in alternating rounds, both databases served by the same gunicorn settings:
 - GET /api/executions/<id> (random ids), also with ?includeLogs=true
 - POST /webhooks/backup-progress (random existing sites and backups)
 - GET /api/jobs
+- GET /api/executions, the history: pages of 20, unfiltered, by job, by
+  status, by both, by type, and from a random `before` anywhere in it
 - the worker's claim: trigger over HTTP until `backhook worker` has claimed the execution
 
 Target (README.md, "Performance targets"): each within 1.3x of the empty database.
 
-    .venv/bin/python bench/scale.py [--executions 1000000] [--websites 100000] [--quick]
+    .venv/bin/python bench/scale.py [--executions 1000000] [--websites 100000] [--only history,poll] [--quick]
 """
 import argparse
 import hashlib
@@ -37,6 +40,8 @@ EVENTS_PER_BACKUP = 3
 TARGET_RATIO = 1.3
 FILL_VERSION = 1  # bump when the fill below changes
 FINISHED = ("Success", "Failed", "Cancelled")
+HISTORY_PAGE = 20  # the listing's page size, and how many executions each job has in the empty database
+MEASURES = ["poll", "poll+logs", "jobs", "history", "webhook", "claim"]
 
 
 # --- filling ---------------------------------------------------------------------------
@@ -148,11 +153,28 @@ class Side:
         self.db = sqlite3.connect(data_dir / "backhook.db")
         ids = [row[0] for row in self.db.execute("SELECT id FROM execution ORDER BY random() LIMIT 2000")]
         self.ids = ids
+        self.history_paths = self.history_pages()
         self.paths = {
             "poll": self.paths_file("poll", [f"/api/executions/{i}" for i in ids]),
             "poll+logs": self.paths_file("poll-logs", [f"/api/executions/{i}?includeLogs=true" for i in ids]),
             "jobs": self.paths_file("jobs", ["/api/jobs"]),
+            "history": self.paths_file("history", self.history_paths),
         }
+
+    def history_pages(self):
+        """Full pages of the history listing, in each of its shapes, from anywhere in it."""
+        jobs = [row[0] for row in self.db.execute("SELECT id FROM job WHERE name LIKE 'job-%'")]
+        # Cursors with a full page behind them: the newest page's ids are left out.
+        cursors = [row[0] for row in self.db.execute(
+            "SELECT id FROM (SELECT id FROM execution ORDER BY created_at, id LIMIT -1 OFFSET ?) "
+            "ORDER BY random() LIMIT 500", (HISTORY_PAGE,))]
+        page = f"/api/executions?limit={HISTORY_PAGE}"
+        shapes = [lambda number: page, lambda number: f"{page}&jobId={jobs[number % len(jobs)]}",
+                  lambda number: f"{page}&status=Success",
+                  lambda number: f"{page}&jobId={jobs[number % len(jobs)]}&status=Success",
+                  lambda number: f"{page}&type=Backup",
+                  lambda number: f"{page}&before={cursors[number % len(cursors)]}"]
+        return [shapes[number % len(shapes)](number) for number in range(3000)]
 
     def paths_file(self, name, paths):
         path = self.data_dir / f"paths-{name}.txt"
@@ -178,6 +200,17 @@ class Side:
             self.db.execute("SELECT sum(progress), max(id) FROM backup").fetchall()
         elif what == "jobs":
             self.db.execute("SELECT (SELECT max(created_at) FROM execution WHERE job_id = job.id) FROM job").fetchall()
+        elif what == "history":  # each page's index entries and rows, as the listing reads them
+            for path in set(self.history_paths):
+                if "before=" in path:
+                    self.db.execute("SELECT * FROM execution WHERE (created_at, id) < (SELECT created_at, id "
+                                    "FROM execution WHERE id = ?) ORDER BY created_at DESC, id DESC LIMIT ?",
+                                    (path.rsplit("=", 1)[1], HISTORY_PAGE + 1)).fetchall()
+                elif "jobId=" in path:
+                    job_id = path.split("jobId=")[1].split("&")[0]
+                    status = " AND status = 'Success'" if "status=" in path else ""
+                    self.db.execute(f"SELECT * FROM execution WHERE job_id = ?{status} "
+                                    "ORDER BY created_at DESC, id DESC LIMIT ?", (job_id, HISTORY_PAGE + 1)).fetchall()
 
     def wrk(self, server, what, seconds):
         if what == "webhook":
@@ -224,26 +257,32 @@ def main(argv=()):
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=4)
     parser.add_argument("--claims", type=int, default=200)
+    parser.add_argument("--only", type=lambda value: value.split(","), default=MEASURES,
+                        help=f"a comma-separated subset of {','.join(MEASURES)}")
     parser.add_argument("--quick", action="store_true", help="a tiny database: checks the harness only")
     args = parser.parse_args(argv)
+    unknown = set(args.only) - set(MEASURES)
+    if unknown:
+        parser.error(f"--only: unknown {', '.join(sorted(unknown))}; choose from {', '.join(MEASURES)}")
     if args.quick:
         args.executions, args.websites, args.rounds, args.seconds, args.claims = 2000, 200, 1, 1, 10
 
     empty_dir, full_dir = common.fresh_dir("scale-empty"), common.fresh_dir("scale-full")
     create_database(empty_dir, 50)
-    with common.transaction(empty_dir) as db:  # each job's one execution, finished
+    with common.transaction(empty_dir) as db:  # each job's history page, finished
         now = common.now_ms()
         db.executemany("INSERT INTO execution (id, job_id, status, stage, created_at, started_at, ended_at) "
-                       "VALUES (?, ?, 'Success', 'Queued', ?, ?, ?)",
-                       [(common.new_id(), job_id, now, now, now)
-                        for (job_id,) in db.execute("SELECT id FROM job").fetchall()])
+                       "VALUES (?, ?, 'Success', 'Completed', ?, ?, ?)",
+                       [(common.new_id(), job_id, now - age, now - age, now - age)
+                        for (job_id,) in db.execute("SELECT id FROM job").fetchall()
+                        for age in range(HISTORY_PAGE)])
     empty_key = common.api_key(empty_dir)
     full_key = full_database(full_dir, args.executions, args.websites)
     args.full_gb = (full_dir / "backhook.db").stat().st_size / 1e9
     sides = [Side("empty", empty_dir, empty_key, 50, 2000),
              Side("full", full_dir, full_key, args.websites, args.websites * BACKUPS_PER_SITE)]
 
-    measures = ["poll", "poll+logs", "jobs", "webhook"]
+    measures = [what for what in MEASURES if what in args.only and what != "claim"]
     p50 = {(side.name, what): [] for side in sides for what in measures}
     servers = {}
     try:
@@ -261,10 +300,11 @@ def main(argv=()):
                     p50[side.name, what].append(result["p50_ms"])
                     print(f"round {round_number + 1} {what:9} {side.name:5} p50 {result['p50_ms']:.2f} ms "
                           f"({result['requests']} requests)", flush=True)
-        measures.append("claim")
-        for side in sides:
+        for side in sides if "claim" in args.only else ():
             p50[side.name, "claim"] = [common.median(side.claim_latencies(servers[side.name], args.claims))]
             print(f"claim {side.name:5} p50 {p50[side.name, 'claim'][0]:.2f} ms", flush=True)
+        if "claim" in args.only:
+            measures.append("claim")
     finally:
         for server in servers.values():
             server.stop()
@@ -286,7 +326,9 @@ def report(p50, measures, args):
         f"Full database: {args.executions:,} executions over {JOBS} jobs with {LOGS_PER_EXECUTION} log lines each, "
         f"{args.websites:,} websites with {BACKUPS_PER_SITE} backups and {EVENTS_PER_BACKUP} events per backup "
         f"({args.full_gb:.2f} GB; filled once with INSERT … SELECT in about a minute, cached under var/bench/). "
-        f"Empty database: the {JOBS} jobs, one execution each, 50 websites. Median latency over "
+        f"Empty database: the {JOBS} jobs, {HISTORY_PAGE} executions each, 50 websites. The history is "
+        f"`GET /api/executions?limit={HISTORY_PAGE}` unfiltered, by job, by status, by both, by type and "
+        "from a random `before`, one sixth each. Median latency over "
         f"{args.rounds} alternating rounds of {args.seconds:g} s, one connection (wrk -c 1 -t 1); "
         f"the claim is timed from before `POST /api/jobs/<id>/run` until `backhook worker` has made the "
         f"execution leave Pending (a `command:true` job, one run at a time), median of {args.claims}. "
