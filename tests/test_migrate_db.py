@@ -7,7 +7,7 @@ import requests
 
 import database
 import models
-from models import ApiKey, Backup, BackupEvent, Execution, ExecutionLog, Job, Setting, Website
+from models import ApiKey, Backup, BackupEvent, Execution, ExecutionLog, IdempotencyKey, Job, Setting, Website
 from statuses import ExecutionStatus
 from support import PROJECT
 
@@ -32,6 +32,7 @@ def populated(app, make_key, make_job):
         site = Website.create(domain="example.com", wpsec_api_key="site-key")
         backup = Backup.create(website=site, backup_id="b-1", status="completed", progress=100, execution=execution)
         BackupEvent.create(backup_pk=backup.id, kind="complete", payload='{"backup_id": "b-1"}')
+        IdempotencyKey.create(job=job.id, key="nightly-2026-12-03", execution=execution.id)
     Setting.write("max_concurrent_jobs", 3)
     return key, execution
 
