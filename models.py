@@ -15,10 +15,10 @@ import time
 
 from peewee import (
     BigIntegerField,
-    IntegrityError,
     BooleanField,
     ForeignKeyField,
     IntegerField,
+    IntegrityError,
     JOIN,
     Model,
     OperationalError,
@@ -290,14 +290,14 @@ class Execution(BaseModel):
                 .where(cls.id == execution_id).objects().first())
 
     @classmethod
-    def history(cls, job_id=None, status=None, type=None):
+    def history(cls, job_id=None, status=None, execution_type=None):
         """Executions with their job's name (as with_job_name), of one job, status or type when given.
 
         Unordered: `newest_first` orders and pages it along the index of
         whichever filters are given (schema.sql, version 4).
         """
         query = cls.select(cls, Job.name).join(Job)
-        for column, value in ((cls.job, job_id), (cls.status, status), (cls.type, type)):
+        for column, value in ((cls.job, job_id), (cls.status, status), (cls.type, execution_type)):
             if value is not None:
                 query = query.where(column == value)
         return query.objects()

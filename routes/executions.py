@@ -58,7 +58,7 @@ def list_executions():
     if job_id is not None and "\x00" in job_id:  # no id holds one, and PostgreSQL would refuse the query
         error("'jobId' must not contain NUL characters", 400)
     filters = {"job_id": job_id, "status": enum_arg("status", ExecutionStatus),
-               "type": enum_arg("type", ExecutionType)}
+               "execution_type": enum_arg("type", ExecutionType)}
     limit = page_limit(MAX_LIMIT)
     cursor = page_cursor(lambda before: Execution.get_or_none(Execution.id == before), "execution")
     executions = list(newest_first(Execution.history(**filters), Execution, limit + 1, cursor))
