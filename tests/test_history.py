@@ -65,7 +65,7 @@ def test_the_default_page_is_100_and_next_names_its_last_execution(client, auth,
 
 
 def test_a_page_that_ends_exactly_at_the_oldest_has_no_next(client, auth, two_jobs):
-    executions = add_executions(two_jobs[0], 4)
+    add_executions(two_jobs[0], 4)
     body = listing(client, auth, limit=4)
     assert len(body["data"]) == 4 and body["next"] is None
 
@@ -143,10 +143,13 @@ def test_an_unknown_job_id_filter_lists_nothing(client, auth, two_jobs):
     assert listing(client, auth, jobId="no-such-job") == {"success": True, "data": [], "next": None}
 
 
-def test_limit_at_most_1000(client, auth, two_jobs):
-    add_executions(two_jobs[0], 3)
-    assert len(listing(client, auth, limit=1000)["data"]) == 3
-    assert len(listing(client, auth, limit=1)["data"]) == 1
+def test_a_limit_of_1_to_1000_is_the_page_size(client, auth, two_jobs):
+    with models.database.atomic():
+        Execution.insert_many([{"id": f"{number:032x}", "job": two_jobs[0].id, "created_at": number}
+                               for number in range(1001)]).execute()
+    largest = listing(client, auth, limit=1000)
+    assert len(largest["data"]) == 1000 and largest["next"] == f"{1:032x}"
+    assert ids(listing(client, auth, limit=1)) == [f"{1000:032x}"]
 
 
 @pytest.mark.parametrize("params, message", [
