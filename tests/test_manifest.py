@@ -4,31 +4,17 @@ import json
 import os
 import re
 import stat
-import time
 from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 
-import leases
 import manifest
 import sinks
-from backup import Run
 from models import Execution
 from sinks import job_directory, manifest_location
 from statuses import ExecutionStatus
-from support import run_to_end
-
-WORKER = "test-worker"
-
-
-def run_in_process(job):
-    """Queue, claim and run one backup of `job` in this process, as a worker would; the final row."""
-    queued = Execution.enqueue(job)
-    (execution,) = [claimed for claimed in leases.claim(WORKER, 60_000) if claimed.id == queued.id]
-    Run(execution, job, WORKER, time.monotonic() + 60).execute()
-    return Execution.get_by_id(queued.id)
-
+from support import run_in_process, run_to_end
 
 def manifest_of(location):
     return json.loads(Path(manifest_location(location)).read_text())
