@@ -259,6 +259,10 @@ def make_tree(root):
     (root / "empty").mkdir()
     (root / "link").symlink_to("etc/app.conf")
     (root / "naïve name with spaces.txt").write_text("☃\n")
+    try:
+        os.setxattr(root / "etc" / "app.conf", "user.backhook.origin", "config ☃".encode())
+    except OSError:
+        pass  # a file system without user.* attributes: the rest is still compared
     if os.geteuid() == 0:  # owners are restored only by root, and by number
         os.chown(root / "etc" / "app.conf", 4321, 4322)
         os.chown(root / "bin", 4323, 4323)
@@ -267,7 +271,7 @@ def make_tree(root):
 
 
 def tree(root):
-    """Every entry under `root` (itself included): type, mode, owner, and content or link target."""
+    """Every entry under `root` (itself included): type, mode, owner, extended attributes, content or link target."""
     entries = {}
     for path in [root, *sorted(root.rglob("*"))]:
         info = path.lstat()
@@ -277,8 +281,10 @@ def tree(root):
             content = path.read_bytes()
         else:
             content = None
+        attributes = {} if stat.S_ISLNK(info.st_mode) else {
+            name: os.getxattr(path, name) for name in os.listxattr(path)}
         entries[str(path.relative_to(root))] = (stat.S_IFMT(info.st_mode), stat.S_IMODE(info.st_mode),
-                                                info.st_uid, info.st_gid, content)
+                                                info.st_uid, info.st_gid, attributes, content)
     return entries
 
 
