@@ -30,6 +30,9 @@ def download_artifact(execution_id):
     if execution is None:
         error("Execution not found", 404)
     path = stored_artifact(execution)
+    if execution.sha256 is None or execution.size is None:
+        error(f"Execution {execution.id} recorded no checksum for its artifact, so it cannot be sent as verified",
+              409)
     try:
         stream = open(path, "rb")
     except OSError:

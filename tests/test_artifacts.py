@@ -173,6 +173,12 @@ def test_an_artifact_whose_size_changed_on_disk_is_a_json_409(client, auth, back
     assert_json_error(download(client, auth, backed_up.id), 409, "recorded")
 
 
+@pytest.mark.parametrize("missing", ["sha256", "size"])
+def test_an_artifact_without_a_recorded_checksum_or_size_is_a_json_409(client, auth, backed_up, missing):
+    Execution.update(**{missing: None}).where(Execution.id == backed_up.id).execute()
+    assert_json_error(download(client, auth, backed_up.id), 409, "recorded no checksum")
+
+
 def test_a_key_without_storage_download_is_refused(client, make_key, backed_up):
     others = [permission for permission in models.PERMISSIONS if permission != "storage:download"]
     response = client.get(url(backed_up.id), headers={"Authorization": f"Bearer {make_key(*others)}"})
