@@ -61,6 +61,13 @@ def test_the_whole_artifact_streams_with_its_checksum_and_name(client, auth, bac
     assert response.headers.getlist("Cache-Control") == ["no-store"]
 
 
+def test_head_answers_the_headers_without_the_body(client, auth, backed_up):
+    response = client.head(url(backed_up.id), headers=auth)
+    assert response.status_code == 200 and response.get_data() == b""
+    assert response.headers["Content-Length"] == str(len(PAYLOAD))
+    assert response.headers["ETag"] == f'"{backed_up.sha256}"'
+
+
 def test_the_file_is_sent_in_pieces_never_read_whole(client, auth, backed_up):
     response = client.get(url(backed_up.id), headers=auth, buffered=False)
     pieces = [len(piece) for piece in response.response]
