@@ -30,8 +30,9 @@ def prune(job, execution_id, sink, check, log):
 
     Each file is first forgotten in the database (committed), then deleted
     from `sink`, so no row ever names a missing file; its manifest goes after
-    it, so an artifact that could not be deleted keeps its manifest. `check()` before each
-    deletion may raise to stop; `log(message, level)` reports each one.
+    it, so an artifact that could not be deleted keeps its manifest.
+    `check()` before each deletion may raise to stop; `log(message, level)`
+    reports each one.
     """
     keep = job.keep
     if not keep or keep < 1:

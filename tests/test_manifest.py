@@ -81,25 +81,40 @@ def test_a_manifest_that_cannot_be_written_fails_the_backup_and_removes_the_arti
     assert first.status == ExecutionStatus.SUCCESS, first.error
     before = sorted(path.name for path in job_directory(job).iterdir())
 
-    real = {"write": sinks.LocalArtifact.write_manifest, "fsync": os.fsync, "rename": os.rename}[fault]
-
     def full_disk(*args):
         raise OSError(28, "No space left on device")
 
     if fault == "write":
-        # The partial manifest exists, then its write fails.
-        def failing_write(self, data):
-            real(self, data[:0])
-            raise OSError(28, "No space left on device")
-        monkeypatch.setattr(sinks.LocalArtifact, "write_manifest", failing_write)
+        real = sinks.create_artifact
+
+        class FullDisk:
+            """The manifest's partial file, created; every write to it fails."""
+
+            def __init__(self, stream):
+                self.stream = stream
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.stream.close()
+
+            write = staticmethod(full_disk)
+
+        monkeypatch.setattr(sinks, "create_artifact",
+                            lambda path: FullDisk(real(path)) if path.endswith(".json.partial") else real(path))
     elif fault == "fsync":
         # The artifact's own fsyncs pass; the manifest's (its file is named *.json.partial) fails.
+        real = os.fsync
+
         def failing_fsync(fd):
             if os.readlink(f"/proc/self/fd/{fd}").endswith(".json.partial"):
                 full_disk()
             return real(fd)
         monkeypatch.setattr(os, "fsync", failing_fsync)
     else:
+        real = os.rename
+
         def failing_rename(source, target, *args, **kwargs):
             if str(target).endswith(".json"):
                 full_disk()
@@ -111,6 +126,7 @@ def test_a_manifest_that_cannot_be_written_fails_the_backup_and_removes_the_arti
     assert failed.status == ExecutionStatus.FAILED
     assert "No space left on device" in failed.error
     assert failed.path is None
+    assert any(entry.message.startswith("verified ") for entry in failed.logs)  # its artifact was in place
     assert sorted(path.name for path in job_directory(job).iterdir()) == before  # nothing of it is left
     assert Path(first.path).read_bytes() and manifest_of(first.path)["executionId"] == first.id
 
