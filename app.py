@@ -11,7 +11,8 @@ from werkzeug.wsgi import get_content_length
 import config
 from database import open_database
 from ratelimit import init_limiter, limit_api, limiter, retry_after_seconds
-from routes import API_HEADERS, MAX_BODY_BYTES, ApiError, error, executions, health, jobs, openapi, webhooks, websites
+from routes import (API_HEADERS, MAX_BODY_BYTES, ApiError, artifacts, error, executions, health, jobs, openapi,
+                    webhooks, websites)
 
 log = logging.getLogger("backhook")
 
@@ -41,7 +42,7 @@ def create_app(overrides=None):
     refuse_nul_characters(app)
     register_error_handlers(app)
 
-    for blueprint in (jobs.bp, executions.bp, websites.bp, openapi.bp):
+    for blueprint in (jobs.bp, executions.bp, artifacts.bp, websites.bp, openapi.bp):
         limit_api(blueprint)
         app.register_blueprint(blueprint)
     app.register_blueprint(health.bp)

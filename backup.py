@@ -28,13 +28,14 @@ import traceback
 
 from peewee import OperationalError
 
+import manifest
 import retention
 from compression import compressor
 from leases import MAX_ATTEMPTS
 from models import Execution, now_ms
 from pipeline import Pipeline
 from reporter import Reporter, band_end, band_progress, band_start, dump_fraction
-from sinks import LocalDirectorySink, job_directory, remove_partial_files
+from sinks import MANIFEST, LocalDirectorySink, job_directory, remove_partial_files
 from sources import DUMPERS, BackupError, shown_source, source_kind, source_secrets
 from statuses import ExecutionStatus, Stage
 from tools import end_tool, kill_group, start_tool, wait_for_tool
@@ -68,7 +69,8 @@ class Run:
         self.children = []
         self.lock = threading.RLock()  # check() may stop() while spawn() holds it
         self.report = Reporter(execution, worker_id, source_secrets(job.source), on_lost=lambda: self.stop("lost"))
-        self.stamp = utc_stamp(now_ms())
+        self.started_ms = now_ms()
+        self.stamp = utc_stamp(self.started_ms)
         self.directory = job_directory(job)
         self.size_hint = None
         self.recorded = None  # the artifact's location, once the execution is recorded Success with it
@@ -175,6 +177,7 @@ class Run:
         try:
             self.enter(Stage.VERIFYING)
             size, sha256 = self.verify(pipeline)
+            self.write_manifest(pipeline, name, size, sha256)
             self.record_success(pipeline.location, name, size, sha256)
         except BaseException:
             pipeline.abort()
@@ -210,6 +213,14 @@ class Run:
         size, sha256 = pipeline.verify(read_so_far)
         self.log(f"verified {size:,} bytes, sha256 {sha256}")
         return size, sha256
+
+    def write_manifest(self, pipeline, name, size, sha256):
+        """`<artifact>.json` beside the verified artifact; failing to write it fails the backup like any store."""
+        self.check()
+        document = manifest.manifest(self.job, self.execution.id, name, self.started_ms, pipeline.raw_bytes,
+                                     size, sha256)
+        pipeline.write_manifest(manifest.encode(document))
+        self.log(f"manifest written: {name}{MANIFEST}")
 
     def record_success(self, location, name, size, sha256):
         """One guarded write makes the verified artifact the execution's: Success, before any pruning.

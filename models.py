@@ -58,7 +58,7 @@ class BaseModel(Model):
         legacy_table_names = False
 
 
-PERMISSIONS = ("jobs:read", "jobs:execute", "history:read", "websites:read")
+PERMISSIONS = ("jobs:read", "jobs:execute", "history:read", "websites:read", "storage:download")
 KEY_PATTERN = re.compile(r"dbm_[A-Za-z0-9_-]{32,}")
 KEY_TOUCH_INTERVAL_MS = 60_000
 _last_touched = {}  # key id -> ms; spares the database a write per request

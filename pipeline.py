@@ -43,7 +43,8 @@ class Fanout:
 
 
 class Pipeline:
-    """Writes one artifact to every sink: `open`, `write` each chunk of the dump, `seal`, `commit`, `verify`.
+    """Writes one artifact to every sink: `open`, `write` each chunk of the dump, `seal`, `commit`, `verify`,
+    `write_manifest`.
 
     `abort()` at any point before the artifact is recorded leaves nothing of
     it on any sink. The attempt passed to `open` is asked `check()` before
@@ -107,6 +108,11 @@ class Pipeline:
         for number, artifact in enumerate(self.artifacts):
             artifact.verify(size, sha256, lambda fraction, done=number: progress((done + fraction) / count))
         return size, sha256
+
+    def write_manifest(self, data):
+        """Put the manifest (manifest.py) beside the verified artifact on every sink."""
+        for artifact in self.artifacts:
+            artifact.write_manifest(data)
 
     def abort(self):
         """Remove whatever this artifact left on any sink, partial or committed."""

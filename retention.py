@@ -29,8 +29,10 @@ def prune(job, execution_id, sink, check, log):
     """Delete the job's successful artifacts older than its `keep` newest; the problems met, or None.
 
     Each file is first forgotten in the database (committed), then deleted
-    from `sink`, so no row ever names a missing file. `check()` before each
-    deletion may raise to stop; `log(message, level)` reports each one.
+    from `sink`, so no row ever names a missing file; its manifest goes after
+    it, so an artifact that could not be deleted keeps its manifest.
+    `check()` before each deletion may raise to stop; `log(message, level)`
+    reports each one.
     """
     keep = job.keep
     if not keep or keep < 1:
@@ -56,5 +58,11 @@ def prune(job, execution_id, sink, check, log):
             continue
         deleted += 1
         log(f"retention: deleted {old.path} (execution {old.id})")
+        try:
+            sink.delete_manifest(old.path)  # only now: an artifact that stays keeps its manifest
+        except OSError as exc:
+            problems.append(f"could not delete the manifest of {old.path} (execution {old.id}): "
+                            f"{exc.strerror or exc}")
+            log(f"retention: {problems[-1]}", "error")
     log(f"retention: keeping the {min(len(holders), keep)} newest of at most {keep} backups; deleted {deleted}")
     return "; ".join(problems) or None

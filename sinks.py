@@ -10,8 +10,10 @@ this order:
   S3 multipart upload completed, an rclone move);
 - `verify(size, sha256, progress)`: the stored copy is read back and checked
   against what was written; BackupError if it differs;
+- `write_manifest(data)`: the manifest (manifest.py) appears beside the
+  artifact, under the artifact's name and `.json`, as durably as the artifact;
 - `abort()`, at any point until the execution records the artifact: nothing
-  of it is left, neither a partial file nor the committed artifact.
+  of it is left, neither a partial file nor the committed artifact or manifest.
 
 Committing before verifying is what every store allows (an S3 object can only
 be read once it is complete); an artifact that fails verification is removed
@@ -34,6 +36,17 @@ from sources import CHUNK, BackupError
 WRITEBACK_BYTES = 32 * CHUNK
 READ_BACK_PIECE = 4 * CHUNK  # bytes per read when verifying; two such buffers are in use
 PARTIAL = ".partial"
+MANIFEST = ".json"  # manifest.py: `<artifact>.json` lies beside each artifact
+
+
+def manifest_location(location):
+    """Where the manifest of the artifact stored at `location` lies."""
+    return location + MANIFEST
+
+
+def is_artifact_name(name):
+    """Whether a file name in a job's directory can be an artifact: neither a partial file nor a manifest."""
+    return not name.endswith((PARTIAL, MANIFEST))
 
 
 def job_directory(job):
@@ -44,9 +57,9 @@ def job_directory(job):
 def partial_files(job, execution_id):
     """Every file an unfinished attempt of this execution may have left behind.
 
-    That is its `.partial` files, and also an artifact already renamed into
-    place by a worker that died before recording its success: no execution
-    reports it, so retention would never delete it.
+    That is its `.partial` files, and also an artifact (and its manifest)
+    already renamed into place by a worker that died before recording its
+    success: no execution reports it, so retention would never delete it.
     """
     return list(job_directory(job).glob(f"*-{execution_id}.*"))
 
@@ -75,6 +88,10 @@ class LocalDirectorySink:
         """Remove a stored artifact, as retention does; an artifact already gone is no error."""
         Path(location).unlink(missing_ok=True)
 
+    def delete_manifest(self, location):
+        """Remove the manifest of the artifact at `location`, once the artifact is gone."""
+        Path(manifest_location(location)).unlink(missing_ok=True)
+
 
 class LocalArtifact:
     """One artifact being written to a local directory: its partial file, then its final name."""
@@ -82,6 +99,7 @@ class LocalArtifact:
     def __init__(self, path):
         self.path, self.partial = path, Path(str(path) + PARTIAL)
         self.location = str(path)
+        self.manifest = Path(manifest_location(self.location))
         self.file = create_artifact(str(self.partial))
         self.writeback = Writeback(self.file.fileno())
 
@@ -111,6 +129,16 @@ class LocalArtifact:
             raise BackupError(f"verification failed: {self.path} does not match what was written "
                               f"({seen:,} of {size:,} bytes read back)")
 
+    def write_manifest(self, data):
+        """Write the manifest as the artifact is written: `.partial`, fsync, rename, with the artifact's mode."""
+        partial = Path(str(self.manifest) + PARTIAL)
+        with create_artifact(str(partial)) as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.rename(partial, self.manifest)
+        fsync_directory(self.manifest.parent)
+
     def abort(self):
         try:
             self.writeback.stop()
@@ -122,6 +150,8 @@ class LocalArtifact:
             pass  # buffered bytes that cannot be written (a full disk) are being thrown away anyway
         self.partial.unlink(missing_ok=True)
         self.path.unlink(missing_ok=True)
+        Path(str(self.manifest) + PARTIAL).unlink(missing_ok=True)
+        self.manifest.unlink(missing_ok=True)  # after the artifact: no artifact is ever left without one
 
 
 def create_artifact(path):

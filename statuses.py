@@ -60,3 +60,9 @@ class EventKind(StrEnum):
     PROGRESS = "progress"
     COMPLETE = "complete"
     FAILED = "failed"
+
+
+class ExecutionType(StrEnum):
+    """What an execution does: the seed's `type`."""
+    BACKUP = "Backup"
+    RESTORE = "Restore"

@@ -194,3 +194,15 @@ def wait_for_status(client, auth, execution_id, statuses=FINISHED, timeout=30):
 
 def run_to_end(client, auth, job_id, timeout=30):
     return wait_for_status(client, auth, trigger(client, auth, job_id), timeout=timeout)
+
+
+def run_in_process(job, worker_id="test-worker"):
+    """Queue, claim and run one backup of `job` in this process, as a worker does; returns its final row."""
+    import leases
+    from backup import Run
+    from models import Execution
+
+    queued = Execution.enqueue(job)
+    (execution,) = [claimed for claimed in leases.claim(worker_id, 60_000) if claimed.id == queued.id]
+    Run(execution, job, worker_id, time.monotonic() + 60).execute()
+    return Execution.get_by_id(queued.id)

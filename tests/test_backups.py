@@ -381,7 +381,8 @@ def test_retention_deletes_only_older_successful_artifacts_of_the_same_job(
     assert not Path(runs[0]["path"]).exists()
     assert Execution.get_by_id(runs[0]["id"]).path is None
     assert all(Path(run["path"]).exists() for run in runs[1:])
-    assert sorted(p.name for p in job_directory(job).iterdir()) == sorted(Path(r["path"]).name for r in runs[1:])
+    assert sorted(p.name for p in job_directory(job).iterdir()) == sorted(
+        name for r in runs[1:] for name in (Path(r["path"]).name, Path(r["path"]).name + ".json"))
     assert Path(neighbour_data["path"]).exists()
     assert any("retention: deleted" in line["message"] for line in runs[2]["logs"])
 

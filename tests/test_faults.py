@@ -30,7 +30,7 @@ import zstandard
 import models
 import wpsec
 from models import Execution, Job, Website
-from sinks import job_directory
+from sinks import job_directory, manifest_location
 from support import (TOKEN, LiveProcess, free_port, hold_write_lock, lock_waiters, poll, trigger,
                      wait_for_status, wait_until)
 from test_backups import MARIADB, PG, mariadb, psql, unique_name
@@ -57,10 +57,10 @@ def assert_artifact_holds(data, source_dir):
 
 
 def leftovers(job, reported):
-    """Files in the job's directory that no successful execution reports: partials, orphans."""
+    """Files in the job's directory that no successful execution reports, nor its manifest: partials, orphans."""
     directory = job_directory(job)
     present = {str(path) for path in directory.iterdir()} if directory.exists() else set()
-    return present - set(reported)
+    return present - set(reported) - {manifest_location(path) for path in reported}
 
 
 # --- kill -9 at random points ---------------------------------------------------------
@@ -123,11 +123,15 @@ def test_an_artifact_renamed_into_place_by_a_worker_that_died_is_removed_on_recl
     job_directory(job).mkdir(parents=True)
     unrecorded = job_directory(job) / f"20261122T000000Z-{execution_id}.out.zst"
     unrecorded.write_bytes(b"complete but never reported")
+    manifests = [Path(manifest_location(str(unrecorded))), Path(manifest_location(str(unrecorded)) + ".partial")]
+    for manifest in manifests:
+        manifest.write_text("{}")
 
     start_worker()
     data = wait_for_status(client, auth, execution_id)
     assert data["status"] == "Success"
-    assert not unrecorded.exists()
+    assert not unrecorded.exists() and not any(manifest.exists() for manifest in manifests)
+    assert Path(manifest_location(data["path"])).exists()
     assert leftovers(job, [data["path"]]) == set()
 
 

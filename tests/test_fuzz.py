@@ -6,6 +6,7 @@ match the document (status, headers, content type, body schema) and, when it
 is an error, be JSON {"error": "..."}. The budget is fixed and seeded, so a
 run is reproducible and costs CI well under a minute per test.
 """
+import hashlib
 from collections import defaultdict
 
 import hypothesis
@@ -27,6 +28,8 @@ from schemathesis.specs.openapi.checks import (
 import models
 from models import Backup, Execution, Job, Website
 from routes import openapi
+from sinks import job_directory
+from statuses import ExecutionStatus
 from support import TOKEN
 
 EXAMPLES_PER_OPERATION = 60
@@ -54,11 +57,20 @@ def documented_example(name):
 
 @pytest.fixture
 def fuzz_server(app, start_server, tmp_path):
-    """A server over a database holding what the document's examples name, so fuzzing reaches 200s."""
+    """A server over a database holding what the document's examples name, so fuzzing reaches 200s.
+
+    That is a Pending execution (to cancel) and a successful backup with its artifact (to download).
+    """
     with models.database.atomic():
         job = Job.create(id=documented_example("jobId"), name="Daily files",
                          source=f"files://{tmp_path}", destination=str(tmp_path / "backups"))
         Execution.create(id=documented_example("executionId"), job=job.id)
+        backed_up = documented_example("backupExecutionId")
+        artifact = job_directory(job) / f"20261122T000000Z-{backed_up}.tar"
+        artifact.parent.mkdir(parents=True)
+        artifact.write_bytes(b"an artifact to download" * 100)
+        Execution.create(id=backed_up, job=job.id, status=ExecutionStatus.SUCCESS, path=str(artifact),
+                         size=artifact.stat().st_size, sha256=hashlib.sha256(artifact.read_bytes()).hexdigest())
         website = Website.create(domain="example.com")
         Backup.create(website=website.id, backup_id="backup_123456789", status="in_progress", progress=45)
     # The limits would turn most of the budget into 429s after the first 20 POSTs per

@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from models import Execution
+from sinks import manifest_location
 from support import PROJECT, TOKEN, free_port, hold_write_lock, wait_until
 
 
@@ -107,4 +108,6 @@ def test_artifacts_are_0640_and_the_configured_groups(runner, make_job, start_wo
     assert runner("jobs", "run", "nightly", "--wait").exit_code == 0
     artifact = Path(Execution.get().path)
     assert (mode(artifact), os.stat(artifact).st_gid) == (0o640, group.gr_gid)
+    manifest = Path(manifest_location(str(artifact)))
+    assert (mode(manifest), os.stat(manifest).st_gid) == (0o640, group.gr_gid)
     assert (mode(artifact.parent), os.stat(artifact.parent).st_gid) == (0o750, group.gr_gid)

@@ -1,4 +1,5 @@
 """Retention: which artifacts go (without a database), then pruning on a real one."""
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -6,7 +7,7 @@ import pytest
 import models
 import retention
 from models import Execution, now_ms
-from sinks import LocalDirectorySink
+from sinks import LocalDirectorySink, manifest_location
 from statuses import ExecutionStatus
 
 
@@ -32,9 +33,13 @@ def test_nothing_expires_while_there_are_no_more_artifacts_than_kept():
     assert retention.expired(holders("e3", "e2"), 5, "e3") == []
 
 
+def manifest_of(path):
+    return Path(manifest_location(str(path)))
+
+
 @pytest.fixture
 def successes(make_job, tmp_path):
-    """A job keeping 2, with four successful executions and their artifacts, oldest first."""
+    """A job keeping 2, with four successful executions and their artifacts and manifests, oldest first."""
     job = make_job(name="kept", keep=2)
     directory = tmp_path / "backups" / "kept"
     directory.mkdir(parents=True)
@@ -43,6 +48,7 @@ def successes(make_job, tmp_path):
         for number in range(4):
             path = directory / f"artifact-{number}.tar.zst"
             path.write_bytes(b"backup")
+            manifest_of(path).write_text("{}")
             made.append(Execution.create(job=job, status=ExecutionStatus.SUCCESS, path=str(path),
                                          created_at=now_ms() - 1000 * (10 - number)))
     return job, made, LocalDirectorySink(directory)
@@ -58,7 +64,8 @@ def test_prune_forgets_then_deletes_the_older_artifacts_and_keeps_the_newest(suc
     assert retention.prune(job, made[-1].id, sink, lambda: None, log) is None
     paths = {execution.id: Execution.get_by_id(execution.id).path for execution in made}
     assert [paths[execution.id] is None for execution in made] == [True, True, False, False]
-    assert sorted(path.name for path in sink.directory.iterdir()) == ["artifact-2.tar.zst", "artifact-3.tar.zst"]
+    assert sorted(path.name for path in sink.directory.iterdir()) == [
+        "artifact-2.tar.zst", "artifact-2.tar.zst.json", "artifact-3.tar.zst", "artifact-3.tar.zst.json"]
     assert lines[-1] == "retention: keeping the 2 newest of at most 2 backups; deleted 2"
 
 
@@ -71,7 +78,20 @@ def test_a_file_that_cannot_be_deleted_stays_named_and_is_reported(successes):
     problem = retention.prune(job, made[-1].id, sink, lambda: None, ignore)
     assert problem.startswith(f"could not delete {stuck} (execution {made[0].id})")
     assert Execution.get_by_id(made[0].id).path == stuck
+    assert manifest_of(stuck).exists()  # deleted only after its artifact
     assert Execution.get_by_id(made[1].id).path is None
+    assert not manifest_of(made[1].path).exists()
+
+
+def test_a_manifest_that_cannot_be_deleted_is_reported_and_its_artifact_stays_forgotten(successes):
+    job, made, sink = successes
+    stuck = manifest_of(made[0].path)
+    stuck.unlink()
+    stuck.mkdir()  # unlink() refuses a directory, as it would a file on a read-only mount
+    problem = retention.prune(job, made[-1].id, sink, lambda: None, ignore)
+    assert problem.startswith(f"could not delete the manifest of {made[0].path} (execution {made[0].id})")
+    assert not Path(made[0].path).exists() and Execution.get_by_id(made[0].id).path is None
+    assert not Path(made[1].path).exists() and not manifest_of(made[1].path).exists()
 
 
 def test_a_stop_during_pruning_leaves_the_rest_named(successes):
@@ -89,4 +109,4 @@ def test_a_job_without_keep_prunes_nothing(successes):
     job, made, sink = successes
     job.keep = None
     assert retention.prune(job, made[-1].id, sink, lambda: None, ignore) is None
-    assert len(list(sink.directory.iterdir())) == 4
+    assert len(list(sink.directory.iterdir())) == 8

@@ -107,12 +107,57 @@ def test_the_leftovers_of_an_execution_are_its_files_only(tmp_path):
     assert directory == tmp_path / "nightly"
     directory.mkdir()
     mine = ["20261203T000000Z-ex1.tar.zst.partial", "20261203T000000Z-ex1.snapshot.partial",
-            "20261203T000000Z-ex1.tar.zst"]
-    for name in mine + ["20261202T000000Z-ex2.tar.zst"]:
+            "20261203T000000Z-ex1.tar.zst", "20261203T000000Z-ex1.tar.zst.json.partial",
+            "20261203T000000Z-ex1.tar.zst.json"]
+    others = ["20261202T000000Z-ex2.tar.zst", "20261202T000000Z-ex2.tar.zst.json"]
+    for name in mine + others:
         (directory / name).write_bytes(b"")
     assert sorted(path.name for path in partial_files(job, "ex1")) == sorted(mine)
     assert sorted(remove_partial_files(job, "ex1")) == sorted(mine)
-    assert [path.name for path in directory.iterdir()] == ["20261202T000000Z-ex2.tar.zst"]
+    assert sorted(path.name for path in directory.iterdir()) == others
+
+
+def test_the_manifest_lies_beside_the_committed_artifact_with_the_artifacts_mode(tmp_path):
+    artifact = written(LocalDirectorySink(tmp_path), "new.tar")
+    artifact.commit()
+    artifact.write_manifest(b'{"artifact": "new.tar"}\n')
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["new.tar", "new.tar.json"]
+    assert (tmp_path / "new.tar.json").read_bytes() == b'{"artifact": "new.tar"}\n'
+    assert stat.S_IMODE((tmp_path / "new.tar.json").stat().st_mode) == 0o600
+
+
+def test_a_manifest_that_cannot_be_written_leaves_nothing_after_the_abort(tmp_path, monkeypatch):
+    previous = tmp_path / "old.tar"
+    previous.write_bytes(b"the last good backup")
+    artifact = written(LocalDirectorySink(tmp_path), "new.tar")
+    artifact.commit()
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        artifact.write_manifest(b"{}")
+    assert (tmp_path / "new.tar.json.partial").exists()  # the fault struck after the write began
+    monkeypatch.undo()
+    artifact.abort()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["old.tar"]
+    assert previous.read_bytes() == b"the last good backup"
+
+
+def test_delete_manifest_removes_only_the_manifest(tmp_path):
+    sink, path = LocalDirectorySink(tmp_path), tmp_path / "old.tar"
+    path.write_bytes(b"old")
+    (tmp_path / "old.tar.json").write_text("{}")
+    sink.delete_manifest(str(path))
+    sink.delete_manifest(str(path))
+    assert [entry.name for entry in tmp_path.iterdir()] == ["old.tar"]
+
+
+@pytest.mark.parametrize("name, artifact", [("a.tar.zst", True), ("a.db", True), ("a.tar.zst.json", False),
+                                            ("a.tar.zst.partial", False), ("a.tar.zst.json.partial", False)])
+def test_neither_a_manifest_nor_a_partial_file_counts_as_an_artifact(name, artifact):
+    assert sinks.is_artifact_name(name) is artifact
 
 
 def test_a_job_whose_name_cannot_be_a_directory_stores_under_its_id(tmp_path):

@@ -96,7 +96,7 @@ def test_a_killed_workers_execution_is_reclaimed_and_run_again(
     assert data["status"] == "Success"
     assert Execution.get_by_id(execution_id).attempts == 2
     assert not set(abandoned) & set(files_in(job))
-    assert files_in(job) == [Path(data["path"]).name]
+    assert files_in(job) == [Path(data["path"]).name, Path(data["path"]).name + ".json"]
     assert any("stopped renewing its lease" in line["message"] and "re-queued" in line["message"]
                for line in data["logs"])
 

@@ -1,0 +1,109 @@
+"""The manifest `<artifact>.json` beside every artifact, and the stock commands that restore an artifact.
+
+An artifact must be restorable without backhook, by someone who has only the
+file and a shell. Its manifest says what it holds (job, source without
+credentials, time, sizes, SHA-256, compression, encryption) and, in
+`restore`, the shell lines that restore it with stock tools. docs/restore.md
+gives the same lines per source kind with placeholders, and
+tests/test_restore_docs.py runs both, so the two cannot drift apart.
+
+The lines use three placeholders: `$ARTIFACT` (the artifact's path),
+`$SHA256` (its checksum) and `$TARGET` (where to restore). In a manifest the
+first two are filled in with the artifact's file name, so its lines run in
+the artifact's directory, and only `TARGET` is left to set.
+"""
+import json
+from importlib.metadata import version
+
+from models import iso
+from sources import shown_source, source_kind
+
+FORMAT = 1  # bumped when a field changes meaning
+
+# Each stock tool reads the artifact's stored bytes as its compression wrote them.
+DECOMPRESS = {
+    "zstd": 'zstd -dc "{artifact}"',
+    "gzip": 'gzip -dc "{artifact}"',
+    "none": 'cat "{artifact}"',
+}
+
+CHECK = 'echo "{sha256}  {artifact}" | sha256sum -c -'
+
+# The lines after the checksum check, per source kind; `{decompress}` writes the artifact's plain bytes to stdout.
+RESTORE = {
+    "sqlite": [
+        "# TARGET: the SQLite database file to restore. Stop the programs that use it first.",
+        CHECK,
+        '{decompress} > "$TARGET.restoring"',
+        'test "$(sqlite3 "$TARGET.restoring" "PRAGMA integrity_check")" = ok',
+        "# The old database and its -wal and -shm files are kept aside, never overwritten.",
+        "stamp=$(date -u +%Y%m%dT%H%M%SZ)",
+        'for old in "$TARGET" "$TARGET-wal" "$TARGET-shm"; do'
+        ' if [ -e "$old" ]; then mv "$old" "$old.before-restore-$stamp"; fi; done',
+        'mv "$TARGET.restoring" "$TARGET"',
+    ],
+    "postgresql": [
+        "# TARGET: the name of a new database to restore into; psql and createdb find the server"
+        " as usual (PGHOST, PGPORT, PGUSER, ~/.pgpass).",
+        CHECK,
+        'createdb "$TARGET"',
+        '{decompress} | psql -X -q -v ON_ERROR_STOP=1 --single-transaction -d "$TARGET"',
+    ],
+    "mysql": [
+        "# TARGET: the name of a new database to restore into (the dump creates none); mariadb and"
+        " mariadb-admin find the server as usual (~/.my.cnf, or -h, -P, -u and -p).",
+        CHECK,
+        'mariadb-admin create "$TARGET"',
+        '{decompress} | mariadb --database="$TARGET"',
+    ],
+    "files": [
+        "# TARGET: a new or empty directory to restore into. As root, tar restores owners by number too.",
+        CHECK,
+        'mkdir -p "$TARGET"',
+        'test -z "$(ls -A "$TARGET")"  # refuses a directory that is not empty',
+        '{decompress} | tar -x -p --numeric-owner --xattrs --acls -f - -C "$TARGET"',
+    ],
+    "command": [
+        "# TARGET: the file to write the command's output into, byte for byte as it printed it.",
+        CHECK,
+        "set -o noclobber  # refuses to overwrite an existing file",
+        '{decompress} > "$TARGET"',
+    ],
+}
+
+
+def restore_commands(kind, compression, artifact="$ARTIFACT", sha256="$SHA256"):
+    """The shell lines that restore an artifact of this source kind and compression, or [] for none.
+
+    An artifact name never needs quoting (it is `<UTC stamp>-<id>.<ext>`), so it is written as given.
+    """
+    if kind not in RESTORE:
+        return []
+    decompress = DECOMPRESS[compression].format(artifact=artifact)
+    return [line.format(artifact=artifact, sha256=sha256, decompress=decompress) for line in RESTORE[kind]]
+
+
+def manifest(job, execution_id, name, created_ms, raw_size, size, sha256):
+    """The manifest of the artifact `name`, as a dict; it never holds a credential of the source."""
+    kind = source_kind(job.source)
+    return {
+        "format": FORMAT,
+        "artifact": name,
+        "jobId": job.id,
+        "jobName": job.name,
+        "sourceKind": kind,
+        "source": shown_source(job.source),
+        "executionId": execution_id,
+        "createdAt": iso(created_ms),
+        "rawSize": raw_size,
+        "size": size,
+        "sha256": sha256,
+        "compression": job.compression,
+        "encryption": None,  # issue 15: the age recipients, public keys only
+        "backhookVersion": version("backhook"),
+        "restore": restore_commands(kind, job.compression, artifact=name, sha256=sha256),
+    }
+
+
+def encode(document):
+    return (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode()

@@ -1,0 +1,76 @@
+"""GET /api/executions/<id>/artifact: a successful backup's stored artifact, streamed from disk.
+
+The file is never read whole: werkzeug's file wrapper hands it to the server
+in pieces (gunicorn sends it with sendfile), and `make_conditional` answers
+`Range` (one range, 206) and `If-None-Match` (304) from the recorded SHA-256
+as the ETag. The row's `path` is not trusted blindly: a stale or tampered row
+could name any file the web process can read, so only this execution's
+artifact inside its job's directory is ever sent.
+"""
+import base64
+import os
+from pathlib import Path
+
+from flask import Blueprint, current_app, request
+from werkzeug.wsgi import wrap_file
+
+from models import Execution, Job
+from routes import error, require_permission
+from sinks import is_artifact_name, job_directory
+from sources import CHUNK
+from statuses import ExecutionStatus, ExecutionType
+
+bp = Blueprint("artifacts", __name__, url_prefix="/api/executions")
+
+
+@bp.get("/<execution_id>/artifact")
+@require_permission("storage:download")
+def download_artifact(execution_id):
+    execution = Execution.get_or_none(Execution.id == execution_id)
+    if execution is None:
+        error("Execution not found", 404)
+    path = stored_artifact(execution)
+    if execution.sha256 is None or execution.size is None:
+        error(f"Execution {execution.id} recorded no checksum for its artifact, so it cannot be sent as verified",
+              409)
+    try:
+        stream = open(path, "rb")
+    except OSError:
+        error(f"Execution {execution.id} has no artifact: its file {path.name} is gone", 404)
+    try:
+        size = os.fstat(stream.fileno()).st_size
+        if size != execution.size:
+            error(f"The artifact of execution {execution.id} is {size:,} bytes on disk, not the {execution.size:,} "
+                  "recorded: it was changed after its backup and is not sent", 409)
+        response = artifact_response(stream, size, path.name, execution.sha256)
+    except BaseException:
+        stream.close()
+        raise
+    return response
+
+
+def stored_artifact(execution):
+    """The path of this successful backup's artifact, inside its job's directory; else a 404 saying why."""
+    if execution.type != ExecutionType.BACKUP or execution.status != ExecutionStatus.SUCCESS:
+        error(f"Execution {execution.id} is not a successful backup ({execution.type}, {execution.status})", 404)
+    if execution.path is None:
+        error(f"Execution {execution.id} has no artifact any more: retention deleted it", 404)
+    directory = job_directory(Job.get_by_id(execution.job_id)).resolve()
+    path = Path(execution.path).resolve()
+    if (path.parent != directory or not is_artifact_name(path.name)
+            or f"-{execution.id}." not in path.name or not path.is_file()):
+        error(f"Execution {execution.id} has no artifact in its job's directory {directory}", 404)
+    return path
+
+
+def artifact_response(stream, size, name, sha256):
+    digest = base64.b64encode(bytes.fromhex(sha256)).decode()
+    response = current_app.response_class(wrap_file(request.environ, stream, buffer_size=CHUNK),
+                                          mimetype="application/octet-stream", direct_passthrough=True)
+    response.content_length = size
+    response.set_etag(sha256)
+    response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
+    # Both name the whole file's checksum, also on a 206: Digest (RFC 3230) and its successor (RFC 9530).
+    response.headers["Digest"] = f"sha-256={digest}"
+    response.headers["Repr-Digest"] = f"sha-256=:{digest}:"
+    return response.make_conditional(request, accept_ranges=True, complete_length=size)
