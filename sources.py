@@ -509,11 +509,11 @@ def mysql_connection(source):
 
 
 def dump_mysql(source, run, out):
-    """mariadb-dump (or mysqldump) in one consistent transaction."""
+    """mariadb-dump (or mysqldump) in one consistent transaction, with routines, triggers and events."""
     source = parse_source(source)
     tool = "mariadb-dump" if shutil.which("mariadb-dump") else "mysqldump"
     connection, env = mysql_connection(source)
-    run_tool(run, [tool, "--single-transaction", "--quick", "--routines", "--triggers", *connection,
+    run_tool(run, [tool, "--single-transaction", "--quick", "--routines", "--triggers", "--events", *connection,
                    "--", source.database], out, env)
 
 

@@ -50,6 +50,39 @@ def require_service(name, host, port):
 POSTGRES_SERVER = os.environ.get("BACKHOOK_TEST_POSTGRES_SERVER", "postgresql://postgres@127.0.0.1:5432")
 
 
+def unique_name():
+    return f"bh_{secrets.token_hex(6)}"
+
+
+def scratch_databases(execute, create, drop):
+    """A factory of uniquely named databases on a server other tests share; drops them afterwards."""
+    created = []
+
+    def make():
+        name = unique_name()
+        execute(create.format(name))
+        created.append(name)
+        return name
+
+    yield make
+    for name in created:
+        execute(drop.format(name))
+
+
+PG = ["-h", "127.0.0.1", "-p", "5432", "-U", "postgres"]
+MARIADB = ["-h", "127.0.0.1", "-P", "3306", "-u", "root"]
+
+
+def psql(database, *args, stdin=None):
+    return subprocess.run(["psql", *PG, "-d", database, "-v", "ON_ERROR_STOP=1", "-X", "-q", *args],
+                          input=stdin, capture_output=True, check=True).stdout
+
+
+def mariadb(*args, database=None, stdin=None):
+    return subprocess.run(["mariadb", *MARIADB, *args, *([database] if database else [])],
+                          input=stdin, capture_output=True, check=True).stdout
+
+
 def require_postgres():
     server = urlparse(POSTGRES_SERVER)
     require_service("PostgreSQL", server.hostname, server.port or 5432)
