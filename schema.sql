@@ -135,3 +135,30 @@ CREATE INDEX execution_lease ON execution (lease_expires_at)
 -- whether the backup stays on the directory's own file system.
 ALTER TABLE job ADD COLUMN excludes TEXT NOT NULL DEFAULT '[]';
 ALTER TABLE job ADD COLUMN one_file_system INTEGER NOT NULL DEFAULT 0;
+
+-- version 4
+
+-- PLACEHOLDER, on the restore branch only: the history branch's section 4
+-- replaces this whole section when the branches merge. It holds a statement
+-- that changes nothing because migrations refuse an empty section.
+SELECT 1;
+
+-- version 5
+
+-- command: jobs: the shell command that reads a backup on its stdin to restore it
+-- (defined only on the command line, like the backup command).
+ALTER TABLE job ADD COLUMN restore_command TEXT;
+-- A Restore execution: the Backup execution whose artifact it restores, the SRC
+-- it restores into ('scratch' for a drill; NULL for the job's own source; it may
+-- hold a password, so it is never shown), and whether it may overwrite.
+ALTER TABLE execution ADD COLUMN restores TEXT;
+ALTER TABLE execution ADD COLUMN restore_target TEXT;
+ALTER TABLE execution ADD COLUMN restore_replace INTEGER NOT NULL DEFAULT 0;
+-- On a Backup execution: when a restore drill last proved it restorable, and
+-- the last drill's status and execution.
+ALTER TABLE execution ADD COLUMN proven_restorable_at BIGINT;
+ALTER TABLE execution ADD COLUMN last_drill_status TEXT;
+ALTER TABLE execution ADD COLUMN last_drill_id TEXT;
+-- The claim takes Pending restores before Pending backups, each in creation
+-- order, straight from this index.
+CREATE INDEX execution_type_status_created ON execution (type, status, created_at);

@@ -18,6 +18,11 @@ class ExecutionStatus(StrEnum):
         return self in FINISHED
 
 
+class ExecutionType(StrEnum):
+    BACKUP = "Backup"
+    RESTORE = "Restore"
+
+
 FINISHED = frozenset({ExecutionStatus.SUCCESS, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED})
 
 
@@ -32,6 +37,10 @@ class Stage(StrEnum):
     COMPLETED = "Completed"
     FAILED = "Failed"
     CANCELLED = "Cancelled"
+    # the stages of a Restore execution (with Initializing and Verifying)
+    DOWNLOADING = "Downloading"
+    RESTORING = "Restoring"
+    CHECKING = "Checking"
     # the stages of a wpsec:// execution
     REQUESTING = "Requesting"
     REMOTE_BACKUP = "Remote Backup"

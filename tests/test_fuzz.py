@@ -6,6 +6,7 @@ match the document (status, headers, content type, body schema) and, when it
 is an error, be JSON {"error": "..."}. The budget is fixed and seeded, so a
 run is reproducible and costs CI well under a minute per test.
 """
+import hashlib
 from collections import defaultdict
 
 import hypothesis
@@ -27,6 +28,7 @@ from schemathesis.specs.openapi.checks import (
 import models
 from models import Backup, Execution, Job, Website
 from routes import openapi
+from statuses import ExecutionStatus
 from support import TOKEN
 
 EXAMPLES_PER_OPERATION = 60
@@ -59,6 +61,11 @@ def fuzz_server(app, start_server, tmp_path):
         job = Job.create(id=documented_example("jobId"), name="Daily files",
                          source=f"files://{tmp_path}", destination=str(tmp_path / "backups"))
         Execution.create(id=documented_example("executionId"), job=job.id)
+        artifact = tmp_path / "backups" / "artifact.tar"
+        artifact.parent.mkdir()
+        artifact.write_bytes(b"")
+        Execution.create(id=documented_example("backupExecutionId"), job=job.id, status=ExecutionStatus.SUCCESS,
+                         path=str(artifact), size=0, sha256=hashlib.sha256(b"").hexdigest())
         website = Website.create(domain="example.com")
         Backup.create(website=website.id, backup_id="backup_123456789", status="in_progress", progress=45)
     # The limits would turn most of the budget into 429s after the first 20 POSTs per
