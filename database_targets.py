@@ -31,13 +31,14 @@ log = logging.getLogger("backhook.restore")
 SHOWN_OBJECTS = 5  # objects named in a refusal; the rest are counted
 
 
-def scratch_database_name(purpose, execution_id):
-    """The name of a database an execution creates for itself: `backhook_<purpose>_<execution id>`.
+def scratch_database_name(purpose, execution):
+    """The database an execution's attempt creates for itself: `backhook_<purpose>_<execution id>_<attempt>`.
 
     Execution ids are lower-case hex, so the name is a plain identifier on
-    both servers, within their 63- and 64-character limits.
+    both servers, within their 63- and 64-character limits. The attempt in
+    it keeps a reclaim that drops a dead attempt's database off the next's.
     """
-    return f"backhook_{purpose}_{execution_id}"
+    return f"backhook_{purpose}_{execution.id}_{execution.attempts}"
 
 
 def chunks_of(stream):
@@ -292,7 +293,7 @@ class MysqlTarget:
                          "warning")
 
     def restore(self, stream):
-        staging = scratch_database_name("restore", self.run.execution.id)
+        staging = scratch_database_name("restore", self.run.execution)
         self.create_database(staging)
         try:
             self.run.log(f"loading the dump into the staging database {staging}")

@@ -82,7 +82,7 @@ def target_problem(backup, target):
     if target is None:
         return None
     if target == SCRATCH:
-        return "a command: job has no scratch target to drill into" if kind == "command" else None
+        return None
     if kind == "command":
         return "a command: job restores through its restore command; it takes no target"
     if target.startswith("command:"):
@@ -110,6 +110,9 @@ def queue_restore(execution_id, target=None, replace=False, data_dir=None):
     The route and `backhook restore` both come through here, so both refuse alike.
     """
     backup = restorable_backup(execution_id)
+    if target == SCRATCH and job_kind(backup.job) == "command":  # see drills.py: no drill runs a restore command
+        raise RestoreRefused("a command: job has no restore drill: only the job's author knows where its restore "
+                             "command writes; restore through that command with `backhook restore ID`", 409)
     problem = target_problem(backup, target)
     if problem:
         raise RestoreRefused(problem, 400)

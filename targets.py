@@ -26,6 +26,7 @@ import tarfile
 import time
 from pathlib import Path
 
+from database_targets import MysqlTarget, PostgresqlTarget
 from sources import CHUNK, BackupError
 
 
@@ -353,4 +354,5 @@ class CommandTarget:
         return {"bytes": self.fed}
 
 
-TARGETS = {"sqlite": SqliteTarget, "files": DirectoryTarget, "command": CommandTarget}
+TARGETS = {"sqlite": SqliteTarget, "files": DirectoryTarget, "command": CommandTarget,
+           "postgresql": PostgresqlTarget, "mysql": MysqlTarget}

@@ -35,6 +35,7 @@ import time
 from peewee import OperationalError
 
 import config
+import drills
 import leases
 import wpsec
 from backup import Run
@@ -121,7 +122,10 @@ class Worker:
 
     def reclaim_lapsed(self):
         """Take back executions whose worker died, and wake the workers to run them again."""
-        if leases.reclaim(self.sightings, list(self.runs), partial_files):
+        taken = leases.reclaim(self.sightings, list(self.runs), partial_files)
+        for execution in taken:
+            drills.remove_leftovers(execution)  # a dead drill's throwaway target, a restore's staging database
+        if taken:
             wake_workers(self.data_dir)
 
     # --- running ----------------------------------------------------------------------

@@ -33,6 +33,19 @@ def execution_to_api(execution, include_logs=False):
     return data
 
 
+def drill_to_api(execution):
+    """The last restore drill of a backup execution: {"executionId", "status", "at"}, or None before any.
+
+    `at` is when that drill proved the backup restorable; null when it failed
+    or was cancelled (the backup keeps only its last success's time).
+    """
+    if execution.last_drill_id is None:
+        return None
+    proven = execution.last_drill_status == ExecutionStatus.SUCCESS
+    return {"executionId": execution.last_drill_id, "status": execution.last_drill_status,
+            "at": iso(execution.proven_restorable_at) if proven else None}
+
+
 def log_to_api(entry):
     return {"timestamp": iso(entry.timestamp), "level": entry.level, "stage": entry.stage,
             "message": entry.message}

@@ -264,7 +264,7 @@ def my_schema_and_data(database):
 
 
 def leftover_databases(run):
-    return mariadb("-N", "-e", f"SHOW DATABASES LIKE '%{run.execution.id}'")
+    return mariadb("-N", "-e", f"SHOW DATABASES LIKE '%{run.execution.id}%'")
 
 
 @pytest.fixture
@@ -399,5 +399,5 @@ def test_mysql_credentials_stay_out_of_argv_logs_and_errors(my_user):
 
 
 def test_scratch_database_names_are_plain_identifiers_within_both_limits():
-    name = scratch_database_name("restore", "0" * 12 + "f" * 20)
-    assert re.fullmatch(r"[a-z0-9_]+", name) and len(name) <= 63
+    name = scratch_database_name("restore", types.SimpleNamespace(id="0" * 12 + "f" * 20, attempts=2))
+    assert re.fullmatch(r"[a-z0-9_]+", name) and len(name) <= 63 and name.endswith("_2")
