@@ -149,6 +149,7 @@ class Restore(Attempt):
         self.log(f"restoring backup {backup.id} ({backup.path}) into {shown}"
                  + (", replacing what is there" if execution.restore_replace else ""))
         self.restore_into(backup, source, execution.restore_replace)
+        self.complete()
 
     def target_source(self, target):
         if target is None and job_kind(self.job) == "command":
@@ -173,6 +174,7 @@ class Restore(Attempt):
             drills.record(backup.id, self.execution.id, ExecutionStatus.FAILED, now_ms())
             raise
         drills.record(backup.id, self.execution.id, ExecutionStatus.SUCCESS, now_ms())
+        self.complete()  # only now: whoever sees the drill Success sees its scratch gone and the backup proven
 
     def restore_into(self, backup, source, replace):
         target_class = TARGETS.get(source.kind)
@@ -190,6 +192,8 @@ class Restore(Attempt):
         summary = target.check()
         self.log(f"restore checked: {json.dumps(summary, sort_keys=True)}")
         self.log(f"restore of backup {backup.id} complete")
+
+    def complete(self):
         if not self.report.finish(status=ExecutionStatus.SUCCESS, stage=Stage.COMPLETED, progress=100,
                                   ended_at=now_ms(), worker_id=None, lease_expires_at=None):
             raise Stopped("lost")
