@@ -61,6 +61,7 @@ def feed_tool(run, argv, stream, env=None):
     fed = 0
     try:
         while chunk := stream.read(CHUNK):
+            run.check()
             child.stdin.write(chunk)
             fed += len(chunk)
         child.stdin.close()
@@ -116,6 +117,7 @@ class SqliteTarget:
                 raise BackupError("the backup is not a SQLite database")
             out.write(head)
             while chunk := stream.read(CHUNK):
+                self.run.check()
                 out.write(chunk)
             out.flush()
             os.fsync(out.fileno())
@@ -270,6 +272,7 @@ class DirectoryTarget:
             archive.copybufsize = CHUNK
             directories = []
             for member in archive:
+                self.run.check()  # a whole archive may sit in one compressed read: stop between members
                 checked = self.checked(member, root)
                 if checked.isdir():
                     directories.append(checked)
