@@ -26,7 +26,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from sources import CHUNK, BackupError
+from sources import CHUNK, BackupError, shell_argv
 
 
 def fsync_path(path):
@@ -359,14 +359,7 @@ class CommandTarget:
             raise BackupError("this job has no restore command")
 
     def restore(self, stream):
-        bash = shutil.which("bash")
-        if bash:
-            argv = [bash, "-o", "pipefail", "-c", self.command]
-        else:
-            self.run.log("bash is not installed: running the restore command with /bin/sh, where only a "
-                         "pipeline's last stage decides whether the restore fails", "warning")
-            argv = ["/bin/sh", "-c", self.command]
-        self.fed = feed_tool(self.run, argv, stream)
+        self.fed = feed_tool(self.run, shell_argv(self.command, self.run, "restore"), stream)
 
     def check(self):
         return {"bytes": self.fed}
