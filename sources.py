@@ -548,22 +548,26 @@ def files_size(source):
     return total
 
 
-def dump_command(source, run, out):
-    """The stdout of an admin-defined shell command, run by bash with pipefail.
+def shell_argv(command, run, what):
+    """How an admin-defined shell command runs: bash with pipefail, or /bin/sh with a warning.
 
-    This is the one place a shell runs. The command comes only from
-    `backhook jobs add` on the server's own command line, never over HTTP, so
-    whoever defines it can already run any command. With pipefail, a failing
-    stage of a pipeline (`pg_dumpall | gzip`) fails the backup.
+    This is the one place a shell runs. The command (a `command:` source, or
+    its `--restore-command`) comes only from `backhook jobs add` on the
+    server's own command line, never over HTTP, so whoever defines it can
+    already run any command. With pipefail, a failing stage of a pipeline
+    (`pg_dumpall | gzip`) fails the `what` (backup, restore).
     """
-    command, bash = parse_source(source).command, shutil.which("bash")
+    bash = shutil.which("bash")
     if bash:
-        argv = [bash, "-o", "pipefail", "-c", command]
-    else:
-        run.log("bash is not installed: running the command with /bin/sh, where only a pipeline's last "
-                "stage decides whether the backup fails", "warning")
-        argv = ["/bin/sh", "-c", command]
-    run_tool(run, argv, out)
+        return [bash, "-o", "pipefail", "-c", command]
+    run.log(f"bash is not installed: running the command with /bin/sh, where only a pipeline's last "
+            f"stage decides whether the {what} fails", "warning")
+    return ["/bin/sh", "-c", command]
+
+
+def dump_command(source, run, out):
+    """The stdout of an admin-defined shell command (see shell_argv)."""
+    run_tool(run, shell_argv(parse_source(source).command, run, "backup"), out)
 
 
 # wpsec:// is not a dump: the remote plugin makes the backup. It gets its own

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from database_targets import MysqlTarget, PostgresqlTarget
-from sources import CHUNK, BackupError
+from sources import CHUNK, BackupError, shell_argv
 
 
 def fsync_path(path):
@@ -62,6 +62,7 @@ def feed_tool(run, argv, stream, env=None):
     fed = 0
     try:
         while chunk := stream.read(CHUNK):
+            run.check()
             child.stdin.write(chunk)
             fed += len(chunk)
         child.stdin.close()
@@ -117,6 +118,7 @@ class SqliteTarget:
                 raise BackupError("the backup is not a SQLite database")
             out.write(head)
             while chunk := stream.read(CHUNK):
+                self.run.check()
                 out.write(chunk)
             out.flush()
             os.fsync(out.fileno())
@@ -127,6 +129,8 @@ class SqliteTarget:
                 raise BackupError(f"the restored database fails PRAGMA integrity_check: {'; '.join(found[:5])}")
             if self.in_wal_mode(self.path):  # keep the target's journal mode, which the backup's copy lost
                 db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.DatabaseError as exc:
+            raise BackupError(f"the restored database fails PRAGMA integrity_check: {exc}") from None
         finally:
             db.close()
         self.integrity = "ok"
@@ -148,14 +152,21 @@ class SqliteTarget:
 
     def swap(self):
         """Put the new database in place, keeping the old one unless `replace`."""
+        kept = None
         if self.path.exists():
             self.checkpoint_old()
             if not self.replace:
                 kept = self.path.with_name(f"{self.path.name}.before-restore-{utc_stamp()}")
                 os.link(self.path, kept)
-                self.run.log(f"the database it replaces is kept as {kept}")
-        os.rename(self.temporary, self.path)
+        try:
+            os.rename(self.temporary, self.path)
+        except BaseException:
+            if kept:
+                kept.unlink(missing_ok=True)  # the old file stays where it was, under its own name
+            raise
         fsync_path(self.path.parent)
+        if kept:
+            self.run.log(f"the database it replaced is kept as {kept}")
 
     def checkpoint_old(self):
         """Fold the old database's WAL into it and empty the WAL, so that nothing of it meets the new file.
@@ -262,11 +273,15 @@ class DirectoryTarget:
             archive.copybufsize = CHUNK
             directories = []
             for member in archive:
+                self.run.check()  # a whole archive may sit in one compressed read: stop between members
                 checked = self.checked(member, root)
                 if checked.isdir():
                     directories.append(checked)
                 archive.extract(checked, self.staging, set_attrs=not checked.isdir(), numeric_owner=owners,
                                 filter="fully_trusted")
+                if checked.issym():  # tarfile leaves a symlink's own time as it found it; tar does not
+                    os.utime(os.path.join(self.staging, checked.name), (checked.mtime, checked.mtime),
+                             follow_symlinks=False)
                 self.members += 1
             if self.members == 0:
                 raise BackupError("the backup's archive holds nothing to restore")
@@ -307,14 +322,18 @@ class DirectoryTarget:
 
     def swap(self):
         """Put the staging tree in the target's place, then remove the old tree."""
-        if not self.path.exists():
-            os.rename(self.staging, self.path)
+        if not self.path.exists() or not any(self.path.iterdir()):
+            os.rename(self.staging, self.path)  # over an empty directory too, in one step
         elif exchange(self.staging, self.path):
             remove_tree(self.staging)  # the old tree, now in the staging place
         else:
             old = self.path.with_name(f".{self.path.name}.before-restore-{self.run.execution.id}")
             os.rename(self.path, old)
-            os.rename(self.staging, self.path)
+            try:
+                os.rename(self.staging, self.path)
+            except BaseException:
+                os.rename(old, self.path)
+                raise
             remove_tree(old)
         fsync_path(self.path.parent)
 
@@ -341,14 +360,7 @@ class CommandTarget:
             raise BackupError("this job has no restore command")
 
     def restore(self, stream):
-        bash = shutil.which("bash")
-        if bash:
-            argv = [bash, "-o", "pipefail", "-c", self.command]
-        else:
-            self.run.log("bash is not installed: running the restore command with /bin/sh, where only a "
-                         "pipeline's last stage decides whether the restore fails", "warning")
-            argv = ["/bin/sh", "-c", self.command]
-        self.fed = feed_tool(self.run, argv, stream)
+        self.fed = feed_tool(self.run, shell_argv(self.command, self.run, "restore"), stream)
 
     def check(self):
         return {"bytes": self.fed}
