@@ -162,14 +162,19 @@ def test_no_drill_yet_is_null_in_the_history(client, auth, make_job, start_worke
     assert drill_to_api(Execution.get_by_id(backup["id"])) is None
 
 
+def bigger_backup(client, auth, backup):
+    """Another backup of the PostgreSQL job, large enough that its restore can be caught while it runs."""
+    job = Execution.get_by_id(backup["id"]).job
+    psql(job.source.rsplit("/", 1)[1], "-c",
+         "INSERT INTO item (name) SELECT 'more ' || g FROM generate_series(1, 200000) g")
+    return run_to_end(client, auth, job.id, timeout=60)
+
+
 @pytest.mark.parametrize("backed_up", ["postgresql"], indirect=True)
 def test_a_drill_database_left_by_a_killed_worker_is_dropped_by_the_reclaim(client, auth, backed_up, start_worker,
                                                                              pg_databases):
     kind, backup, first_worker = backed_up
-    job = Execution.get_by_id(backup["id"]).job
-    psql(job.source.rsplit("/", 1)[1], "-c",
-         "INSERT INTO item (name) SELECT 'more ' || g FROM generate_series(1, 200000) g")
-    bigger = run_to_end(client, auth, job.id, timeout=60)  # a restore that takes long enough to be caught
+    bigger = bigger_backup(client, auth, backup)
     first_worker.stop()
     worker = start_worker(BACKHOOK_LEASE_SECONDS="1")
     drill_id = drill(client, auth, bigger["id"])
@@ -187,3 +192,43 @@ def test_a_drill_database_left_by_a_killed_worker_is_dropped_by_the_reclaim(clie
     assert "stopped renewing its lease" in "\n".join(entry["message"] for entry in data["logs"])
     assert drill_databases(drill_id) == []  # the first attempt's, dropped by the reclaim; the second's by itself
     assert Execution.get_by_id(bigger["id"]).last_drill_id == drill_id
+
+
+def processes_naming(text):
+    """The pids of the processes whose command line holds `text`."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            pass  # gone meanwhile
+    return pids
+
+
+@pytest.mark.parametrize("backed_up", ["postgresql"], indirect=True)
+def test_a_cancelled_drill_drops_its_database_and_records_the_cancel(client, auth, backed_up):
+    kind, backup, _worker = backed_up
+    backup = bigger_backup(client, auth, backup)
+    drill_id = drill(client, auth, backup["id"])
+    loading = wait_until(lambda: processes_naming(f"backhook_drill_{drill_id}_1"), timeout=30,
+                         message="psql to load the drill's database")
+    for pid in loading:
+        os.kill(pid, signal.SIGSTOP)  # held mid-load: the cancel lands inside the restore, not after it
+    response = client.post(f"/api/executions/{drill_id}/cancel", headers=auth)
+    assert response.status_code == 200, response.get_json()
+    data = wait_for_status(client, auth, drill_id, timeout=30)
+
+    assert data["status"] == "Cancelled"
+    assert Execution.get_by_id(backup["id"]).last_drill_status == ExecutionStatus.CANCELLED
+    assert Execution.get_by_id(backup["id"]).proven_restorable_at is None
+    assert drill_databases(drill_id) == []
+
+
+@pytest.mark.parametrize("backed_up", ["sqlite"], indirect=True)
+def test_backhook_restore_scratch_drills_and_exits_0(runner, backed_up):
+    kind, backup, _worker = backed_up
+    result = runner("restore", backup["id"], "--scratch")
+    assert result.exit_code == 0, result.output
+    assert Execution.get_by_id(backup["id"]).last_drill_status == ExecutionStatus.SUCCESS
+    assert left_in_job_directory(backup) == []
