@@ -456,11 +456,7 @@ def jobs_run(reference, wait):
     if not wait:
         click.echo(execution.id)
         return
-    try:
-        execution = wait_until_finished(execution.id)
-    except KeyboardInterrupt:
-        click.echo(f"\nstopped waiting; execution {execution.id} goes on", err=True)
-        sys.exit(130)
+    execution = wait_until_finished(execution.id)
     if execution.status == ExecutionStatus.SUCCESS:
         click.echo(f"Success in {execution.duration() / 1000:.1f} s, {execution.size or 0:,} bytes stored")
         # The last line in sha256sum's format: `| tail -n 1 | sha256sum -c` checks the artifact.
@@ -471,7 +467,18 @@ def jobs_run(reference, wait):
 
 
 def wait_until_finished(execution_id):
-    """Print a line for each change of status, stage or progress; return the finished execution."""
+    """Print a line for each change of status, stage or progress; return the finished execution.
+
+    Ctrl-C stops the waiting, not the execution: it says so and exits 130.
+    """
+    try:
+        return show_progress_until_finished(execution_id)
+    except KeyboardInterrupt:
+        click.echo(f"\nstopped waiting; execution {execution_id} goes on", err=True)
+        sys.exit(130)
+
+
+def show_progress_until_finished(execution_id):
     shown, queued_at, hinted = None, time.monotonic(), False
     while True:
         execution = Execution.get_by_id(execution_id)
@@ -577,11 +584,7 @@ def restore_command(execution_id, target, scratch, replace):
     except RestoreRefused as refused:
         fail(refused.message if refused.status != 404 else f"no execution with id {execution_id}")
     click.echo(f"queued restore {execution.id} of backup {execution_id}")
-    try:
-        execution = wait_until_finished(execution.id)
-    except KeyboardInterrupt:
-        click.echo(f"\nstopped waiting; restore {execution.id} goes on", err=True)
-        sys.exit(130)
+    execution = wait_until_finished(execution.id)
     if execution.status == ExecutionStatus.SUCCESS:
         click.echo(f"Success in {execution.duration() / 1000:.1f} s: backup {execution_id} restored")
         sys.exit(0)

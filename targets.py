@@ -27,15 +27,8 @@ import time
 from pathlib import Path
 
 from database_targets import MysqlTarget, PostgresqlTarget
+from sinks import fsync_directory
 from sources import CHUNK, BackupError, shell_argv
-
-
-def fsync_path(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def utc_stamp():
@@ -112,6 +105,11 @@ class SqliteTarget:
 
     def write_temporary(self, stream):
         fd = os.open(self.temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        if self.path.exists():  # the new file takes the old one's mode and, as root, its owner
+            old = os.stat(self.path)
+            os.fchmod(fd, stat.S_IMODE(old.st_mode))
+            if os.geteuid() == 0:
+                os.fchown(fd, old.st_uid, old.st_gid)
         with os.fdopen(fd, "wb") as out:
             head = stream.read(len(SQLITE_HEADER))
             if head != SQLITE_HEADER:
@@ -134,12 +132,6 @@ class SqliteTarget:
         finally:
             db.close()
         self.integrity = "ok"
-        if self.path.exists():
-            old = os.stat(self.path)
-            os.chmod(self.temporary, stat.S_IMODE(old.st_mode))
-            if os.geteuid() == 0:
-                os.chown(self.temporary, old.st_uid, old.st_gid)
-        fsync_path(self.temporary)
 
     @staticmethod
     def in_wal_mode(path):
@@ -164,7 +156,7 @@ class SqliteTarget:
             if kept:
                 kept.unlink(missing_ok=True)  # the old file stays where it was, under its own name
             raise
-        fsync_path(self.path.parent)
+        fsync_directory(self.path.parent)
         if kept:
             self.run.log(f"the database it replaced is kept as {kept}")
 
@@ -226,8 +218,17 @@ def exchange(first, second):
     raise OSError(code, os.strerror(code), str(first))
 
 
+# tarfile reads its stream in pieces of this size; a smaller piece is cheaper to slice
+# many times than CHUNK (bench/RESULTS.md, "Restore speed and memory").
+TAR_BUFFER = 256 * 1024
+
+
 class UnsafeMember(BackupError):
     pass
+
+
+def within(root, path):
+    return path == root or path.startswith(root + os.sep)
 
 
 class DirectoryTarget:
@@ -269,22 +270,28 @@ class DirectoryTarget:
     def extract(self, stream):
         root = os.path.realpath(self.staging)
         owners = os.geteuid() == 0
-        with tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK) as archive:
+        self.real_parents, self.symlinks = {}, []
+        with tarfile.open(fileobj=stream, mode="r|", bufsize=TAR_BUFFER) as archive:
             archive.copybufsize = CHUNK
             directories = []
             for member in archive:
                 self.run.check()  # a whole archive may sit in one compressed read: stop between members
-                checked = self.checked(member, root)
-                if checked.isdir():
-                    directories.append(checked)
-                archive.extract(checked, self.staging, set_attrs=not checked.isdir(), numeric_owner=owners,
+                path = self.checked(member, root)
+                if member.isdir():
+                    directories.append(member)
+                elif os.path.lexists(path):
+                    os.unlink(path)  # never write through what an earlier member left there (a symlink)
+                archive.extract(member, self.staging, set_attrs=not member.isdir(), numeric_owner=owners,
                                 filter="fully_trusted")
-                if checked.issym():  # tarfile leaves a symlink's own time as it found it; tar does not
-                    os.utime(os.path.join(self.staging, checked.name), (checked.mtime, checked.mtime),
-                             follow_symlinks=False)
+                if member.issym():
+                    self.symlinks.append((member.name, path))
+                    self.real_parents.clear()  # a new symlink can change where any later path resolves
+                    # tarfile leaves a symlink's own time as it found it; tar does not
+                    os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
                 self.members += 1
             if self.members == 0:
                 raise BackupError("the backup's archive holds nothing to restore")
+            self.check_symlinks(root)
             # Directories get their modes and times last, as tar does: writing into them changed their times.
             for directory in sorted(directories, key=lambda member: member.name, reverse=True):
                 path = os.path.join(self.staging, directory.name)
@@ -292,33 +299,45 @@ class DirectoryTarget:
                     archive.chown(directory, path, numeric_owner=True)
                 archive.chmod(directory, path)
                 archive.utime(directory, path)
-        fsync_path(self.staging)
+        fsync_directory(self.staging)
 
     def checked(self, member, root):
-        """The member, once it is shown safe to write under `root`; UnsafeMember when it is not."""
+        """Where the member goes, once it is shown to stay under `root`; UnsafeMember when it would not.
+
+        Its directory is resolved on disk as it is now (through the symlinks
+        extracted so far), so no later member can write through a link that
+        leads out; each directory's resolution is reused until the next symlink.
+        """
         name = member.name
         if name.startswith("/") or ".." in Path(name).parts:
             raise UnsafeMember(f"the archive's member {name!r} would land outside the target; nothing was restored")
         if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
             raise UnsafeMember(f"the archive's member {name!r} is a device or special file; nothing was restored")
-        destination = os.path.realpath(os.path.join(root, name))
-        if os.path.commonpath([root, destination]) != root:
+        parent = os.path.dirname(os.path.normpath(name))
+        if not within(root, self.resolved(root, parent)):
             raise UnsafeMember(f"the archive's member {name!r} would land outside the target through a link; "
                                "nothing was restored")
         if member.issym() or member.islnk():
-            base = os.path.dirname(destination) if member.issym() else root
-            if os.path.isabs(member.linkname) and member.issym():
-                raise UnsafeMember(f"the archive's symlink {name!r} points outside the target "
+            if os.path.isabs(member.linkname):
+                raise UnsafeMember(f"the archive's link {name!r} points outside the target "
                                    f"({member.linkname}); nothing was restored")
-            pointed = os.path.realpath(os.path.join(base, member.linkname))
-            if os.path.commonpath([root, pointed]) != root:
+            base = parent if member.issym() else ""  # a hard link's name is relative to the archive's root
+            if not within(root, os.path.realpath(os.path.join(root, base, member.linkname))):
                 raise UnsafeMember(f"the archive's link {name!r} points outside the target ({member.linkname}); "
                                    "nothing was restored")
-        try:
-            tarfile.data_filter(member, root)  # Python's own checks besides these; its changed modes are not kept
-        except tarfile.FilterError as exc:
-            raise UnsafeMember(f"the archive's member {name!r} is unsafe ({exc}); nothing was restored") from None
-        return member
+        return os.path.join(root, name)
+
+    def resolved(self, root, directory):
+        if directory not in self.real_parents:
+            self.real_parents[directory] = os.path.realpath(os.path.join(root, directory))
+        return self.real_parents[directory]
+
+    def check_symlinks(self, root):
+        """Every symlink as the whole tree now resolves it: one that was harmless when made can lead out later."""
+        for name, path in self.symlinks:
+            if not within(root, os.path.realpath(path)):
+                raise UnsafeMember(f"the archive's symlink {name!r} resolves outside the target "
+                                   f"({os.readlink(path)}); nothing was restored")
 
     def swap(self):
         """Put the staging tree in the target's place, then remove the old tree."""
@@ -335,7 +354,7 @@ class DirectoryTarget:
                 os.rename(old, self.path)
                 raise
             remove_tree(old)
-        fsync_path(self.path.parent)
+        fsync_directory(self.path.parent)
 
     def check(self):
         files = size = 0

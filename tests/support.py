@@ -227,3 +227,15 @@ def wait_for_status(client, auth, execution_id, statuses=FINISHED, timeout=30):
 
 def run_to_end(client, auth, job_id, timeout=30):
     return wait_for_status(client, auth, trigger(client, auth, job_id), timeout=timeout)
+
+
+def tree_listing(root):
+    """Every entry under `root`: its mode, whole-second mtime and content (a symlink's target)."""
+    found = {}
+    for directory, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(directory, name)
+            info = path.lstat()
+            content = os.readlink(path) if path.is_symlink() else (path.read_bytes() if path.is_file() else None)
+            found[str(path.relative_to(root))] = (info.st_mode, int(info.st_mtime), content)
+    return found

@@ -19,7 +19,7 @@ import models
 from models import Execution, Job, Setting
 from sinks import job_directory
 from statuses import ExecutionStatus, ExecutionType
-from support import poll, run_to_end, wait_for_status, wait_until
+from support import poll, run_to_end, tree_listing, wait_for_status, wait_until
 
 
 def make_sqlite(path, rows, wal=True):
@@ -38,17 +38,6 @@ def names(path):
         return [row[0] for row in db.execute("SELECT name FROM item ORDER BY id")]
     finally:
         db.close()
-
-
-def listing(root):
-    found = {}
-    for directory, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = Path(directory, name)
-            info = path.lstat()
-            content = os.readlink(path) if path.is_symlink() else (path.read_bytes() if path.is_file() else None)
-            found[str(path.relative_to(root))] = (info.st_mode, int(info.st_mtime), content)
-    return found
 
 
 def make_tree(root, files=3):
@@ -166,7 +155,7 @@ def test_a_directory_restore_brings_back_the_tree(backed_up, client, auth, tmp_p
     target = tmp_path / "restored"
     data = restore_to_end(client, auth, backup["id"], target=f"files://{target}")
     assert data["status"] == "Success", data["error"]
-    assert listing(target) == listing(tree)
+    assert tree_listing(target) == tree_listing(tree)
     assert '"files": 5' in " ".join(line["message"] for line in data["logs"])
 
 
@@ -174,21 +163,21 @@ def test_a_directory_restore_refuses_a_non_empty_target_without_replace(backed_u
     tree = make_tree(tmp_path / "tree")
     backup = backed_up("tree", f"files://{tree}")
     (tree / "newer.txt").write_text("written after the backup")
-    before = listing(tree)
+    before = tree_listing(tree)
     data = restore_to_end(client, auth, backup["id"])
     assert data["status"] == "Failed" and "not empty" in data["error"]
-    assert listing(tree) == before
+    assert tree_listing(tree) == before
 
 
 def test_a_directory_restore_with_replace_removes_what_the_backup_lacks(backed_up, client, auth, tmp_path):
     tree = make_tree(tmp_path / "tree")
-    backup_tree = listing(tree)
+    backup_tree = tree_listing(tree)
     backup = backed_up("tree", f"files://{tree}")
     (tree / "newer.txt").write_text("written after the backup")
     (tree / "sub" / "file-1.txt").write_text("changed")
     data = restore_to_end(client, auth, backup["id"], replace=True)
     assert data["status"] == "Success", data["error"]
-    assert listing(tree) == backup_tree
+    assert tree_listing(tree) == backup_tree
     assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []
 
 
@@ -396,7 +385,7 @@ def test_a_cancel_or_a_killed_worker_mid_restore_leaves_the_old_tree_whole(
             path.unlink()
         directory.rmdir()
     (tree / "newer.txt").write_text("written after the backup")
-    before = listing(tree)
+    before = tree_listing(tree)
     restore_id = restore(client, auth, backup["id"], replace=True)["executionId"]
     staging = staging_of(tree, restore_id)
     wait_until(lambda: staging.is_dir() and len(list(staging.iterdir())) > 2, timeout=30, interval=0.01,
@@ -405,17 +394,17 @@ def test_a_cancel_or_a_killed_worker_mid_restore_leaves_the_old_tree_whole(
         assert client.post(f"/api/executions/{restore_id}/cancel", headers=auth).status_code == 200
         data = wait_for_status(client, auth, restore_id)
         assert data["status"] == "Cancelled"
-        assert listing(tree) == before
+        assert tree_listing(tree) == before
         assert not staging.exists()
         return
     worker.stop(sig=signal.SIGKILL)
-    assert listing(tree) == before  # the worker died mid-extraction: the target is whole
+    assert tree_listing(tree) == before  # the worker died mid-extraction: the target is whole
     start_worker(BACKHOOK_LEASE_SECONDS="2")  # reclaims the lapsed lease; the restore runs again from the start
     data = wait_for_status(client, auth, restore_id, timeout=90)
     assert data["status"] == "Success", data["error"]
     assert "re-queued" in " ".join(line["message"] for line in data["logs"])
     assert Execution.get_by_id(restore_id).attempts == 2
-    restored = listing(tree)
+    restored = tree_listing(tree)
     assert "newer.txt" not in restored and len([name for name in restored if "/f" in name]) == 20000
     assert not staging.exists()
 
@@ -427,11 +416,11 @@ def test_a_timeout_mid_restore_leaves_the_old_tree_whole(client, auth, make_job,
     backup = run_to_end(client, auth, job.id)
     assert backup["status"] == "Success", backup["error"]
     (tree / "newer.txt").write_text("written after the backup")
-    before = listing(tree)
+    before = tree_listing(tree)
     Job.update(timeout_seconds=1).where(Job.id == job.id).execute()
     data = restore_to_end(client, auth, backup["id"], replace=True)
     assert data["status"] == "Failed" and "timed out after 1 s" in data["error"]
-    assert listing(tree) == before
+    assert tree_listing(tree) == before
     assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []
 
 
@@ -502,3 +491,37 @@ def test_restore_command_is_set_on_the_command_line_and_never_shown(runner, tmp_
     result = runner("jobs", "add", "files", "--source", f"files://{tmp_path}", "--destination", tmp_path,
                     "--restore-command", "cat")
     assert result.exit_code == 1 and "only to command: sources" in result.output
+
+
+# --- reading ahead ------------------------------------------------------------------
+
+def test_read_ahead_gives_the_whole_stream_whatever_the_read_sizes():
+    from restore import ReadAhead
+    data = os.urandom(5 * 1024 * 1024 + 123)
+    for size in (1, 511, 65536, 3 * 1024 * 1024, -1):
+        with ReadAhead(io.BytesIO(data)) as stream:
+            pieces = []
+            while piece := stream.read(size if size > 0 else -1):
+                pieces.append(piece)
+                if size == 1 and len(pieces) > 2000:
+                    pieces.append(stream.read(-1))
+            assert b"".join(pieces) == data and stream.read(10) == b""
+
+
+def test_read_ahead_raises_what_its_thread_met_and_closes_while_the_thread_waits():
+    from attempt import Stopped
+    from restore import ReadAhead
+
+    class Stopping(io.BytesIO):
+        def read(self, size=-1):
+            if self.tell() >= 2 * 1024 * 1024:
+                raise Stopped("cancel")
+            return super().read(size)
+
+    with pytest.raises(Stopped):
+        with ReadAhead(Stopping(os.urandom(4 * 1024 * 1024))) as stream:
+            while stream.read(65536):
+                pass
+    with ReadAhead(io.BytesIO(os.urandom(20 * 1024 * 1024))) as stream:
+        stream.read(10)  # the thread is blocked on a full queue: leaving the block must still end it
+    assert not stream.thread.is_alive()
