@@ -35,7 +35,8 @@ from migrations import latest_version, migrate  # noqa: E402
 from app import create_app  # noqa: E402
 from models import ApiKey, Execution, Job, Setting, Website, iso, normalize_domain  # noqa: E402
 from sources import SourceError, describe_source, parse_source, shown_source  # noqa: E402
-from statuses import FINISHED, ExecutionStatus  # noqa: E402
+from restore import SCRATCH, RestoreRefused, queue_restore  # noqa: E402
+from statuses import FINISHED, ExecutionStatus, ExecutionType  # noqa: E402
 from wakeup import trigger  # noqa: E402
 
 DEFAULT_BIND = "127.0.0.1:8000"
@@ -392,7 +393,10 @@ def jobs():
               help="files:// only: leave out what matches this tar pattern (*.log, ./cache); repeatable")
 @click.option("--one-file-system", is_flag=True, default=False,
               help="files:// only: do not descend into other file systems mounted below the directory")
-def jobs_add(name, source, destination, compression, keep, timeout_hours, excludes, one_file_system):
+@click.option("--restore-command", default=None, metavar="CMD",
+              help="command: only: the shell command that restores a backup, which it reads on its stdin")
+def jobs_add(name, source, destination, compression, keep, timeout_hours, excludes, one_file_system,
+             restore_command):
     """Add a job; its id is printed alone on the last line.
 
     \b
@@ -410,7 +414,8 @@ def jobs_add(name, source, destination, compression, keep, timeout_hours, exclud
     \b
     command: runs under bash -o pipefail: the backup fails when any stage of a
     pipeline fails, not only the last one (under /bin/sh when bash is missing,
-    with a warning in the logs). Its stdout is the backup.
+    with a warning in the logs). Its stdout is the backup. --restore-command
+    runs the same way, reading a backup on its stdin, for `backhook restore`.
     """
     problem = models.job_name_problem(name)
     if problem:
@@ -423,12 +428,14 @@ def jobs_add(name, source, destination, compression, keep, timeout_hours, exclud
         fail("--exclude and --one-file-system apply only to files:// sources")
     if any(not pattern or models.CONTROL_CHARACTERS.search(pattern) for pattern in excludes):
         fail("an --exclude pattern cannot be empty or hold control characters")
+    if restore_command is not None and (parsed.kind != "command" or not restore_command.strip()):
+        fail("--restore-command applies only to command: sources, and cannot be empty")
     if parsed.kind == "wpsec" and Website.by_domain(parsed.domain) is None:
         fail(f"no website {parsed.domain!r}: register it with `backhook websites add` first")
     job = create_unique(Job, f"a job named {name!r} already exists", name=name, source=source,
                         destination=str(Path(destination).resolve()), compression=compression, keep=keep,
                         timeout_seconds=int(timeout_hours * 3600), excludes=json.dumps(list(excludes)),
-                        one_file_system=one_file_system)
+                        one_file_system=one_file_system, restore_command=restore_command)
     click.echo(f"created job {name} ({shown_source(source)} → {job.destination}, {compression})")
     click.echo(job.id)
 
@@ -466,11 +473,7 @@ def jobs_run(reference, wait):
     if not wait:
         click.echo(execution.id)
         return
-    try:
-        execution = wait_until_finished(execution.id)
-    except KeyboardInterrupt:
-        click.echo(f"\nstopped waiting; execution {execution.id} goes on", err=True)
-        sys.exit(130)
+    execution = wait_until_finished(execution.id)
     if execution.status == ExecutionStatus.SUCCESS:
         click.echo(f"Success in {execution.duration() / 1000:.1f} s, {execution.size or 0:,} bytes stored")
         # The last line in sha256sum's format: `| tail -n 1 | sha256sum -c` checks the artifact.
@@ -481,7 +484,18 @@ def jobs_run(reference, wait):
 
 
 def wait_until_finished(execution_id):
-    """Print a line for each change of status, stage or progress; return the finished execution."""
+    """Print a line for each change of status, stage or progress; return the finished execution.
+
+    Ctrl-C stops the waiting, not the execution: it says so and exits 130.
+    """
+    try:
+        return show_progress_until_finished(execution_id)
+    except KeyboardInterrupt:
+        click.echo(f"\nstopped waiting; execution {execution_id} goes on", err=True)
+        sys.exit(130)
+
+
+def show_progress_until_finished(execution_id):
     shown, queued_at, hinted = None, time.monotonic(), False
     while True:
         execution = Execution.get_by_id(execution_id)
@@ -506,8 +520,11 @@ def jobs_show(reference):
         value = getattr(job, field.name)
         if field.name == "source":
             value = describe_source(value)["source"]
+        elif field.name == "restore_command":
+            value = "set (not shown)" if value else "none"  # like a command: source, shown to nobody
         click.echo(f"{field.name:<16} {shown_value(field.name, value)}")
-    last = Execution.select().where(Execution.job == job.id).order_by(Execution.created_at.desc()).first()
+    last = (Execution.select().where((Execution.job == job.id) & (Execution.type == ExecutionType.BACKUP))
+            .order_by(Execution.created_at.desc()).first())
     click.echo(f"{'last_execution':<16} " + (f"{last.id} {last.status} ended {iso(last.ended_at) or '-'}"
                                               if last else "never run"))
 
@@ -558,6 +575,38 @@ def jobs_set(reference, keep, keep_all, timeout_hours, compression, destination)
 
 
 add_lifecycle_commands(jobs, find_job, "job", "NAME|ID", " and its history (stored artifacts stay on disk)")
+
+
+# --- restores -----------------------------------------------------------------
+
+@main.command("restore")
+@click.argument("execution_id", metavar="EXECUTION_ID")
+@click.option("--to", "target", default=None, metavar="SRC",
+              help="restore into this source of the job's kind instead of the job's own")
+@click.option("--scratch", is_flag=True, help="a restore drill: into a throwaway target, checked, then removed")
+@click.option("--replace", is_flag=True,
+              help="overwrite a target that is not empty (an old SQLite file is then not kept)")
+def restore_command(execution_id, target, scratch, replace):
+    """Restore a successful backup, as POST /api/executions/ID/restore does, and show its progress.
+
+    Exits 0 on Success and 1 otherwise. The default target is the job's own
+    source; a SQLite database it replaces is kept as
+    <name>.before-restore-<UTC stamp> unless --replace.
+    """
+    if target is not None and scratch:
+        fail("--to SRC and --scratch contradict each other")
+    try:
+        execution = queue_restore(execution_id, SCRATCH if scratch else target, replace,
+                                  data_dir=current_app.config["DATA_DIR"])
+    except RestoreRefused as refused:
+        fail(refused.message if refused.status != 404 else f"no execution with id {execution_id}")
+    click.echo(f"queued restore {execution.id} of backup {execution_id}")
+    execution = wait_until_finished(execution.id)
+    if execution.status == ExecutionStatus.SUCCESS:
+        click.echo(f"Success in {execution.duration() / 1000:.1f} s: backup {execution_id} restored")
+        sys.exit(0)
+    click.echo(f"{execution.status}" + (f": {execution.error}" if execution.error else ""), err=True)
+    sys.exit(1)
 
 
 # --- websites ------------------------------------------------------------------

@@ -18,7 +18,7 @@ from peewee import OperationalError, fn
 
 from database import database, opened
 from models import Execution, Job, Setting, now_ms
-from statuses import FINISHED, ExecutionStatus, Stage
+from statuses import FINISHED, ExecutionStatus, ExecutionType, Stage
 
 log = logging.getLogger("backhook.leases")
 
@@ -29,6 +29,8 @@ HELD = (ExecutionStatus.RUNNING, ExecutionStatus.SUCCESS)  # Success is held whi
 
 def claim(worker_id, lease_ms, now=None):
     """Atomically move up to `max_concurrent_jobs - Running` executions to Running; returns them.
+
+    Pending restores are taken before Pending backups, each kind oldest first.
 
     On SQLite `database.atomic()` is BEGIN IMMEDIATE: it takes the write
     lock before counting, so no other worker can claim between the count
@@ -49,18 +51,32 @@ def claim(worker_id, lease_ms, now=None):
         # Read after the lock: a start stamped while waiting could fall before
         # the end of the run whose slot it takes, so runs would seem to overlap.
         now = now_ms() if now is None else now
-        oldest_pending = (Execution.select(Execution.id).where(Execution.status == ExecutionStatus.PENDING)
-                          .order_by(Execution.created_at).limit(demand))
-        oldest_pending = opened().for_update(oldest_pending, skip_locked=True)
+        ids = []
+        for kind in (ExecutionType.RESTORE, ExecutionType.BACKUP):  # restores first: someone waits on them
+            if len(ids) < demand:
+                ids += oldest_pending(kind, demand - len(ids))
+        if not ids:
+            return []
         claimed = (Execution.update(status=ExecutionStatus.RUNNING, stage=Stage.INITIALIZING,
                                     started_at=fn.COALESCE(Execution.started_at, now),
                                     worker_id=worker_id, lease_expires_at=now + lease_ms,
                                     attempts=Execution.attempts + 1, cancel_requested=False)
-                   .where(Execution.id.in_(oldest_pending))
+                   .where(Execution.id.in_(ids) & (Execution.status == ExecutionStatus.PENDING))
                    .returning(Execution.id).execute())
         ids = [row.id for row in claimed]
     return list(Execution.select(Execution, Job).join(Job).where(Execution.id.in_(ids))
                 .order_by(Execution.created_at))
+
+
+def oldest_pending(kind, limit):
+    """The ids of the `limit` oldest Pending executions of type `kind`, locked for the claim.
+
+    Straight from the (status, type, created_at, id) index, in its order: no scan, no sort.
+    """
+    query = (Execution.select(Execution.id)
+             .where((Execution.type == kind) & (Execution.status == ExecutionStatus.PENDING))
+             .order_by(Execution.created_at).limit(limit))
+    return [row.id for row in opened().for_update(query, skip_locked=True)]
 
 
 def renew(worker_id, ids, lease_ms, now=None):

@@ -58,7 +58,7 @@ class BaseModel(Model):
         legacy_table_names = False
 
 
-PERMISSIONS = ("jobs:read", "jobs:execute", "history:read", "websites:read", "storage:download")
+PERMISSIONS = ("jobs:read", "jobs:execute", "history:read", "websites:read", "storage:restore", "storage:download")
 KEY_PATTERN = re.compile(r"dbm_[A-Za-z0-9_-]{32,}")
 KEY_TOUCH_INTERVAL_MS = 60_000
 _last_touched = {}  # key id -> ms; spares the database a write per request
@@ -188,19 +188,21 @@ class Job(BaseModel):
     created_at = BigIntegerField(default=now_ms)
     excludes = TextField(default="[]")  # files:// only: a JSON list of tar --exclude patterns
     one_file_system = BooleanField(default=False)  # files:// only: tar --one-file-system
+    restore_command = TextField(null=True)  # command: only: reads a backup on stdin; set on the command line only
 
     def exclude_patterns(self):
         return json.loads(self.excludes)
 
     @classmethod
     def listing(cls):
-        """Every job by name, each with its newest execution's last_id, last_status and last_ended_at (or None).
+        """Every job by name, each with its newest backup's last_id, last_status and last_ended_at (or None).
 
         One query: each job's newest execution is found through the
-        (job_id, created_at) index, not with one more query per job.
+        (job_id, created_at) index, not with one more query per job. A
+        Restore is not the job's last run: the job is as fresh as its backups.
         """
         newer = Execution.alias()
-        newest_id = (newer.select(newer.id).where(newer.job == cls.id)
+        newest_id = (newer.select(newer.id).where((newer.job == cls.id) & (newer.type == ExecutionType.BACKUP))
                      .order_by(newer.created_at.desc()).limit(1))
         return (cls.select(cls, Execution.id.alias("last_id"), Execution.status.alias("last_status"),
                            Execution.ended_at.alias("last_ended_at"))
@@ -230,6 +232,14 @@ class Execution(BaseModel):
     lease_expires_at = BigIntegerField(null=True)
     cancel_requested = BooleanField(default=False)
     retention_error = TextField(null=True)
+    # a Restore: the Backup it restores, into what (a SRC, "scratch", or None for the job's source: never shown)
+    restores = TextField(null=True)
+    restore_target = TextField(null=True)
+    restore_replace = BooleanField(default=False)
+    # a Backup: what its restore drills found
+    proven_restorable_at = BigIntegerField(null=True)
+    last_drill_status = TextField(null=True)
+    last_drill_id = TextField(null=True)
 
     @classmethod
     def transition(cls, execution_id, expected, fields, owner=None, where=None, logs=()):

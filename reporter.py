@@ -11,7 +11,8 @@ from statuses import ExecutionStatus, Stage
 
 log = logging.getLogger("backhook.backup")
 
-# Each stage owns a band of the global 0-100 progress (README.md, "Stages and progress").
+# Each stage owns a band of the global 0-100 progress (README.md, "Stages and progress"):
+# a backup's, and a restore's (whose Downloading is for remote destinations only).
 BANDS = {
     Stage.INITIALIZING: (0, 5),
     Stage.DUMPING: (5, 60),
@@ -19,22 +20,29 @@ BANDS = {
     Stage.VERIFYING: (85, 95),
     Stage.APPLYING_RETENTION: (95, 100),
 }
+RESTORE_BANDS = {
+    Stage.INITIALIZING: (0, 5),
+    Stage.DOWNLOADING: (5, 30),
+    Stage.VERIFYING: (30, 40),
+    Stage.RESTORING: (40, 90),
+    Stage.CHECKING: (90, 100),
+}
 FLUSH_INTERVAL = 1.0        # seconds between progress/log writes of one execution
 UNKNOWN_SIZE_SCALE = 256 * 1024 * 1024  # bytes at which an unsized dump shows half its band
 FINISH_PATIENCE_SECONDS = 300  # how long a locked database may delay an attempt's final state
 
 
-def band_start(stage):
-    return BANDS[stage][0]
+def band_start(stage, bands=BANDS):
+    return bands[stage][0]
 
 
-def band_end(stage):
-    return BANDS[stage][1]
+def band_end(stage, bands=BANDS):
+    return bands[stage][1]
 
 
-def band_progress(stage, fraction):
+def band_progress(stage, fraction, bands=BANDS):
     """The global progress `fraction` (0 to 1) of the way through `stage`'s band."""
-    low, high = BANDS[stage]
+    low, high = bands[stage]
     return low + (high - low) * fraction
 
 
@@ -59,8 +67,9 @@ class Reporter:
     status it last wrote; `on_lost` is called when a write finds it taken over.
     """
 
-    def __init__(self, execution, worker_id, secrets, on_lost):
+    def __init__(self, execution, worker_id, secrets, on_lost, bands=BANDS):
         self.execution_id, self.owner = execution.id, (worker_id, execution.attempts)
+        self.bands = bands
         self.secrets, self.on_lost = secrets, on_lost
         self.status = ExecutionStatus.RUNNING
         self.stage, self.progress = execution.stage, execution.progress
@@ -91,7 +100,7 @@ class Reporter:
 
     def enter(self, stage):
         """Move to `stage`, at the start of its band."""
-        self.advance(stage=stage, progress=band_start(stage))
+        self.advance(stage=stage, progress=band_start(stage, self.bands))
 
     # --- writing
 

@@ -6,7 +6,7 @@ artifact and the pruning attempt's own are never deleted, whatever `keep` says.
 """
 import models
 from models import Execution
-from statuses import ExecutionStatus
+from statuses import ExecutionStatus, ExecutionType
 
 
 def expired(holders, keep, own_id):
@@ -18,9 +18,10 @@ def expired(holders, keep, own_id):
 
 
 def artifact_holders(job_id):
-    """The job's successful executions that still name an artifact, newest first."""
+    """The job's successful backups that still name an artifact, newest first (a Restore never names one)."""
     return list(Execution.select(Execution.id, Execution.path)
-                .where((Execution.job == job_id) & (Execution.status == ExecutionStatus.SUCCESS)
+                .where((Execution.job == job_id) & (Execution.type == ExecutionType.BACKUP)
+                       & (Execution.status == ExecutionStatus.SUCCESS)
                        & Execution.path.is_null(False))
                 .order_by(Execution.created_at.desc(), Execution.id.desc()))
 

@@ -170,3 +170,22 @@ CREATE TABLE idempotency_key (
 
 CREATE INDEX idempotency_key_created ON idempotency_key (created_at);
 CREATE INDEX idempotency_key_execution ON idempotency_key (execution_id);
+
+-- version 5
+
+-- command: jobs: the shell command that reads a backup on its stdin to restore it
+-- (defined only on the command line, like the backup command).
+ALTER TABLE job ADD COLUMN restore_command TEXT;
+-- A Restore execution: the Backup execution whose artifact it restores, the SRC
+-- it restores into ('scratch' for a drill; NULL for the job's own source; it may
+-- hold a password, so it is never shown), and whether it may overwrite.
+ALTER TABLE execution ADD COLUMN restores TEXT;
+ALTER TABLE execution ADD COLUMN restore_target TEXT;
+ALTER TABLE execution ADD COLUMN restore_replace INTEGER NOT NULL DEFAULT 0;
+-- On a Backup execution: when a restore drill last proved it restorable, and
+-- the last drill's status and execution.
+ALTER TABLE execution ADD COLUMN proven_restorable_at BIGINT;
+ALTER TABLE execution ADD COLUMN last_drill_status TEXT;
+ALTER TABLE execution ADD COLUMN last_drill_id TEXT;
+-- The claim takes Pending restores before Pending backups, each in creation
+-- order, straight from version 4's execution_status_type_created.

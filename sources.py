@@ -13,6 +13,7 @@ import re
 import shutil
 import sqlite3
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -454,14 +455,14 @@ def postgresql_uri(source):
     return f"postgresql://{userinfo}{host}{port}/{quote(source.database, safe='')}" + (f"?{query}" if query else "")
 
 
-def dump_postgresql(source, run, out):
-    """Plain SQL from pg_dump, restorable with psql.
+@contextmanager
+def postgresql_environment(source):
+    """The environment a libpq tool (pg_dump, psql) connects with: the password and the hidden options.
 
     The password goes through the environment, and options that libpq reads
-    from no environment variable through a private service file, so that no
-    secret is ever on a command line.
+    from no environment variable through a private service file that exists
+    only inside the `with`, so that no secret is ever on a command line.
     """
-    source = parse_source(source)
     env = {"PGCONNECT_TIMEOUT": "15"}
     if source.password:
         env["PGPASSWORD"] = source.password
@@ -472,6 +473,13 @@ def dump_postgresql(source, run, out):
             with open(os.open(service_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as stream:
                 stream.write("[backhook]\n" + "".join(f"{name}={value}\n" for name, value in hidden))
             env.update(PGSERVICEFILE=service_file, PGSERVICE="backhook")
+        yield env
+
+
+def dump_postgresql(source, run, out):
+    """Plain SQL from pg_dump, restorable with psql."""
+    source = parse_source(source)
+    with postgresql_environment(source) as env:
         run_tool(run, ["pg_dump", "--no-password", f"--dbname={postgresql_uri(source)}"], out, env)
 
 
@@ -486,20 +494,31 @@ def mysql_flags(options):
     return flags
 
 
-def dump_mysql(source, run, out):
-    """mariadb-dump (or mysqldump) in one consistent transaction; the password goes through the environment."""
-    source = parse_source(source)
-    tool = "mariadb-dump" if shutil.which("mariadb-dump") else "mysqldump"
-    argv = [tool, "--single-transaction", "--quick", "--routines", "--triggers", *mysql_flags(source.options),
-            "--host", source.host]
+def mysql_connection(source):
+    """(arguments, environment) that connect a MariaDB/MySQL client tool to the source's server.
+
+    The arguments are the source's options, host, port and user; the password
+    goes through the environment, never on the command line.
+    """
+    argv = [*mysql_flags(source.options), "--host", source.host]
     if source.port:
         argv += ["--port", str(source.port)]
     if source.user:
         argv += ["--user", source.user]
-    env = {}
-    if source.password:
-        env["MYSQL_PWD"] = source.password
-    run_tool(run, argv + ["--", source.database], out, env)
+    return argv, ({"MYSQL_PWD": source.password} if source.password else {})
+
+
+def dump_mysql(source, run, out):
+    """mariadb-dump (or mysqldump) in one consistent transaction, with routines and triggers.
+
+    Not events: `--events` needs the EVENT privilege, and a backup user
+    without it would see every backup fail.
+    """
+    source = parse_source(source)
+    tool = "mariadb-dump" if shutil.which("mariadb-dump") else "mysqldump"
+    connection, env = mysql_connection(source)
+    run_tool(run, [tool, "--single-transaction", "--quick", "--routines", "--triggers", *connection,
+                   "--", source.database], out, env)
 
 
 TAR_WARNING = 1  # GNU tar: some files changed while being read; the archive holds what was read
@@ -533,22 +552,26 @@ def files_size(source):
     return total
 
 
-def dump_command(source, run, out):
-    """The stdout of an admin-defined shell command, run by bash with pipefail.
+def shell_argv(command, run, what):
+    """How an admin-defined shell command runs: bash with pipefail, or /bin/sh with a warning.
 
-    This is the one place a shell runs. The command comes only from
-    `backhook jobs add` on the server's own command line, never over HTTP, so
-    whoever defines it can already run any command. With pipefail, a failing
-    stage of a pipeline (`pg_dumpall | gzip`) fails the backup.
+    This is the one place a shell runs. The command (a `command:` source, or
+    its `--restore-command`) comes only from `backhook jobs add` on the
+    server's own command line, never over HTTP, so whoever defines it can
+    already run any command. With pipefail, a failing stage of a pipeline
+    (`pg_dumpall | gzip`) fails the `what` (backup, restore).
     """
-    command, bash = parse_source(source).command, shutil.which("bash")
+    bash = shutil.which("bash")
     if bash:
-        argv = [bash, "-o", "pipefail", "-c", command]
-    else:
-        run.log("bash is not installed: running the command with /bin/sh, where only a pipeline's last "
-                "stage decides whether the backup fails", "warning")
-        argv = ["/bin/sh", "-c", command]
-    run_tool(run, argv, out)
+        return [bash, "-o", "pipefail", "-c", command]
+    run.log(f"bash is not installed: running the command with /bin/sh, where only a pipeline's last "
+            f"stage decides whether the {what} fails", "warning")
+    return ["/bin/sh", "-c", command]
+
+
+def dump_command(source, run, out):
+    """The stdout of an admin-defined shell command (see shell_argv)."""
+    run_tool(run, shell_argv(parse_source(source).command, run, "backup"), out)
 
 
 # wpsec:// is not a dump: the remote plugin makes the backup. It gets its own

@@ -37,6 +37,10 @@ class Stage(StrEnum):
     COMPLETED = "Completed"
     FAILED = "Failed"
     CANCELLED = "Cancelled"
+    # the stages of a Restore execution (with Initializing and Verifying)
+    DOWNLOADING = "Downloading"
+    RESTORING = "Restoring"
+    CHECKING = "Checking"
     # the stages of a wpsec:// execution
     REQUESTING = "Requesting"
     REMOTE_BACKUP = "Remote Backup"

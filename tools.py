@@ -20,11 +20,15 @@ log = logging.getLogger("backhook.backup")
 STDERR_TAIL = 4000  # characters of a tool's stderr kept for the error message
 
 
-def start_tool(argv, env=None):
-    """Start a tool in its own process group, guarded, stdout piped, stderr kept in a file (`stderr_file`)."""
+def start_tool(argv, env=None, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE):
+    """Start a tool in its own process group, guarded, stderr kept in a file (`stderr_file`).
+
+    A backup's tool writes to a pipe (`stdout`) and reads nothing; a restore's
+    reads a pipe (`stdin=subprocess.PIPE`) and its chatter goes nowhere.
+    """
     stderr = tempfile.TemporaryFile()
     try:
-        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        child = subprocess.Popen(argv, stdin=stdin, stdout=stdout,
                                  stderr=stderr, env={**os.environ, **(env or {})},
                                  start_new_session=True)
     except FileNotFoundError:
@@ -32,12 +36,15 @@ def start_tool(argv, env=None):
         raise BackupError(f"{argv[0]} is not installed (not found on PATH)") from None
     child.stderr_file = stderr
     TOOLS.watch(child.pid)
-    try:
-        # A pipe larger than the default 64 KiB lets the tool run on while
-        # the attempt's thread compresses the previous chunk.
-        fcntl.fcntl(child.stdout.fileno(), fcntl.F_SETPIPE_SZ, CHUNK)
-    except OSError:
-        pass  # above the system's pipe-max-size: the default still works
+    for pipe in (child.stdout, child.stdin):
+        if pipe is None:
+            continue
+        try:
+            # A pipe larger than the default 64 KiB lets the tool run on while
+            # the attempt's thread (de)compresses the next chunk.
+            fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, CHUNK)
+        except OSError:
+            pass  # above the system's pipe-max-size: the default still works
     return child
 
 
@@ -57,8 +64,12 @@ def end_tool(child):
     kill_group(child)
     child.wait()
     TOOLS.release(child.pid)
-    if child.stdout:
-        child.stdout.close()
+    for pipe in (child.stdout, child.stdin):
+        if pipe:
+            try:
+                pipe.close()
+            except OSError:
+                pass  # a broken pipe to a killed tool
     if not child.stderr_file.closed:
         child.stderr_file.close()
 

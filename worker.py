@@ -12,7 +12,8 @@ Each duty meets a locked database on its own: one that fails never keeps the
 others, above all the lease renewal, from their turn. The webhook follow-ups
 and SQLite's checkpoint are Tasks on background threads.
 
-Each claimed execution runs in a thread of its own (backup.Run). The loop
+Each claimed execution runs in a thread of its own (backup.Run, or
+restore.Restore for a Restore). The loop
 sleeps on a wake-up socket (wakeup.py) so that a trigger starts a backup
 within milliseconds, with a slow fallback poll in case a datagram is lost.
 
@@ -34,11 +35,14 @@ import time
 from peewee import OperationalError
 
 import config
+import drills
 import leases
 import wpsec
 from backup import Run
 from database import database, open_database, opened
 from models import Execution, IdempotencyKey, new_id
+from restore import Restore
+from statuses import ExecutionType
 from sinks import partial_files
 from spool import replay_spool
 from wakeup import drain, listen, stop_listening, wake_workers
@@ -119,14 +123,18 @@ class Worker:
 
     def reclaim_lapsed(self):
         """Take back executions whose worker died, and wake the workers to run them again."""
-        if leases.reclaim(self.sightings, list(self.runs), partial_files):
+        taken = leases.reclaim(self.sightings, list(self.runs), partial_files)
+        for execution in taken:
+            drills.remove_leftovers(execution)  # a dead drill's throwaway target, a restore's staging database
+        if taken:
             wake_workers(self.data_dir)
 
     # --- running ----------------------------------------------------------------------
 
     def start(self, execution):
         deadline = time.monotonic() + execution.job.timeout_seconds
-        run = Run(execution, execution.job, self.id, deadline)
+        attempt = Restore if execution.type == ExecutionType.RESTORE else Run
+        run = attempt(execution, execution.job, self.id, deadline)
         thread = threading.Thread(target=self.execute, args=(run,), name=f"run-{execution.id}", daemon=True)
         self.runs[execution.id] = (run, thread)
         thread.start()

@@ -51,9 +51,14 @@ def require_permission(permission):
     return decorate
 
 
-def json_object():
-    """The request body as a JSON object, or a 400; a 413 when a body without Content-Length is too large."""
+def json_object(optional=False):
+    """The request body as a JSON object, or a 400; a 413 when a body without Content-Length is too large.
+
+    With `optional`, an empty body is the empty object.
+    """
     data = request_body()
+    if optional and not data.strip():
+        return {}
     if len(data) > MAX_BODY_BYTES:
         error("Request body is larger than 1 MiB", 413)
     try:

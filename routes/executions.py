@@ -1,7 +1,8 @@
 from flask import Blueprint, current_app, request
 
 from models import Execution, ExecutionLog, iso
-from routes import error, newest_first, page_cursor, page_limit, query_flag, require_permission
+from restore import RestoreRefused, queue_restore
+from routes import error, json_object, newest_first, page_cursor, page_limit, query_flag, require_permission
 from statuses import ExecutionStatus, ExecutionType
 from wakeup import wake_workers
 
@@ -32,6 +33,19 @@ def execution_to_api(execution, include_logs=False):
                         ExecutionLog.select().where(ExecutionLog.execution == execution.id)
                         .order_by(ExecutionLog.id)]
     return data
+
+
+def drill_to_api(execution):
+    """The last restore drill of a backup execution: {"executionId", "status", "at"}, or None before any.
+
+    `at` is when that drill proved the backup restorable; null when it failed
+    or was cancelled (the backup keeps only its last success's time).
+    """
+    if execution.last_drill_id is None:
+        return None
+    proven = execution.last_drill_status == ExecutionStatus.SUCCESS
+    return {"executionId": execution.last_drill_id, "status": execution.last_drill_status,
+            "at": iso(execution.proven_restorable_at) if proven else None}
 
 
 def log_to_api(entry):
@@ -95,3 +109,24 @@ def cancel_execution(execution_id):
     if execution.status == ExecutionStatus.RUNNING:
         wake_workers(current_app.config["DATA_DIR"])  # its worker stops it at once
     return {"success": True, "data": execution_to_api(execution)}
+
+
+RESTORE_FIELDS = {"target": str, "replace": bool}
+
+
+@bp.post("/<execution_id>/restore")
+@require_permission("storage:restore")
+def restore_execution(execution_id):
+    body = json_object(optional=True)
+    unknown = sorted(set(body) - set(RESTORE_FIELDS))
+    if unknown:
+        error(f"Unknown field {unknown[0]!r}; the body takes {', '.join(RESTORE_FIELDS)}", 400)
+    for name, kind in RESTORE_FIELDS.items():
+        if name in body and not isinstance(body[name], kind):
+            error(f"'{name}' must be a {'boolean' if kind is bool else 'string'}", 400)
+    try:
+        execution = queue_restore(execution_id, body.get("target"), body.get("replace", False),
+                                  data_dir=current_app.config["DATA_DIR"])
+    except RestoreRefused as refused:
+        error(refused.message, refused.status)
+    return {"success": True, "executionId": execution.id}

@@ -12,8 +12,8 @@ import migrations
 import models
 from app import create_app
 from models import ApiKey, Job
-from support import (PROJECT, TOKEN, LiveProcess, free_port, postgres_listeners, require_postgres,
-                     require_service, scratch_postgres_database, wait_until)
+from support import (PROJECT, TOKEN, LiveProcess, free_port, mariadb, postgres_listeners, psql, require_postgres,
+                     require_service, scratch_databases, scratch_postgres_database, wait_until)
 
 BACKENDS = ("sqlite", "postgresql")
 
@@ -185,6 +185,20 @@ def postgres_url():
 def mysql_url():
     require_service("MariaDB", "127.0.0.1", 3306)
     return "mysql://root@127.0.0.1:3306/test"
+
+
+@pytest.fixture
+def pg_databases(postgres_url):
+    """A factory of uniquely named PostgreSQL databases, dropped after the test."""
+    yield from scratch_databases(lambda sql: psql("test", "-c", sql),
+                                 "CREATE DATABASE {}", "DROP DATABASE IF EXISTS {} WITH (FORCE)")
+
+
+@pytest.fixture
+def mysql_databases(mysql_url):
+    """A factory of uniquely named MariaDB databases, dropped after the test."""
+    yield from scratch_databases(lambda sql: mariadb("-e", sql),
+                                 "CREATE DATABASE {} CHARACTER SET utf8mb4", "DROP DATABASE IF EXISTS {}")
 
 
 @pytest.fixture

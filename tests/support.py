@@ -50,6 +50,39 @@ def require_service(name, host, port):
 POSTGRES_SERVER = os.environ.get("BACKHOOK_TEST_POSTGRES_SERVER", "postgresql://postgres@127.0.0.1:5432")
 
 
+def unique_name():
+    return f"bh_{secrets.token_hex(6)}"
+
+
+def scratch_databases(execute, create, drop):
+    """A factory of uniquely named databases on a server other tests share; drops them afterwards."""
+    created = []
+
+    def make():
+        name = unique_name()
+        execute(create.format(name))
+        created.append(name)
+        return name
+
+    yield make
+    for name in created:
+        execute(drop.format(name))
+
+
+PG = ["-h", "127.0.0.1", "-p", "5432", "-U", "postgres"]
+MARIADB = ["-h", "127.0.0.1", "-P", "3306", "-u", "root"]
+
+
+def psql(database, *args, stdin=None):
+    return subprocess.run(["psql", *PG, "-d", database, "-v", "ON_ERROR_STOP=1", "-X", "-q", *args],
+                          input=stdin, capture_output=True, check=True).stdout
+
+
+def mariadb(*args, database=None, stdin=None):
+    return subprocess.run(["mariadb", *MARIADB, *args, *([database] if database else [])],
+                          input=stdin, capture_output=True, check=True).stdout
+
+
 def require_postgres():
     server = urlparse(POSTGRES_SERVER)
     require_service("PostgreSQL", server.hostname, server.port or 5432)
@@ -206,3 +239,15 @@ def run_in_process(job, worker_id="test-worker"):
     (execution,) = [claimed for claimed in leases.claim(worker_id, 60_000) if claimed.id == queued.id]
     Run(execution, job, worker_id, time.monotonic() + 60).execute()
     return Execution.get_by_id(queued.id)
+
+
+def tree_listing(root):
+    """Every entry under `root`: its mode, whole-second mtime and content (a symlink's target)."""
+    found = {}
+    for directory, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(directory, name)
+            info = path.lstat()
+            content = os.readlink(path) if path.is_symlink() else (path.read_bytes() if path.is_file() else None)
+            found[str(path.relative_to(root))] = (info.st_mode, int(info.st_mtime), content)
+    return found

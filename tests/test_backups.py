@@ -16,11 +16,7 @@ import pytest
 
 from models import Execution, Job, Setting
 from sinks import job_directory
-from support import run_to_end, trigger, wait_for_status, wait_until
-
-PG = ["-h", "127.0.0.1", "-p", "5432", "-U", "postgres"]
-MARIADB = ["-h", "127.0.0.1", "-P", "3306", "-u", "root"]
-
+from support import mariadb, psql, run_to_end, trigger, unique_name, wait_for_status, wait_until
 
 def decompress(artifact):
     """The artifact's plain bytes, through the stock zstd or gzip tool."""
@@ -30,25 +26,6 @@ def decompress(artifact):
     if artifact.suffix == ".gz":
         return subprocess.run(["gzip", "-dc", str(artifact)], check=True, capture_output=True).stdout
     return artifact.read_bytes()
-
-
-def unique_name():
-    return f"bh_{secrets.token_hex(6)}"
-
-
-def scratch_databases(execute, create, drop):
-    """A factory of uniquely named databases on a server other tests share; drops them afterwards."""
-    created = []
-
-    def make():
-        name = unique_name()
-        execute(create.format(name))
-        created.append(name)
-        return name
-
-    yield make
-    for name in created:
-        execute(drop.format(name))
 
 
 @pytest.fixture
@@ -407,17 +384,6 @@ def test_retention_never_deletes_the_newest_successful_backup_even_when_an_older
 
 # --- postgresql ----------------------------------------------------------------------------
 
-def psql(database, *args, stdin=None):
-    return subprocess.run(["psql", *PG, "-d", database, "-v", "ON_ERROR_STOP=1", "-X", "-q", *args],
-                          input=stdin, capture_output=True, check=True).stdout
-
-
-@pytest.fixture
-def pg_databases(postgres_url):
-    yield from scratch_databases(lambda sql: psql("test", "-c", sql),
-                                 "CREATE DATABASE {}", "DROP DATABASE IF EXISTS {} WITH (FORCE)")
-
-
 def test_postgresql_backup_restores_with_psql(back_up, pg_databases):
     source, target = pg_databases(), pg_databases()
     psql(source, "-c", "CREATE TABLE item (id serial PRIMARY KEY, name text, made timestamptz DEFAULT now());"
@@ -479,17 +445,6 @@ def test_postgresql_options_reach_the_server_and_secret_ones_stay_off_the_comman
 
 
 # --- mariadb / mysql -------------------------------------------------------------------------
-
-def mariadb(*args, database=None, stdin=None):
-    return subprocess.run(["mariadb", *MARIADB, *args, *([database] if database else [])],
-                          input=stdin, capture_output=True, check=True).stdout
-
-
-@pytest.fixture
-def mysql_databases(mysql_url):
-    yield from scratch_databases(lambda sql: mariadb("-e", sql),
-                                 "CREATE DATABASE {} CHARACTER SET utf8mb4", "DROP DATABASE IF EXISTS {}")
-
 
 def test_mysql_backup_restores_with_mariadb(back_up, mysql_databases):
     source, target = mysql_databases(), mysql_databases()

@@ -12,7 +12,8 @@ import pytest
 
 from support import PROJECT
 
-TARGETS = ("webhooks", "pickup", "scale", "backup_speed")  # each ends with its verdict
+TARGETS = ("webhooks", "pickup", "scale", "backup_speed", "restore_speed",
+           "restore_postgresql")  # each ends with its verdict
 SCRIPTS = TARGETS + ("webhook_floor",)
 BENCH = PROJECT / "bench"
 

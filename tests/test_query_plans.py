@@ -179,6 +179,25 @@ def test_claim_and_running_count_use_indexes(history, data_dir, record_sql):
     assert full_scans(record_sql) == []
 
 
+def test_claiming_restores_before_backups_uses_indexes(history, data_dir, record_sql):
+    import config
+    import worker
+    from statuses import ExecutionType
+    job, done = history
+    backup = Execution.enqueue(job)
+    with models.database.atomic():
+        restore = Execution.create(job=job.id, type=ExecutionType.RESTORE, restores=done.id)
+    models.Setting.write("max_concurrent_jobs", 2)
+    claimer = worker.Worker(config.load({"BACKHOOK_DATA_DIR": str(data_dir)}))
+    record_sql.clear()
+    assert {row.id for row in claimer.claim_pending()} == {backup.id, restore.id}
+    assert full_scans(record_sql) == []
+    plans = [detail for sql, params in record_sql if '"type" = ?' in sql and "LIMIT" in sql
+             for *_ids, detail in database.opened().connection().execute("EXPLAIN QUERY PLAN " + sql, params)]
+    assert plans and all("execution_status_type_created" in detail and "TEMP B-TREE" not in detail
+                         for detail in plans), plans
+
+
 @pytest.mark.skipif(not WORKER_MERGED, reason="the worker is not merged yet")
 def test_reclaim_reads_only_the_leased_executions(history, data_dir, record_sql):
     import config

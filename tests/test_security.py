@@ -344,9 +344,9 @@ def test_hostile_webhook_bodies_are_refused_cleanly_by_the_live_server(start_ser
 
 # --- no shell built from user input -----------------------------------------------
 
-# The one place a shell may run: the `command:` source, which only the server's own
-# command line (`backhook jobs add`) can define, never HTTP.
-SHELL_ALLOWED = {("sources.py", "dump_command")}
+# The one place a shell may run: the `command:` source and its restore command, which
+# only the server's own command line (`backhook jobs add`) can define, never HTTP.
+SHELL_ALLOWED = {("sources.py", "shell_argv")}
 SHELL_CALLS = {"system", "popen", "getoutput", "getstatusoutput", "spawnl", "spawnlp", "execl", "execlp"}
 SHELLS = {"sh", "/bin/sh", "bash", "/bin/bash", "/usr/bin/env"}
 

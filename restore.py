@@ -1,0 +1,322 @@
+"""Restores: queueing one (`queue_restore`, for the API and the CLI alike) and running it (`Restore`).
+
+A Restore is an execution of the backup's job with `type` Restore; it names
+the Backup execution it restores (`restores`), the SRC it restores into
+(`restore_target`: None for the job's own source, "scratch" for a drill) and
+whether it may overwrite (`restore_replace`). The worker claims it before
+Pending backups (leases.claim) and runs it through these stages:
+
+- Initializing 0-5: the backup, the job and the target are loaded;
+- Verifying 30-40: the stored artifact is read against its recorded SHA-256
+  before anything is touched; a mismatch fails and changes nothing;
+- `target.prepare()` refuses a target it must not write (targets.py);
+- Restoring 40-90: the artifact is decompressed while it streams into
+  `target.restore`, which leaves the target as it was when it fails;
+- Checking 90-100: `target.check()` proves the result; its summary is logged;
+- then Completed, with status Success.
+
+A Restore records neither `path` nor `size`: those name stored artifacts,
+and retention must never take a Restore for a backup that holds one.
+"""
+import hashlib
+import json
+import os
+import queue
+import threading
+from pathlib import Path
+
+from attempt import Attempt, Stopped
+from compression import COMPRESSORS
+from database import database
+from leases import MAX_ATTEMPTS
+from models import Execution, Job, now_ms
+from reporter import RESTORE_BANDS, band_progress
+from sinks import READ_BACK_PIECE
+from sources import CHUNK, BackupError, Source, SourceError, parse_source, shown_source, source_secrets
+from statuses import ExecutionStatus, ExecutionType, Stage
+from targets import TARGETS
+from wakeup import wake_workers
+
+SCRATCH = "scratch"
+
+
+class RestoreRefused(Exception):
+    """A restore that cannot be queued: `status` is the HTTP status the API answers with."""
+
+    def __init__(self, message, status):
+        super().__init__(message)
+        self.message, self.status = message, status
+
+
+# --- queueing ------------------------------------------------------------------------
+
+def restorable_backup(execution_id):
+    """The Backup execution `execution_id` with its job, if a restore can start from it; else RestoreRefused."""
+    backup = Execution.select(Execution, Job).join(Job).where(Execution.id == execution_id).first()
+    if backup is None:
+        raise RestoreRefused("Execution not found", 404)
+    if backup.type != ExecutionType.BACKUP or backup.status != ExecutionStatus.SUCCESS:
+        raise RestoreRefused(f"Execution {execution_id} is not a successful backup "
+                             f"({backup.type}, {backup.status})", 409)
+    kind = job_kind(backup.job)
+    if kind == "wpsec":
+        raise RestoreRefused("wpsec:// backups are restored by the WordPress plugin, not by backhook", 409)
+    if backup.path is None or not os.path.isfile(backup.path):
+        raise RestoreRefused(f"the artifact of execution {execution_id} is gone (pruned by retention or "
+                             "removed from disk)", 409)
+    if kind == "command" and not backup.job.restore_command:
+        raise RestoreRefused(f"job {backup.job.name} has no restore command: add one on the command line "
+                             "(`backhook jobs add … --restore-command CMD`)", 409)
+    return backup
+
+
+def job_kind(job):
+    try:
+        return parse_source(job.source).kind
+    except SourceError:
+        raise RestoreRefused(f"job {job.name}'s source no longer parses; restore it with stock tools "
+                             "(docs/restore.md)", 409) from None
+
+
+def target_problem(backup, target):
+    """Why `target` (a SRC, "scratch" or None) cannot receive `backup`, or None."""
+    kind = job_kind(backup.job)
+    if target is None:
+        return None
+    if target == SCRATCH:
+        return None
+    if kind == "command":
+        return "a command: job restores through its restore command; it takes no target"
+    if target.startswith("command:"):
+        return "a command: target is never accepted; restore commands are defined on the command line"
+    try:
+        parsed = parse_source(target)
+    except SourceError as exc:
+        return f"target: {exc}"
+    if parsed.kind != kind:
+        return f"target must be a {kind} source like the job's, not {parsed.kind}"
+    if parsed.path and holds(parsed.path, backup.path):
+        return f"target {parsed.path} holds the backup being restored; restoring there would overwrite it"
+    return None
+
+
+def holds(path, artifact):
+    """Whether the artifact is `path` itself or lies under it."""
+    path, artifact = Path(path).resolve(), Path(artifact).resolve()
+    return artifact == path or path in artifact.parents
+
+
+def queue_restore(execution_id, target=None, replace=False, data_dir=None):
+    """Queue a Restore of the Backup `execution_id` and wake the workers; RestoreRefused says why not.
+
+    The route and `backhook restore` both come through here, so both refuse alike.
+    """
+    backup = restorable_backup(execution_id)
+    if target == SCRATCH and job_kind(backup.job) == "command":  # see drills.py: no drill runs a restore command
+        raise RestoreRefused("a command: job has no restore drill: only the job's author knows where its restore "
+                             "command writes; restore through that command with `backhook restore ID`", 409)
+    problem = target_problem(backup, target)
+    if problem:
+        raise RestoreRefused(problem, 400)
+    with database.atomic():
+        restore = Execution.create(job=backup.job_id, type=ExecutionType.RESTORE, restores=backup.id,
+                                   restore_target=target, restore_replace=bool(replace))
+    if data_dir is not None:
+        wake_workers(data_dir)
+    return restore
+
+
+# --- running -------------------------------------------------------------------------
+
+class Restore(Attempt):
+    what = "restore"
+    bands = RESTORE_BANDS
+
+    def __init__(self, execution, job, worker_id, deadline):
+        secrets = source_secrets(job.source) + source_secrets(execution.restore_target or "")
+        super().__init__(execution, job, worker_id, deadline, sorted(set(secrets), key=len, reverse=True))
+        self.artifact_size = None
+
+    def perform(self):
+        execution, job = self.execution, self.job
+        self.enter(Stage.INITIALIZING, f"attempt {execution.attempts} of {MAX_ATTEMPTS}")
+        backup = Execution.get_or_none(Execution.id == execution.restores)
+        if backup is None or backup.status != ExecutionStatus.SUCCESS or backup.path is None:
+            raise BackupError(f"backup {execution.restores} has no artifact any more (pruned by retention?)")
+        target = execution.restore_target
+        if target == SCRATCH:
+            return self.drill(backup)
+        source = self.target_source(target)
+        shown = "the job's restore command" if source.kind == "command" else shown_source(target or job.source)
+        self.log(f"restoring backup {backup.id} ({backup.path}) into {shown}"
+                 + (", replacing what is there" if execution.restore_replace else ""))
+        self.restore_into(backup, source, execution.restore_replace)
+        self.complete()
+
+    def target_source(self, target):
+        if target is None and job_kind(self.job) == "command":
+            return Source("command", command=self.job.restore_command)
+        return parse_source(target or self.job.source)
+
+    def drill(self, backup):
+        try:
+            import drills  # delivered by the restoredb part of issue 14
+        except ModuleNotFoundError:
+            raise BackupError("restore drills are not built yet") from None
+        self.log(f"restore drill of backup {backup.id} ({backup.path})")
+        try:
+            with drills.scratch(parse_source(self.job.source), self) as scratch:
+                self.restore_into(backup, scratch, replace=True)
+        except Stopped as stop:
+            if stop.reason not in ("lost", "shutdown"):  # else a later attempt ends the drill and records it
+                ending = ExecutionStatus.CANCELLED if stop.reason == "cancel" else ExecutionStatus.FAILED
+                drills.record(backup.id, self.execution.id, ending, now_ms())
+            raise
+        except BaseException:
+            drills.record(backup.id, self.execution.id, ExecutionStatus.FAILED, now_ms())
+            raise
+        drills.record(backup.id, self.execution.id, ExecutionStatus.SUCCESS, now_ms())
+        self.complete()  # only now: whoever sees the drill Success sees its scratch gone and the backup proven
+
+    def restore_into(self, backup, source, replace):
+        target_class = TARGETS.get(source.kind)
+        if target_class is None:
+            raise BackupError(f"{source.kind} restores are not supported by this worker yet")
+        target = target_class(source, replace, self)
+        with open(backup.path, "rb", buffering=0) as artifact:
+            self.verify(artifact, backup)
+            target.prepare()
+            self.enter(Stage.RESTORING)
+            artifact.seek(0)
+            with ReadAhead(decompressed(backup.path, ProgressReader(artifact, self))) as stream:
+                target.restore(stream)
+        self.enter(Stage.CHECKING)
+        summary = target.check()
+        self.log(f"restore checked: {json.dumps(summary, sort_keys=True)}")
+        self.log(f"restore of backup {backup.id} complete")
+
+    def complete(self):
+        if not self.report.finish(status=ExecutionStatus.SUCCESS, stage=Stage.COMPLETED, progress=100,
+                                  ended_at=now_ms(), worker_id=None, lease_expires_at=None):
+            raise Stopped("lost")
+
+    def verify(self, artifact, backup):
+        """Verifying: the artifact's bytes against the SHA-256 recorded when it was stored.
+
+        The same open file is then restored from, so a file renamed over the
+        artifact after this check cannot slip in unverified.
+        """
+        self.enter(Stage.VERIFYING)
+        size = os.fstat(artifact.fileno()).st_size
+        self.artifact_size = size
+        digest, seen = hashlib.sha256(), 0
+        while piece := artifact.read(READ_BACK_PIECE):
+            self.check()
+            digest.update(piece)
+            seen += len(piece)
+            self.report.advance(progress=band_progress(Stage.VERIFYING, seen / max(size, 1), self.bands))
+        if seen != backup.size or digest.hexdigest() != backup.sha256:
+            raise BackupError(f"the artifact {backup.path} does not match its recorded SHA-256 "
+                              f"({seen:,} bytes, recorded {backup.size or 0:,}): it changed since the backup; "
+                              "nothing was restored")
+        self.log(f"verified {seen:,} bytes, sha256 {backup.sha256}")
+
+    def restored(self, stored_bytes):
+        """Map the stored bytes read so far onto the Restoring band."""
+        self.report.advance(progress=band_progress(Stage.RESTORING, stored_bytes / max(self.artifact_size, 1), self.bands))
+
+
+class ProgressReader:
+    """The stored artifact as the decompressor reads it: each read may stop the restore and moves progress."""
+
+    def __init__(self, stream, run):
+        self.stream, self.run, self.count = stream, run, 0
+
+    def read(self, size=-1):
+        self.run.check()
+        data = self.stream.read(size)
+        self.count += len(data)
+        self.run.restored(self.count)
+        return data
+
+    def readinto(self, buffer):
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def readable(self):
+        return True
+
+
+class ReadAhead:
+    """The decompressed dump, read by a thread of its own a few CHUNKs ahead of the target.
+
+    Decompressing releases the GIL, so it runs on the second core while the
+    target writes, as `zstd -dc | tar -x` runs in two processes (bench/RESULTS.md,
+    "Restore speed and memory"). A stop or an error met by the thread is raised
+    to the reader; closing stops the thread.
+    """
+
+    DEPTH = 4  # CHUNKs decompressed ahead: bounded memory
+
+    def __init__(self, stream):
+        self.stream, self.pieces = stream, queue.Queue(self.DEPTH)
+        self.current, self.offset, self.ended = b"", 0, False
+        self.closing = threading.Event()
+        self.thread = threading.Thread(target=self.fill, name="restore-read-ahead", daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.closing.set()
+        while self.thread.is_alive():
+            try:
+                self.pieces.get(timeout=0.1)  # frees a slot for a put() the thread is blocked in
+            except queue.Empty:
+                pass
+        self.thread.join()
+
+    def fill(self):
+        try:
+            while not self.closing.is_set():
+                piece = self.stream.read(CHUNK)
+                self.put(piece)
+                if not piece:
+                    return
+        except BaseException as exc:  # Stopped, a corrupt stream: the reader raises it
+            self.put(exc)
+
+    def put(self, item):
+        while not self.closing.is_set():
+            try:
+                self.pieces.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                pass
+
+    def read(self, size=-1):
+        parts, wanted = [], size
+        while size < 0 or wanted > 0:
+            if self.offset == len(self.current):
+                if self.ended:
+                    break
+                piece = self.pieces.get()
+                if isinstance(piece, BaseException):
+                    raise piece
+                self.current, self.offset, self.ended = piece, 0, not piece
+                continue
+            take = len(self.current) - self.offset if size < 0 else min(wanted, len(self.current) - self.offset)
+            parts.append(self.current[self.offset:self.offset + take])  # copies only what is taken
+            self.offset += take
+            wanted -= take
+        return b"".join(parts)
+
+
+def decompressed(path, stream):
+    """The dump's own bytes from a stored artifact, by its file name's extension (the job may have changed since)."""
+    for compressor in COMPRESSORS.values():
+        if compressor.extension and path.endswith(compressor.extension):
+            return compressor.reader(stream)
+    return stream
