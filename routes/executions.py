@@ -77,8 +77,13 @@ def list_executions():
     cursor = page_cursor(lambda before: Execution.get_or_none(Execution.id == before), "execution")
     executions = list(newest_first(Execution.history(**filters), Execution, limit + 1, cursor))
     page = executions[:limit]
-    return {"success": True, "data": [execution_to_api(execution) for execution in page],
+    return {"success": True, "data": [history_entry(execution) for execution in page],
             "next": page[-1].id if len(executions) > limit else None}
+
+
+def history_entry(execution):
+    """A listed execution: the seed's fields, and when a restore drill last proved a backup restorable."""
+    return {**execution_to_api(execution), "lastRestoreDrill": drill_to_api(execution)}
 
 
 def enum_arg(name, enum):

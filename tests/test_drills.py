@@ -10,7 +10,7 @@ import zstandard
 
 from models import Execution
 from routes.executions import drill_to_api
-from sinks import job_directory
+from sinks import MANIFEST, job_directory
 from statuses import ExecutionStatus
 from support import mariadb, psql, run_to_end, wait_for_status, wait_until
 
@@ -85,8 +85,10 @@ def backed_up(request, client, auth, make_job, start_worker, tmp_path):
 
 
 def left_in_job_directory(backup):
+    """What the job's directory holds besides the backup's artifact and its manifest."""
     directory = job_directory(Execution.get_by_id(backup["id"]).job)
-    return sorted(path.name for path in directory.iterdir() if path.name != Path(backup["path"]).name)
+    artifact = Path(backup["path"]).name
+    return sorted(path.name for path in directory.iterdir() if path.name not in (artifact, artifact + MANIFEST))
 
 
 @pytest.mark.parametrize("backed_up", list(SOURCES), indirect=True)
@@ -103,6 +105,8 @@ def test_a_drill_restores_checks_records_and_leaves_nothing_behind(client, auth,
     assert row.last_drill_status == ExecutionStatus.SUCCESS and row.last_drill_id == drill_id
     assert row.proven_restorable_at >= Execution.get_by_id(drill_id).started_at
     assert drill_to_api(row)["executionId"] == drill_id and drill_to_api(row)["at"].endswith("Z")
+    assert listed(client, auth, backup["id"])["lastRestoreDrill"] == drill_to_api(row)
+    assert listed(client, auth, drill_id)["lastRestoreDrill"] is None  # a drill is no backup
     assert left_in_job_directory(backup) == [] and drill_databases(drill_id) == []
 
 
@@ -160,6 +164,16 @@ def test_no_drill_yet_is_null_in_the_history(client, auth, make_job, start_worke
     start_worker()
     backup = run_to_end(client, auth, job.id)
     assert drill_to_api(Execution.get_by_id(backup["id"])) is None
+    entry = listed(client, auth, backup["id"])
+    assert entry["lastRestoreDrill"] is None
+
+
+def listed(client, auth, execution_id):
+    """The execution as the history lists it."""
+    response = client.get("/api/executions?limit=1000", headers=auth)
+    assert response.status_code == 200, response.get_json()
+    (entry,) = [item for item in response.get_json()["data"] if item["id"] == execution_id]
+    return entry
 
 
 def bigger_backup(client, auth, backup):

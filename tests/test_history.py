@@ -44,11 +44,11 @@ def test_lists_executions_newest_first_each_in_the_polls_shape(client, auth, two
     body = listing(client, auth)
     assert list(body) == ["success", "data", "next"]
     assert body["success"] is True and body["next"] is None
-    assert body["data"] == [execution_to_api(Execution.with_job_name(new.id)),
-                            execution_to_api(Execution.with_job_name(old.id))]
+    assert body["data"] == [{**execution_to_api(Execution.with_job_name(new.id)), "lastRestoreDrill": None},
+                            {**execution_to_api(Execution.with_job_name(old.id)), "lastRestoreDrill": None}]
     assert "logs" not in body["data"][0] and body["data"][0]["jobName"] == "beta"
     poll = client.get(f"/api/executions/{new.id}", headers=auth).get_json()["data"]
-    assert body["data"][0] == poll
+    assert body["data"][0] == {**poll, "lastRestoreDrill": None}  # the poll's fields, and the drill
 
 
 def test_an_empty_history_is_an_empty_list(client, auth):
