@@ -18,11 +18,6 @@ class ExecutionStatus(StrEnum):
         return self in FINISHED
 
 
-class ExecutionType(StrEnum):
-    BACKUP = "Backup"
-    RESTORE = "Restore"
-
-
 FINISHED = frozenset({ExecutionStatus.SUCCESS, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED})
 
 
