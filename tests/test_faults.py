@@ -31,9 +31,8 @@ import models
 import wpsec
 from models import Execution, Job, Website
 from sinks import job_directory
-from support import (TOKEN, LiveProcess, free_port, hold_write_lock, lock_waiters, poll, trigger,
-                     wait_for_status, wait_until)
-from test_backups import MARIADB, PG, mariadb, psql, unique_name
+from support import (MARIADB, PG, TOKEN, LiveProcess, free_port, hold_write_lock, lock_waiters, mariadb, poll, psql,
+                     trigger, unique_name, wait_for_status, wait_until)
 from test_wpsec import SITE_KEY, StandInSite
 
 SEED = 20261122
