@@ -23,6 +23,7 @@ import json
 import os
 import queue
 import threading
+import time
 from pathlib import Path
 
 from attempt import Attempt, Stopped
@@ -188,11 +189,14 @@ class Restore(Attempt):
             target.prepare()
             self.enter(Stage.RESTORING)
             artifact.seek(0)
+            started = time.monotonic()
             with ReadAhead(decompressed(backup.path, ProgressReader(artifact, self))) as stream:
                 target.restore(stream)
+            self.log(f"restored {stream.count:,} bytes of the dump in {time.monotonic() - started:.1f} s")
         self.enter(Stage.CHECKING)
+        started = time.monotonic()
         summary = target.check()
-        self.log(f"restore checked: {json.dumps(summary, sort_keys=True)}")
+        self.log(f"restore checked in {time.monotonic() - started:.1f} s: {json.dumps(summary, sort_keys=True)}")
         self.log(f"restore of backup {backup.id} complete")
 
     def complete(self):
@@ -262,6 +266,7 @@ class ReadAhead:
     def __init__(self, stream):
         self.stream, self.pieces = stream, queue.Queue(self.DEPTH)
         self.current, self.offset, self.ended = b"", 0, False
+        self.count = 0  # bytes handed to the target
         self.closing = threading.Event()
         self.thread = threading.Thread(target=self.fill, name="restore-read-ahead", daemon=True)
 
@@ -285,8 +290,10 @@ class ReadAhead:
                 self.put(piece)
                 if not piece:
                     return
-        except BaseException as exc:  # Stopped, a corrupt stream: the reader raises it
+        except (Stopped, BackupError, OSError) as exc:  # the reader raises it
             self.put(exc)
+        except Exception as exc:  # the decompressor's own errors (zstd, gzip)
+            self.put(BackupError(f"the artifact cannot be decompressed: {exc}; nothing was restored"))
 
     def put(self, item):
         while not self.closing.is_set():
@@ -311,7 +318,9 @@ class ReadAhead:
             parts.append(self.current[self.offset:self.offset + take])  # copies only what is taken
             self.offset += take
             wanted -= take
-        return b"".join(parts)
+        data = b"".join(parts)
+        self.count += len(data)
+        return data
 
 
 def decompressed(path, stream):

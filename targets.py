@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from database_targets import MysqlTarget, PostgresqlTarget
-from sinks import fsync_directory
+from sinks import Writeback, fsync_directory
 from sources import CHUNK, BackupError, shell_argv
 
 
@@ -111,14 +111,19 @@ class SqliteTarget:
             if os.geteuid() == 0:
                 os.fchown(fd, old.st_uid, old.st_gid)
         with os.fdopen(fd, "wb") as out:
-            head = stream.read(len(SQLITE_HEADER))
-            if head != SQLITE_HEADER:
-                raise BackupError("the backup is not a SQLite database")
-            out.write(head)
-            while chunk := stream.read(CHUNK):
-                self.run.check()
-                out.write(chunk)
-            out.flush()
+            writeback = Writeback(out.fileno())  # syncs as it grows, so the last fsync has only the tail left
+            try:
+                head = stream.read(len(SQLITE_HEADER))
+                if head != SQLITE_HEADER:
+                    raise BackupError("the backup is not a SQLite database")
+                out.write(head)
+                while chunk := stream.read(CHUNK):
+                    self.run.check()
+                    out.write(chunk)
+                    writeback.wrote(len(chunk))
+                out.flush()
+            finally:
+                writeback.stop()
             os.fsync(out.fileno())
         db = sqlite3.connect(self.temporary, isolation_level=None)
         try:
@@ -204,6 +209,17 @@ RENAME_EXCHANGE = 2
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
+def sync_file_system(path):
+    """Write every file of the file system holding `path` to disk (syncfs): one call for a whole tree."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), str(path))
+    finally:
+        os.close(fd)
+
+
 def exchange(first, second):
     """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
     renameat2 = getattr(_libc, "renameat2", None)
@@ -260,7 +276,10 @@ class DirectoryTarget:
         remove_tree(self.staging)  # an earlier attempt's, killed before it could
         try:
             os.mkdir(self.staging, 0o700)
-            self.extract(stream)
+            try:
+                self.extract(stream)
+            except tarfile.TarError as exc:
+                raise BackupError(f"the backup is not a readable tar archive ({exc}); nothing was restored") from None
             self.run.check()
             self.swap()
         except BaseException:
@@ -343,7 +362,10 @@ class DirectoryTarget:
         """Put the staging tree in the target's place, then remove the old tree."""
         if not self.path.exists() or not any(self.path.iterdir()):
             os.rename(self.staging, self.path)  # over an empty directory too, in one step
-        elif exchange(self.staging, self.path):
+            fsync_directory(self.path.parent)
+            return
+        sync_file_system(self.staging)  # the new tree is on disk before the old one can go
+        if exchange(self.staging, self.path):
             remove_tree(self.staging)  # the old tree, now in the staging place
         else:
             old = self.path.with_name(f".{self.path.name}.before-restore-{self.run.execution.id}")

@@ -390,3 +390,9 @@ def test_restoring_a_large_tree_takes_bounded_memory(tmp_path):
     tar.wait()
     assert (tmp_path / "restored" / "blob").stat().st_size == 64 * 1024 * 1024
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 32 * 1024, time.monotonic() - started
+
+
+def test_a_dump_that_is_no_tar_archive_fails_clearly_and_leaves_nothing(tmp_path):
+    with pytest.raises(BackupError, match="not a readable tar archive"):
+        restore(directory_target(tmp_path / "restored"), io.BytesIO(b"not a tar" * 1000))
+    assert list(tmp_path.iterdir()) == []
