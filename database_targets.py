@@ -16,7 +16,6 @@ database. Both also name the databases they create after the execution
 left (`remove_abandoned_databases`).
 """
 import itertools
-import logging
 import re
 import shutil
 import subprocess
@@ -25,8 +24,6 @@ from dataclasses import replace as with_fields
 
 from sources import CHUNK, BackupError, mysql_connection, postgresql_environment, postgresql_uri
 from tools import kill_group, start_tool, wait_for_tool
-
-log = logging.getLogger("backhook.restore")
 
 SHOWN_OBJECTS = 5  # objects named in a refusal; the rest are counted
 
@@ -349,7 +346,7 @@ class MysqlTarget:
         return dumped
 
     def check(self):
-        tables = [name for name in self.objects(self.source.database)["table"]]
+        tables = self.objects(self.source.database)["table"]
         if not tables:
             return {"tables": {}}
         counts = " UNION ALL ".join(f"SELECT {index}, COUNT(*) FROM {my_identifier(name)}"

@@ -25,7 +25,6 @@ dead worker's drill finds and removes exactly what that attempt made
 import logging
 import shutil
 from contextlib import contextmanager
-from pathlib import Path
 
 from database_targets import MysqlTarget, PostgresqlTarget, scratch_database_name
 from models import Execution, Job

@@ -185,8 +185,7 @@ def bigger_backup(client, auth, backup):
 
 
 @pytest.mark.parametrize("backed_up", ["postgresql"], indirect=True)
-def test_a_drill_database_left_by_a_killed_worker_is_dropped_by_the_reclaim(client, auth, backed_up, start_worker,
-                                                                             pg_databases):
+def test_a_drill_database_left_by_a_killed_worker_is_dropped_by_the_reclaim(client, auth, backed_up, start_worker):
     kind, backup, first_worker = backed_up
     bigger = bigger_backup(client, auth, backup)
     first_worker.stop()
