@@ -153,7 +153,7 @@ class SqliteTarget:
         if self.path.exists():
             self.checkpoint_old()
             if not self.replace:
-                kept = self.path.with_name(f"{self.path.name}.before-restore-{utc_stamp()}")
+                kept = self.kept_name()
                 os.link(self.path, kept)
         try:
             os.rename(self.temporary, self.path)
@@ -164,6 +164,14 @@ class SqliteTarget:
         fsync_directory(self.path.parent)
         if kept:
             self.run.log(f"the database it replaced is kept as {kept}")
+
+    def kept_name(self):
+        """`<name>.before-restore-<UTC stamp>`, with a counter when a restore in the same second kept one."""
+        kept = self.path.with_name(f"{self.path.name}.before-restore-{utc_stamp()}")
+        number = 1
+        while os.path.lexists(kept):
+            kept, number = kept.with_name(f"{kept.name.split('~')[0]}~{number}"), number + 1
+        return kept
 
     def checkpoint_old(self):
         """Fold the old database's WAL into it and empty the WAL, so that nothing of it meets the new file.

@@ -90,6 +90,18 @@ def test_sqlite_restore_replaces_the_database_and_keeps_the_old_one(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["backup.db", "app.db", kept[0].name])
 
 
+def test_two_restores_in_one_second_keep_both_old_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(targets, "utc_stamp", lambda: "20260101T000000Z")
+    live = tmp_path / "app.db"
+    sqlite_image(live, 5)
+    for count in (7, 9):
+        restore(sqlite_target(live), io.BytesIO(sqlite_image(tmp_path / f"backup-{count}.db", count)))
+    kept = sorted(tmp_path.glob("app.db.before-restore-*"))
+    assert [path.name for path in kept] == ["app.db.before-restore-20260101T000000Z",
+                                            "app.db.before-restore-20260101T000000Z~1"]
+    assert [rows(path) for path in kept] == [5, 7] and rows(live) == 9
+
+
 def test_sqlite_restore_with_replace_keeps_no_old_file(tmp_path):
     backup = sqlite_image(tmp_path / "backup.db", 30)
     live = tmp_path / "app.db"
