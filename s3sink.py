@@ -1,0 +1,365 @@
+"""s3:// destinations: AWS S3 and every S3-compatible store, through boto3.
+
+`s3://bucket/prefix?endpoint=…&region=…&profile=…&storage_class=…` names the
+store; the artifact `<job>/<file>` is the key `<prefix>/<job>/<file>` and its
+location `s3://bucket/<key>`. Credentials come only from the standard AWS
+chain (the AWS_* environment variables, ~/.aws/credentials, the `profile`):
+a destination carrying any is refused, so none is ever stored or shown.
+
+Each artifact is one multipart upload of PART_SIZE parts, sent by a thread
+of its own while the dump streams on, and completed by `commit()` only: until
+then no object exists under the artifact's name, and `abort()` (or a reclaim's
+`remove_leftovers`) throws the parts away.
+"""
+import hashlib
+import logging
+import re
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import models
+from sinks import MANIFEST, READ_BACK_PIECE, manifest_location
+from sources import BackupError, SourceError
+
+log = logging.getLogger("backhook.s3")
+
+# Two parts are in memory at most, one filling while the other uploads; S3
+# wants at least 5 MiB in each part but the last (bench/RESULTS.md, "Off-site speed").
+PART_SIZE = 16 * 1024 * 1024
+MAX_PARTS = 10_000  # S3's limit: an artifact holds at most MAX_PARTS * PART_SIZE bytes (156 GiB)
+OPTIONS = ("endpoint", "region", "profile", "storage_class")
+FORM = "s3://bucket/prefix?endpoint=https://…&region=…&profile=…&storage_class=…"
+BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+OPTION_VALUES = {
+    "region": re.compile(r"[a-z0-9-]+"),
+    "profile": re.compile(r"[A-Za-z0-9_.+=,@-]+"),
+    "storage_class": re.compile(r"[A-Z0-9_]+"),
+}
+# Verify reads every artifact back at once; objects in these classes cannot be read without a restore first.
+UNREADABLE_CLASSES = ("GLACIER", "DEEP_ARCHIVE")
+# Connect and read timeouts and bounded retries, so an unreachable store fails the run instead of hanging it.
+CLIENT_SETTINGS = dict(connect_timeout=10, read_timeout=60, retries={"max_attempts": 4, "mode": "standard"},
+                       # Many S3-compatible stores reject the CRC headers boto3 adds by default (boto/boto3#4392).
+                       request_checksum_calculation="when_required", response_checksum_validation="when_required")
+CREDENTIALS_HINT = ("credentials come from the AWS chain: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                    "~/.aws/credentials, or the destination's profile=")
+
+
+class S3Error(BackupError, OSError):
+    """The store refused or could not be reached; the message is the store's own, never a credential.
+
+    An OSError too, so that retention treats a failed deletion on S3 as one on a local disk.
+    """
+
+
+@dataclass(frozen=True)
+class S3Destination:
+    bucket: str
+    prefix: str
+    endpoint: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    storage_class: str | None = None
+
+    def text(self):
+        """The destination as users see it: it never holds a credential, since parsing refuses them."""
+        options = {name: getattr(self, name) for name in OPTIONS if getattr(self, name)}
+        return (f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+                + (f"?{urlencode(options, safe=':/')}" if options else ""))
+
+
+def refuse(problem):
+    """The destination's text is never quoted back: it may hold a credential that was put where none belongs."""
+    raise SourceError(f"not an S3 destination: {problem}; expected {FORM}")
+
+
+def parse_s3_destination(text):
+    """Validate an s3:// destination without contacting the store; SourceError names what is wrong."""
+    try:
+        parts = urlsplit(text)
+        query = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError:
+        refuse("it does not parse as a URL")
+    if parts.scheme != "s3":
+        refuse("it does not begin with s3://")
+    if "@" in parts.netloc:
+        refuse(f"credentials do not belong in the destination ({CREDENTIALS_HINT})")
+    if not BUCKET.fullmatch(parts.netloc) or ".." in parts.netloc:
+        refuse("the bucket name has 3 to 63 lowercase letters, digits, '.' and '-'")
+    if parts.fragment:
+        refuse("it has a '#' fragment")
+    prefix = parts.path.strip("/")
+    if any(segment in ("", ".", "..") for segment in prefix.split("/")) and prefix:
+        refuse("the prefix has an empty, '.' or '..' segment")
+    options = {}
+    for name, value in query:
+        if name not in OPTIONS:
+            refuse(f"{name!r} is not an option (the options are {', '.join(OPTIONS)})")
+        if name in options:
+            refuse(f"the option {name} is given twice")
+        if not value:
+            refuse(f"the option {name} is empty")
+        options[name] = value
+    if "endpoint" in options:
+        endpoint = urlsplit(options["endpoint"])
+        if endpoint.scheme not in ("http", "https") or not endpoint.hostname:
+            refuse("endpoint= is an http:// or https:// URL")
+        if "@" in endpoint.netloc:
+            refuse(f"credentials do not belong in the endpoint ({CREDENTIALS_HINT})")
+    for name, pattern in OPTION_VALUES.items():
+        if name in options and not pattern.fullmatch(options[name]):
+            refuse(f"{name}= has an unexpected character")
+    if options.get("storage_class") in UNREADABLE_CLASSES:
+        refuse(f"storage_class={options['storage_class']} objects cannot be read back to verify them "
+               "(GLACIER_IR can)")
+    return S3Destination(parts.netloc, prefix, **options)
+
+
+@contextmanager
+def store_errors(action, location):
+    """Turn boto3's errors into S3Error: what failed, where, and the store's own words."""
+    import botocore.exceptions
+
+    try:
+        yield
+    except botocore.exceptions.NoCredentialsError as exc:
+        raise S3Error(f"cannot {action} {location}: {exc} ({CREDENTIALS_HINT})") from None
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise S3Error(f"cannot {action} {location}: {exc}") from None
+
+
+def missing(exc):
+    """Whether a ClientError says the object is not there (HEAD answers a bare 404)."""
+    return exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
+
+
+class S3Sink:
+    """One s3:// destination of one job: keys under `<prefix>/<job folder>/`."""
+
+    is_local = False
+
+    def __init__(self, destination, folder):
+        self.destination, self.folder = destination, folder
+        self._client = None
+
+    @classmethod
+    def from_destination(cls, text, job):
+        # As sinks.job_directory: the job id names the folder of a name stored before names were checked.
+        return cls(parse_s3_destination(text), job.id if models.job_name_problem(job.name) else job.name)
+
+    def describe(self):
+        return self.destination.text()
+
+    @property
+    def client(self):
+        """The boto3 client, made on first use: building one reads the AWS configuration but contacts no one."""
+        if self._client is None:
+            import boto3
+            import botocore.config
+
+            where = self.destination
+            # A loopback or LAN store has no DNS name per bucket: address buckets in the path.
+            addressing = {"addressing_style": "path"} if where.endpoint else {}
+            with store_errors("use", self.describe()):
+                self._client = boto3.session.Session(profile_name=where.profile).client(
+                    "s3", endpoint_url=where.endpoint, region_name=where.region,
+                    config=botocore.config.Config(s3=addressing, **CLIENT_SETTINGS))
+        return self._client
+
+    @property
+    def bucket(self):
+        return self.destination.bucket
+
+    def key(self, name):
+        return "/".join(part for part in (self.destination.prefix, self.folder, name) if part)
+
+    def location(self, name):
+        return f"s3://{self.bucket}/{self.key(name)}"
+
+    def key_of(self, location):
+        """The key of a location this sink wrote; refuses one in another bucket."""
+        head = f"s3://{self.bucket}/"
+        if not location.startswith(head):
+            raise S3Error(f"{location} is not in the bucket of {self.describe()}")
+        return location[len(head):]
+
+    def open(self, name):
+        return S3Artifact(self, name)
+
+    @contextmanager
+    def read(self, location):
+        with store_errors("read", location):
+            body = self.client.get_object(Bucket=self.bucket, Key=self.key_of(location))["Body"]
+        try:
+            yield StoredObject(body, location)
+        finally:
+            body.close()
+
+    def head(self, location):
+        """The object's metadata, or None when there is no object at `location`."""
+        import botocore.exceptions
+
+        with store_errors("look up", location):
+            try:
+                return self.client.head_object(Bucket=self.bucket, Key=self.key_of(location))
+            except botocore.exceptions.ClientError as exc:
+                if missing(exc):
+                    return None
+                raise
+
+    def exists(self, location):
+        return self.head(location) is not None
+
+    def size(self, location):
+        found = self.head(location)
+        return None if found is None else found["ContentLength"]
+
+    def delete_object(self, location):
+        """S3 answers a deletion of a missing key with success, so an object already gone is no error."""
+        with store_errors("delete", location):
+            self.client.delete_object(Bucket=self.bucket, Key=self.key_of(location))
+
+    def delete(self, location):
+        self.delete_object(location)
+
+    def delete_manifest(self, location):
+        self.delete_object(manifest_location(location))
+
+    def remove_leftovers(self, folder, execution_id):
+        """Abort the multipart uploads and delete the objects an attempt of `execution_id` left under `folder`.
+
+        That is also an artifact (and its manifest) completed by a worker that
+        died before recording its success: no execution reports it, so
+        retention would never delete it.
+        """
+        prefix = "/".join(part for part in (self.destination.prefix, folder) if part) + "/"
+        marker = f"-{execution_id}."
+        removed = []
+        with store_errors("list the leftovers under", f"s3://{self.bucket}/{prefix}"):
+            for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket,
+                                                                                     Prefix=prefix):
+                for upload in page.get("Uploads", []):
+                    if marker in upload["Key"].removeprefix(prefix):
+                        self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
+                                                           UploadId=upload["UploadId"])
+                        removed.append(upload["Key"].removeprefix(prefix) + " (unfinished upload)")
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                for found in page.get("Contents", []):
+                    if marker in found["Key"].removeprefix(prefix):
+                        self.client.delete_object(Bucket=self.bucket, Key=found["Key"])
+                        removed.append(found["Key"].removeprefix(prefix))
+        return removed
+
+
+class StoredObject:
+    """A stored object being read: `read(n)`, with the store's errors as S3Error."""
+
+    def __init__(self, body, location):
+        self.body, self.location = body, location
+
+    def read(self, count=-1):
+        with store_errors("read", self.location):
+            return self.body.read(None if count is None or count < 0 else count)
+
+
+class S3Artifact:
+    """One artifact being written to S3: a multipart upload, completed only by `commit()`."""
+
+    def __init__(self, sink, name):
+        self.sink, self.client, self.bucket = sink, sink.client, sink.bucket
+        self.key, self.location = sink.key(name), sink.location(name)
+        self.parts, self.buffer, self.pending = [], bytearray(), None
+        self.committing = self.manifest_written = False
+        storage = {"StorageClass": sink.destination.storage_class} if sink.destination.storage_class else {}
+        with store_errors("start uploading", self.location):
+            self.upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key,
+                                                                 **storage)["UploadId"]
+        self.uploader = ThreadPoolExecutor(1, thread_name_prefix="s3-part")
+
+    def write(self, data):
+        self.buffer += data
+        if len(self.buffer) >= PART_SIZE:
+            self.send_part()
+        return len(data)
+
+    def flush(self):
+        pass  # parts leave as they fill; close() sends the last one
+
+    def send_part(self):
+        """Hand the buffer to the uploader once the part before it is stored: two parts in memory at most."""
+        self.wait_for_part()
+        if len(self.parts) >= MAX_PARTS:
+            raise S3Error(f"cannot upload {self.location}: it is over S3's {MAX_PARTS:,} parts of "
+                          f"{PART_SIZE // 2**20} MiB")
+        body, self.buffer = self.buffer, bytearray()
+        self.pending = self.uploader.submit(self.upload_part, len(self.parts) + 1, body)
+
+    def upload_part(self, number, body):
+        with store_errors(f"upload part {number} of", self.location):
+            answer = self.client.upload_part(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
+                                             PartNumber=number, Body=body)
+        return {"PartNumber": number, "ETag": answer["ETag"]}
+
+    def wait_for_part(self):
+        """Wait for the part being uploaded; raises its error."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            self.parts.append(pending.result())
+
+    def close(self):
+        """Send the last part (the only one, even empty, for a tiny artifact) and wait until every part is stored."""
+        if self.buffer or not (self.parts or self.pending):
+            self.send_part()
+        self.wait_for_part()
+        self.uploader.shutdown()
+
+    def commit(self):
+        self.committing = True
+        with store_errors("complete the upload of", self.location):
+            self.client.complete_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
+                                                  MultipartUpload={"Parts": self.parts})
+
+    def verify(self, size, sha256, progress):
+        """Stream the stored object back and hash it; `progress(fraction)` after each piece may raise to stop."""
+        digest, seen = hashlib.sha256(), 0
+        with self.sink.read(self.location) as stored:
+            while piece := stored.read(READ_BACK_PIECE):
+                digest.update(piece)
+                seen += len(piece)
+                progress(seen / max(size, 1))
+        if seen != size or digest.hexdigest() != sha256:
+            raise BackupError(f"verification failed: {self.location} does not match what was written "
+                              f"({seen:,} of {size:,} bytes read back)")
+
+    def write_manifest(self, data):
+        """One small PutObject: the manifest appears whole or not at all, like the artifact."""
+        self.manifest_written = True
+        with store_errors("write the manifest of", self.location):
+            self.client.put_object(Bucket=self.bucket, Key=self.key + MANIFEST, Body=data,
+                                   ContentType="application/json")
+
+    def abort(self):
+        """Throw the upload away, or delete the completed object and its manifest; never raises.
+
+        A pipeline aborts every sink in turn and must reach them all; what
+        cannot be removed here is logged, and a reclaim's remove_leftovers, or
+        the bucket's lifecycle rule for unfinished uploads, removes it later.
+        """
+        self.buffer = bytearray()
+        self.uploader.shutdown(cancel_futures=True)  # waits for a part in flight, which could outlive the abort
+        steps = [("abort the upload of", lambda: self.client.abort_multipart_upload(
+            Bucket=self.bucket, Key=self.key, UploadId=self.upload_id))]
+        if self.committing:  # a completion can succeed even when its answer is lost
+            steps.append(("delete", lambda: self.client.delete_object(Bucket=self.bucket, Key=self.key)))
+        if self.manifest_written:
+            steps.append(("delete the manifest of", lambda: self.client.delete_object(
+                Bucket=self.bucket, Key=self.key + MANIFEST)))
+        for action, step in steps:
+            try:
+                with store_errors(action, self.location):
+                    step()
+            except S3Error as exc:
+                if "NoSuchUpload" not in str(exc):  # completed, or aborted already: nothing left to abort
+                    log.warning("%s", exc)
