@@ -17,9 +17,8 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import urlencode
 
-import models
 from sinks import MANIFEST, READ_BACK_PIECE, manifest_location
 from sources import BackupError, SourceError
 
@@ -31,7 +30,6 @@ PART_SIZE = 16 * 1024 * 1024
 MAX_PARTS = 10_000  # S3's limit: an artifact holds at most MAX_PARTS * PART_SIZE bytes (156 GiB)
 OPTIONS = ("endpoint", "region", "profile", "storage_class")
 FORM = "s3://bucket/prefix?endpoint=https://…&region=…&profile=…&storage_class=…"
-BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 OPTION_VALUES = {
     "region": re.compile(r"[a-z0-9-]+"),
     "profile": re.compile(r"[A-Za-z0-9_.+=,@-]+"),
@@ -70,51 +68,20 @@ class S3Destination:
                 + (f"?{urlencode(options, safe=':/')}" if options else ""))
 
 
-def refuse(problem):
-    """The destination's text is never quoted back: it may hold a credential that was put where none belongs."""
-    raise SourceError(f"not an S3 destination: {problem}; expected {FORM}")
-
-
 def parse_s3_destination(text):
-    """Validate an s3:// destination without contacting the store; SourceError names what is wrong."""
-    try:
-        parts = urlsplit(text)
-        query = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
-    except ValueError:
-        refuse("it does not parse as a URL")
-    if parts.scheme != "s3":
-        refuse("it does not begin with s3://")
-    if "@" in parts.netloc:
-        refuse(f"credentials do not belong in the destination ({CREDENTIALS_HINT})")
-    if not BUCKET.fullmatch(parts.netloc) or ".." in parts.netloc:
-        refuse("the bucket name has 3 to 63 lowercase letters, digits, '.' and '-'")
-    if parts.fragment:
-        refuse("it has a '#' fragment")
-    prefix = parts.path.strip("/")
-    if any(segment in ("", ".", "..") for segment in prefix.split("/")) and prefix:
-        refuse("the prefix has an empty, '.' or '..' segment")
-    options = {}
-    for name, value in query:
-        if name not in OPTIONS:
-            refuse(f"{name!r} is not an option (the options are {', '.join(OPTIONS)})")
-        if name in options:
-            refuse(f"the option {name} is given twice")
-        if not value:
-            refuse(f"the option {name} is empty")
-        options[name] = value
-    if "endpoint" in options:
-        endpoint = urlsplit(options["endpoint"])
-        if endpoint.scheme not in ("http", "https") or not endpoint.hostname:
-            refuse("endpoint= is an http:// or https:// URL")
-        if "@" in endpoint.netloc:
-            refuse(f"credentials do not belong in the endpoint ({CREDENTIALS_HINT})")
+    """An s3:// destination checked by destinations.parse_destination, then for what only S3 refuses."""
+    import destinations  # destinations builds sinks, so it imports this module first
+
+    parsed = destinations.parse_destination(text)
+    if parsed.kind != "s3":
+        raise SourceError(f"not an S3 destination: {parsed.kind}; expected {FORM}")
     for name, pattern in OPTION_VALUES.items():
-        if name in options and not pattern.fullmatch(options[name]):
-            refuse(f"{name}= has an unexpected character")
-    if options.get("storage_class") in UNREADABLE_CLASSES:
-        refuse(f"storage_class={options['storage_class']} objects cannot be read back to verify them "
-               "(GLACIER_IR can)")
-    return S3Destination(parts.netloc, prefix, **options)
+        if name in parsed.options and not pattern.fullmatch(parsed.options[name]):
+            raise SourceError(f"destination {text!r}: {name}= has an unexpected character")
+    if parsed.options.get("storage_class") in UNREADABLE_CLASSES:
+        raise SourceError(f"destination {text!r}: storage_class={parsed.options['storage_class']} objects cannot "
+                          "be read back to verify them (GLACIER_IR can)")
+    return S3Destination(parsed.bucket, parsed.path, **parsed.options)
 
 
 @contextmanager
@@ -146,8 +113,9 @@ class S3Sink:
 
     @classmethod
     def from_destination(cls, text, job):
-        # As sinks.job_directory: the job id names the folder of a name stored before names were checked.
-        return cls(parse_s3_destination(text), job.id if models.job_name_problem(job.name) else job.name)
+        import destinations
+
+        return cls(parse_s3_destination(text), destinations.job_folder(job))
 
     def describe(self):
         return self.destination.text()

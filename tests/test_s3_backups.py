@@ -1,0 +1,93 @@
+"""Backups with an S3 destination beside a local one, end to end through the real backup run."""
+import hashlib
+import json
+
+import pytest
+
+import destinations
+from models import ArtifactCopy, Execution, ExecutionLog, Job
+from support import free_port, poll, run_in_process
+
+pytestmark = pytest.mark.sqlite_only("the metadata backend plays no part in an S3 round trip")
+
+
+@pytest.fixture
+def bucket(s3):
+    return s3.make_bucket()
+
+
+def s3_job(make_job, tmp_path, destination, keep=None):
+    job = make_job(keep=keep)
+    with Job._meta.database.atomic():
+        destinations.set_destinations(job, [str(tmp_path / "backups"), destination])
+    return Job.get_by_id(job.id)
+
+
+def objects(s3, bucket):
+    return sorted(found["Key"] for found in s3.client().list_objects_v2(Bucket=bucket).get("Contents", []))
+
+
+def uploads(s3, bucket):
+    return s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+
+
+def everything_said(execution, client, auth):
+    """The execution's error, logs and API answer, where no credential may appear."""
+    logs = [row.message for row in ExecutionLog.select().where(ExecutionLog.execution == execution.id)]
+    return json.dumps([execution.error, logs, poll(client, auth, execution.id, logs=True)])
+
+
+def test_a_backup_is_stored_verified_and_recorded_on_both_destinations(s3, bucket, make_job, tmp_path, client,
+                                                                       auth):
+    job = s3_job(make_job, tmp_path, s3.destination(bucket))
+    done = run_in_process(job)
+    assert done.status == "Success", done.error
+    copies = list(ArtifactCopy.select().where(ArtifactCopy.execution == done.id).order_by(ArtifactCopy.position))
+    assert [copy.location.startswith("s3://") for copy in copies] == [False, True]
+    assert done.path == copies[0].location
+    name = copies[0].location.rsplit("/", 1)[1]
+    assert objects(s3, bucket) == [f"backups/nightly/{name}", f"backups/nightly/{name}.json"]
+    stored = s3.client().get_object(Bucket=bucket, Key=f"backups/nightly/{name}")["Body"].read()
+    assert hashlib.sha256(stored).hexdigest() == done.sha256
+    assert len(stored) == done.size
+    said = everything_said(done, client, auth)
+    assert f"s3://{bucket}/backups/nightly/{name}" in said or f"s3://{bucket}/backups" in said
+    assert s3.secret_key not in said
+
+
+def test_retention_prunes_on_both_destinations(s3, bucket, make_job, tmp_path):
+    job = s3_job(make_job, tmp_path, s3.destination(bucket), keep=1)
+    first = run_in_process(job)
+    second = run_in_process(job)
+    assert (first.status, second.status) == ("Success", "Success")
+    names = [copy.location.rsplit("/", 1)[1] for copy in
+             ArtifactCopy.select().where(ArtifactCopy.execution == second.id).order_by(ArtifactCopy.position)]
+    assert objects(s3, bucket) == [f"backups/nightly/{names[1]}", f"backups/nightly/{names[1]}.json"]
+    assert sorted(path.name for path in (tmp_path / "backups" / "nightly").iterdir()) == [names[0],
+                                                                                         names[0] + ".json"]
+    assert Execution.get_by_id(first.id).path is None
+
+
+@pytest.mark.parametrize("store, message", [
+    ("missing bucket", "NoSuchBucket"),
+    ("wrong secret", "SignatureDoesNotMatch"),
+    ("unreachable endpoint", "Could not connect to the endpoint URL"),
+])
+def test_a_store_that_refuses_fails_the_run_leaving_nothing_and_no_secret(s3, bucket, make_job, tmp_path,
+                                                                            monkeypatch, client, auth, store,
+                                                                            message):
+    destination = {
+        "missing bucket": s3.destination("no-such-bucket-here"),
+        "wrong secret": s3.destination(bucket),
+        "unreachable endpoint": f"s3://{bucket}/backups?endpoint=http://127.0.0.1:{free_port()}",
+    }[store]
+    if store == "wrong secret":
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-0123456789abcdef")
+    job = s3_job(make_job, tmp_path, destination)
+    done = run_in_process(job)
+    assert done.status == "Failed"
+    assert message in done.error
+    assert objects(s3, bucket) == [] and uploads(s3, bucket) == []
+    assert list((tmp_path / "backups" / "nightly").glob("*")) == []  # the local copy is removed too
+    said = everything_said(done, client, auth)
+    assert s3.secret_key not in said and "wrong-secret-0123456789abcdef" not in said
