@@ -5,8 +5,9 @@ import json
 import pytest
 
 import destinations
+import models
 from models import ArtifactCopy, Execution, ExecutionLog, Job
-from support import free_port, poll, run_in_process
+from support import free_port, poll, run_in_process, trigger, wait_for_status
 
 pytestmark = pytest.mark.sqlite_only("the metadata backend plays no part in an S3 round trip")
 
@@ -91,3 +92,28 @@ def test_a_store_that_refuses_fails_the_run_leaving_nothing_and_no_secret(s3, bu
     assert list((tmp_path / "backups" / "nightly").glob("*")) == []  # the local copy is removed too
     said = everything_said(done, client, auth)
     assert s3.secret_key not in said and "wrong-secret-0123456789abcdef" not in said
+
+
+def test_the_reclaim_aborts_the_upload_and_deletes_the_objects_a_dead_worker_left(s3, bucket, make_job, tmp_path,
+                                                                                  client, auth, start_worker):
+    job = make_job(name="died-late", source="command:echo payload")
+    with Job._meta.database.atomic():
+        destinations.set_destinations(job, [s3.destination(bucket)])
+    execution_id = trigger(client, auth, job.id)
+    # As a worker killed mid-upload, or after completing an upload but before recording success, leaves them.
+    Execution.update(status="Running", attempts=1, worker_id="dead", lease_expires_at=models.now_ms() - 1).where(
+        Execution.id == execution_id).execute()
+    s3.client().create_multipart_upload(Bucket=bucket,
+                                        Key=f"backups/died-late/20261122T010000Z-{execution_id}.out.zst")
+    unrecorded = f"backups/died-late/20261122T000000Z-{execution_id}.out.zst"
+    s3.client().put_object(Bucket=bucket, Key=unrecorded, Body=b"complete but never reported")
+    s3.client().put_object(Bucket=bucket, Key=unrecorded + ".json", Body=b"{}")
+    another = "backups/died-late/20261121T000000Z-0190aaaaaaaaeeeeeeeeeeeeeeeeeeee.out.zst"
+    s3.client().put_object(Bucket=bucket, Key=another, Body=b"another execution's")
+
+    start_worker(**s3.env)
+    data = wait_for_status(client, auth, execution_id, timeout=60)
+    assert data["status"] == "Success", data
+    assert uploads(s3, bucket) == []
+    new = data["path"].removeprefix(f"s3://{bucket}/")
+    assert objects(s3, bucket) == sorted([another, new, new + ".json"])
