@@ -238,7 +238,9 @@ class S3Artifact:
     def __init__(self, sink, name):
         self.sink, self.client, self.bucket = sink, sink.client, sink.bucket
         self.key, self.location = sink.key(name), sink.location(name)
-        self.parts, self.buffer, self.pending = [], bytearray(), None
+        # Two fixed buffers take turns, one filling while the other uploads: no growth, no copy of a full part.
+        self.buffer, self.spare, self.filled = bytearray(PART_SIZE), None, 0
+        self.parts, self.pending = [], None
         self.committing = self.manifest_written = False
         storage = {"StorageClass": sink.destination.storage_class} if sink.destination.storage_class else {}
         with store_errors("start uploading", self.location):
@@ -247,9 +249,14 @@ class S3Artifact:
         self.uploader = ThreadPoolExecutor(1, thread_name_prefix="s3-part")
 
     def write(self, data):
-        self.buffer += data
-        if len(self.buffer) >= PART_SIZE:
-            self.send_part()
+        view = memoryview(data)
+        while view:
+            taken = view[:PART_SIZE - self.filled]
+            self.buffer[self.filled:self.filled + len(taken)] = taken
+            self.filled += len(taken)
+            view = view[len(taken):]
+            if self.filled == PART_SIZE:
+                self.send_part()
         return len(data)
 
     def flush(self):
@@ -261,7 +268,12 @@ class S3Artifact:
         if len(self.parts) >= MAX_PARTS:
             raise S3Error(f"cannot upload {self.location}: it is over S3's {MAX_PARTS:,} parts of "
                           f"{PART_SIZE // 2**20} MiB")
-        body, self.buffer = self.buffer, bytearray()
+        if self.filled == PART_SIZE:
+            body = self.buffer
+            self.buffer, self.spare = self.spare or bytearray(PART_SIZE), body  # the spare's upload is done
+        else:  # the last part: the spare goes before its copy is made
+            self.spare, body = None, bytes(memoryview(self.buffer)[:self.filled])
+        self.filled = 0
         self.pending = self.uploader.submit(self.upload_part, len(self.parts) + 1, body)
 
     def upload_part(self, number, body):
@@ -278,8 +290,9 @@ class S3Artifact:
 
     def close(self):
         """Send the last part (the only one, even empty, for a tiny artifact) and wait until every part is stored."""
-        if self.buffer or not (self.parts or self.pending):
+        if self.filled or not (self.parts or self.pending):
             self.send_part()
+        self.buffer = self.spare = None
         self.wait_for_part()
         self.uploader.shutdown()
 
@@ -315,7 +328,7 @@ class S3Artifact:
         cannot be removed here is logged, and a reclaim's remove_leftovers, or
         the bucket's lifecycle rule for unfinished uploads, removes it later.
         """
-        self.buffer = bytearray()
+        self.buffer = self.spare = None
         self.uploader.shutdown(cancel_futures=True)  # waits for a part in flight, which could outlive the abort
         steps = [("abort the upload of", lambda: self.client.abort_multipart_upload(
             Bucket=self.bucket, Key=self.key, UploadId=self.upload_id))]

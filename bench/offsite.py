@@ -8,7 +8,8 @@ backhook runs the real path: `backhook serve` and `backhook worker`, a job
 whose one destination is `s3://bench/offsite?endpoint=…` (made with `jobs add`,
 its destination then set with plain SQL), triggered over HTTP; the time is
 trigger -> Success (pickup, upload, completing the upload and the verifying
-re-read from S3), after one untimed backup that warms the worker and the server. The baseline, in the same run, alternating:
+re-read from S3), after one untimed backup that warms the worker and the
+server. The baseline, in the same run, alternating:
 
     tar -cf - -C PARENT DIR | zstd -q | rclone rcat benchs3:bench/plain.tar.zst
 
@@ -118,17 +119,7 @@ class Backhook:
         """Trigger and wait; return (seconds, stored bytes, peak tree RSS MB)."""
         sampler = backup_speed.RssSampler(worker.pid)
         sampler.start()
-        started = time.monotonic()
-        response = self.http.post(f"{web.url}/api/jobs/{self.job}/run", timeout=10)
-        response.raise_for_status()
-        execution_id = response.json()["executionId"]
-        while True:
-            status, size, error = self.db.execute("SELECT status, size, error FROM execution WHERE id = ?",
-                                                  (execution_id,)).fetchone()
-            if status in ("Success", "Failed", "Cancelled"):
-                break
-            time.sleep(0.01)
-        seconds = time.monotonic() - started
+        seconds, status, size, error, _ = common.trigger_and_wait(self.http, web.url, self.job, self.db)
         peak = sampler.stop()
         if status != "Success":
             raise RuntimeError(f"backhook off-site backup ended {status}: {error}")
