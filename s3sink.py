@@ -6,7 +6,7 @@ location `s3://bucket/<key>`. Credentials come only from the standard AWS
 chain (the AWS_* environment variables, ~/.aws/credentials, the `profile`):
 a destination carrying any is refused, so none is ever stored or shown.
 
-Each artifact is one multipart upload of PART_SIZE parts, sent by a thread
+Each artifact is one multipart upload of `part_size` parts, sent by a thread
 of its own while the dump streams on, and completed by `commit()` only: until
 then no object exists under the artifact's name, and `abort()` (or a reclaim's
 `remove_leftovers`) throws the parts away.
@@ -14,6 +14,7 @@ then no object exists under the artifact's name, and `abort()` (or a reclaim's
 import hashlib
 import logging
 import re
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,8 +27,15 @@ log = logging.getLogger("backhook.s3")
 
 # Two parts are in memory at most, one filling while the other uploads; S3
 # wants at least 5 MiB in each part but the last (bench/RESULTS.md, "Off-site speed").
-PART_SIZE = 16 * 1024 * 1024
-MAX_PARTS = 10_000  # S3's limit: an artifact holds at most MAX_PARTS * PART_SIZE bytes (156 GiB)
+PART_SIZE = 8 * 1024 * 1024
+MAX_PARTS = 10_000  # S3's limit
+PARTS_PER_SIZE = 2_500  # parts grow by PART_SIZE every PARTS_PER_SIZE parts: 10,000 hold 195 GiB
+
+
+def part_size(number):
+    """The size of part `number` (from 1): PART_SIZE up to 19 GiB, so that most artifacts need 16 MiB of buffers."""
+    return PART_SIZE * (1 + (number - 1) // PARTS_PER_SIZE)
+
 OPTIONS = ("endpoint", "region", "profile", "storage_class")
 FORM = "s3://bucket/prefix?endpoint=https://…&region=…&profile=…&storage_class=…"
 OPTION_VALUES = {
@@ -102,6 +110,30 @@ def missing(exc):
     return exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
 
 
+CLIENTS, CLIENTS_LOCK = {}, threading.Lock()
+
+
+def client_for(destination):
+    """The boto3 client of a store, made once per process: each costs megabytes of models and handlers.
+
+    Making one reads the AWS configuration and the credentials (so keys
+    changed later are read when the worker restarts) but contacts no one.
+    """
+    import boto3
+    import botocore.config
+
+    store = (destination.endpoint, destination.region, destination.profile)
+    with CLIENTS_LOCK:
+        if store not in CLIENTS:
+            # A loopback or LAN store has no DNS name per bucket: address buckets in the path.
+            addressing = {"addressing_style": "path"} if destination.endpoint else {}
+            with store_errors("use", destination.text()):
+                CLIENTS[store] = boto3.session.Session(profile_name=destination.profile).client(
+                    "s3", endpoint_url=destination.endpoint, region_name=destination.region,
+                    config=botocore.config.Config(s3=addressing, **CLIENT_SETTINGS))
+        return CLIENTS[store]
+
+
 class S3Sink:
     """One s3:// destination of one job: keys under `<prefix>/<job folder>/`."""
 
@@ -109,7 +141,6 @@ class S3Sink:
 
     def __init__(self, destination, folder):
         self.destination, self.folder = destination, folder
-        self._client = None
 
     @classmethod
     def from_destination(cls, text, job):
@@ -122,19 +153,7 @@ class S3Sink:
 
     @property
     def client(self):
-        """The boto3 client, made on first use: building one reads the AWS configuration but contacts no one."""
-        if self._client is None:
-            import boto3
-            import botocore.config
-
-            where = self.destination
-            # A loopback or LAN store has no DNS name per bucket: address buckets in the path.
-            addressing = {"addressing_style": "path"} if where.endpoint else {}
-            with store_errors("use", self.describe()):
-                self._client = boto3.session.Session(profile_name=where.profile).client(
-                    "s3", endpoint_url=where.endpoint, region_name=where.region,
-                    config=botocore.config.Config(s3=addressing, **CLIENT_SETTINGS))
-        return self._client
+        return client_for(self.destination)
 
     @property
     def bucket(self):
@@ -239,7 +258,7 @@ class S3Artifact:
         self.sink, self.client, self.bucket = sink, sink.client, sink.bucket
         self.key, self.location = sink.key(name), sink.location(name)
         # Two fixed buffers take turns, one filling while the other uploads: no growth, no copy of a full part.
-        self.buffer, self.spare, self.filled = bytearray(PART_SIZE), None, 0
+        self.buffer, self.spare, self.filled = bytearray(part_size(1)), None, 0
         self.parts, self.pending = [], None
         self.committing = self.manifest_written = False
         storage = {"StorageClass": sink.destination.storage_class} if sink.destination.storage_class else {}
@@ -251,11 +270,11 @@ class S3Artifact:
     def write(self, data):
         view = memoryview(data)
         while view:
-            taken = view[:PART_SIZE - self.filled]
+            taken = view[:len(self.buffer) - self.filled]
             self.buffer[self.filled:self.filled + len(taken)] = taken
             self.filled += len(taken)
             view = view[len(taken):]
-            if self.filled == PART_SIZE:
+            if self.filled == len(self.buffer):
                 self.send_part()
         return len(data)
 
@@ -265,16 +284,18 @@ class S3Artifact:
     def send_part(self):
         """Hand the buffer to the uploader once the part before it is stored: two parts in memory at most."""
         self.wait_for_part()
-        if len(self.parts) >= MAX_PARTS:
-            raise S3Error(f"cannot upload {self.location}: it is over S3's {MAX_PARTS:,} parts of "
-                          f"{PART_SIZE // 2**20} MiB")
-        if self.filled == PART_SIZE:
-            body = self.buffer
-            self.buffer, self.spare = self.spare or bytearray(PART_SIZE), body  # the spare's upload is done
+        number = len(self.parts) + 1
+        if number > MAX_PARTS:
+            raise S3Error(f"cannot upload {self.location}: it needs more than S3's {MAX_PARTS:,} parts "
+                          f"({sum(map(part_size, range(1, MAX_PARTS + 1))) / 2**30:.0f} GiB)")
+        if self.filled == len(self.buffer):
+            body, size = self.buffer, part_size(number + 1)
+            reusable = self.spare is not None and len(self.spare) == size  # the spare's upload is done
+            self.buffer, self.spare = self.spare if reusable else bytearray(size), body
         else:  # the last part: the spare goes before its copy is made
             self.spare, body = None, bytes(memoryview(self.buffer)[:self.filled])
         self.filled = 0
-        self.pending = self.uploader.submit(self.upload_part, len(self.parts) + 1, body)
+        self.pending = self.uploader.submit(self.upload_part, number, body)
 
     def upload_part(self, number, body):
         with store_errors(f"upload part {number} of", self.location):

@@ -251,4 +251,7 @@ def s3(s3_server, monkeypatch):
         monkeypatch.delenv(key)
     for key, value in s3_server.env.items():
         monkeypatch.setenv(key, value)
+    import s3sink
+
+    monkeypatch.setattr(s3sink, "CLIENTS", {})  # each test's clients read its own environment
     return s3_server

@@ -284,3 +284,17 @@ def test_an_unreachable_endpoint_fails_after_bounded_retries(s3):
     with pytest.raises(S3Error, match="cannot start uploading s3://some-bucket/x/nightly/.*Could not connect"):
         sink.open(artifact_name())
     assert time.monotonic() - started < 60
+
+
+def test_parts_grow_so_that_s3s_ten_thousand_hold_a_large_artifact():
+    assert s3sink.part_size(1) == s3sink.part_size(2500) == 8 * 2**20
+    assert s3sink.part_size(2501) == 16 * 2**20 and s3sink.part_size(10_000) == 32 * 2**20
+    assert sum(map(s3sink.part_size, range(1, s3sink.MAX_PARTS + 1))) > 190 * 2**30
+
+
+def test_an_artifact_past_s3s_part_limit_fails_clearly(sink, monkeypatch, small_parts):
+    monkeypatch.setattr(s3sink, "MAX_PARTS", 2)
+    artifact = sink.open(artifact_name())
+    with pytest.raises(S3Error, match="it needs more than S3's 2 parts"):
+        artifact.write(os.urandom(3 * small_parts))
+    artifact.abort()
