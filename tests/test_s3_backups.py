@@ -1,12 +1,16 @@
 """Backups with an S3 destination beside a local one, end to end through the real backup run."""
 import hashlib
 import json
+import time
+from pathlib import Path
 
 import pytest
 
 import destinations
 import models
+import leases
 from models import ArtifactCopy, Execution, ExecutionLog, Job
+from restore import Restore, queue_restore
 from support import free_port, poll, run_in_process, trigger, wait_for_status
 
 pytestmark = pytest.mark.sqlite_only("the metadata backend plays no part in an S3 round trip")
@@ -30,6 +34,12 @@ def objects(s3, bucket):
 
 def uploads(s3, bucket):
     return s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+
+
+def run_restore_in_process(restore):
+    (execution,) = [claimed for claimed in leases.claim("test-worker", 60_000) if claimed.id == restore.id]
+    Restore(execution, execution.job, "test-worker", time.monotonic() + 60).execute()
+    return Execution.get_by_id(restore.id)
 
 
 def everything_said(execution, client, auth):
@@ -117,3 +127,26 @@ def test_the_reclaim_aborts_the_upload_and_deletes_the_objects_a_dead_worker_lef
     assert uploads(s3, bucket) == []
     new = data["path"].removeprefix(f"s3://{bucket}/")
     assert objects(s3, bucket) == sorted([another, new, new + ".json"])
+
+
+def test_jobs_add_with_a_local_and_an_s3_destination_restores_and_downloads_from_s3_when_the_local_copy_is_gone(
+        s3, bucket, runner, tmp_path, client, auth):
+    source = tmp_path / "site"
+    source.mkdir()
+    (source / "index.html").write_text("<h1>kept off-site</h1>\n")
+    added = runner("jobs", "add", "site", "--source", f"files://{source}", "--destination", tmp_path / "backups",
+                   "--destination", s3.destination(bucket))
+    assert added.exit_code == 0, added.output
+    assert s3.secret_key not in added.output
+    backup = run_in_process(Job.get(Job.name == "site"))
+    assert backup.status == "Success", backup.error
+    Path(backup.path).unlink()  # the local copy is gone: the S3 copy serves
+
+    response = client.get(f"/api/executions/{backup.id}/artifact", headers=auth)
+    assert response.status_code == 200
+    assert hashlib.sha256(response.get_data()).hexdigest() == backup.sha256
+    restored = tmp_path / "restored"
+    restore = run_restore_in_process(queue_restore(backup.id, target=f"files://{restored}"))
+    assert restore.status == "Success", restore.error
+    assert (restored / "index.html").read_text() == "<h1>kept off-site</h1>\n"
+    assert s3.secret_key not in everything_said(restore, client, auth)
