@@ -26,7 +26,7 @@ from sources import BackupError, SourceError
 log = logging.getLogger("backhook.s3")
 
 # Two parts are in memory at most, one filling while the other uploads; S3
-# wants at least 5 MiB in each part but the last (bench/RESULTS.md, "Off-site speed").
+# wants at least 5 MiB in each part but the last (bench/RESULTS.md, "Off-site speed and memory").
 PART_SIZE = 8 * 1024 * 1024
 MAX_PARTS = 10_000  # S3's limit
 PARTS_PER_SIZE = 2_500  # parts grow by PART_SIZE every PARTS_PER_SIZE parts: 10,000 hold 195 GiB
