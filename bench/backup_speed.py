@@ -174,17 +174,8 @@ class Backhook:
         sampler = RssSampler(worker.pid)
         sampler.start()
         cpu_before = common.cpu_seconds(worker.pid, reaped_children=True)  # tar is the worker's child
-        started = time.monotonic()
-        response = self.http.post(f"{web.url}/api/jobs/{self.jobs[kind]}/run", timeout=10)
-        response.raise_for_status()
-        execution_id = response.json()["executionId"]
-        while True:
-            status, size, error = self.db.execute("SELECT status, size, error FROM execution WHERE id = ?",
-                                                  (execution_id,)).fetchone()
-            if status in ("Success", "Failed", "Cancelled"):
-                break
-            time.sleep(0.01)
-        seconds = time.monotonic() - started
+        seconds, status, size, error, execution_id = common.trigger_and_wait(self.http, web.url, self.jobs[kind],
+                                                                             self.db)
         peak = sampler.stop()
         if status != "Success":
             raise RuntimeError(f"backhook {kind} backup ended {status}: {error}")

@@ -135,6 +135,20 @@ def add_job(data_dir, name, source, destination, *options):
                     *options)[-1]
 
 
+def trigger_and_wait(http, url, job_id, db):
+    """POST /api/jobs/<id>/run, then read the execution's row until it ends; (seconds, status, size, error)."""
+    started = time.monotonic()
+    response = http.post(f"{url}/api/jobs/{job_id}/run", timeout=10)
+    response.raise_for_status()
+    execution_id = response.json()["executionId"]
+    while True:
+        status, size, error = db.execute("SELECT status, size, error FROM execution WHERE id = ?",
+                                         (execution_id,)).fetchone()
+        if status in ("Success", "Failed", "Cancelled"):
+            return time.monotonic() - started, status, size, error, execution_id
+        time.sleep(0.01)
+
+
 # --- filling a database with SQL ------------------------------------------------------
 
 def now_ms():

@@ -12,8 +12,8 @@ import migrations
 import models
 from app import create_app
 from models import ApiKey, Job
-from support import (PROJECT, TOKEN, LiveProcess, free_port, mariadb, postgres_listeners, psql, require_postgres,
-                     require_service, scratch_databases, scratch_postgres_database, wait_until)
+from support import (PROJECT, TOKEN, LiveProcess, LoopbackS3, free_port, mariadb, postgres_listeners, psql,
+                     require_postgres, require_service, scratch_databases, scratch_postgres_database, wait_until)
 
 BACKENDS = ("sqlite", "postgresql")
 
@@ -234,3 +234,24 @@ def start_worker(backhook_env, backend):
     yield start
     for worker in started:
         worker.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """One loopback S3 server for the whole session; each test makes buckets of its own."""
+    server = LoopbackS3(tmp_path_factory.mktemp("s3"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """The loopback S3 server, its keys in this process's environment (pass `s3.env` to backhook processes)."""
+    for key in [key for key in os.environ if key.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    import s3sink
+
+    monkeypatch.setattr(s3sink, "CLIENTS", {})  # each test's clients read its own environment
+    return s3_server

@@ -251,3 +251,92 @@ def tree_listing(root):
             content = os.readlink(path) if path.is_symlink() else (path.read_bytes() if path.is_file() else None)
             found[str(path.relative_to(root))] = (info.st_mode, int(info.st_mtime), content)
     return found
+
+
+class LoopbackS3:
+    """moto_server, an S3-compatible server, on a free loopback port, with IAM authentication switched on.
+
+    The server authenticates every request after its first AUTH_FREE_ACTIONS,
+    which create the one IAM user whose keys the tests use: so wrong keys are
+    refused as a real store refuses them. `env` is what a process needs to use
+    it, through the standard AWS chain and nothing else.
+    """
+
+    AUTH_FREE_ACTIONS = 3
+
+    def __init__(self, directory):
+        binary = Path(sys.executable).with_name("moto_server")
+        if not binary.exists():
+            message = f"no S3 test server: {binary} is missing (pip install -e '.[test]' installs moto[server])"
+            if REQUIRE_SERVICES:
+                pytest.fail(message)
+            pytest.skip(message)
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.log = open(Path(directory) / "moto_server.log", "w+")
+        self.proc = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(self.port)],
+                                     env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(self.AUTH_FREE_ACTIONS)},
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until(self.listening, timeout=30, message="moto_server to listen")
+        self.access_key, self.secret_key = self.make_user()
+        self.env = {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            # Nothing else of the machine's AWS configuration takes part.
+            "AWS_CONFIG_FILE": str(Path(directory) / "no-aws-config"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(Path(directory) / "no-aws-credentials"),
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+
+    def listening(self):
+        assert self.proc.poll() is None, self.output()
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    def make_user(self):
+        """The IAM user allowed s3:* (exactly AUTH_FREE_ACTIONS requests, the last ones without a key)."""
+        import json
+
+        import boto3
+
+        iam = boto3.client("iam", endpoint_url=self.endpoint, region_name="us-east-1",
+                           aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
+        iam.create_user(UserName="backhook")
+        key = iam.create_access_key(UserName="backhook")["AccessKey"]
+        iam.put_user_policy(UserName="backhook", PolicyName="s3", PolicyDocument=json.dumps({
+            "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+        return key["AccessKeyId"], key["SecretAccessKey"]
+
+    def client(self):
+        """A boto3 client of the test's own, to look at the bucket from outside backhook."""
+        import boto3
+        import botocore.config
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+                            config=botocore.config.Config(s3={"addressing_style": "path"}))
+
+    def make_bucket(self):
+        name = f"bh-{secrets.token_hex(6)}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def destination(self, bucket, prefix="backups"):
+        return f"s3://{bucket}/{prefix}?endpoint={self.endpoint}&region=us-east-1"
+
+    def output(self):
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
