@@ -1,0 +1,222 @@
+"""The rclone sink against a real SFTP server on loopback: upload, commit, verify, read, delete, abort, leftovers."""
+import hashlib
+import os
+import secrets
+import signal
+from types import SimpleNamespace
+
+import pytest
+
+import rclonesink
+from rclonesink import RcloneSink, parse_destination, scrub
+from sources import BackupError, SourceError
+from tools import start_tool
+
+PAYLOAD = secrets.token_bytes(3 * 1024 * 1024 + 17)  # several pipe-fulls, not a round number
+OVER_SFTP = pytest.mark.sqlite_only("the metadata backend plays no part in an SFTP round trip")
+
+
+@pytest.fixture
+def store(sftp_server):
+    """A folder of this test's own on the SFTP server, and a sink for the job `nightly` in it."""
+    folder = sftp_server.store / secrets.token_hex(4)
+    folder.mkdir()
+    return SimpleNamespace(folder=folder, job=folder / "nightly", sink=sink_on(sftp_server, "loop", folder))
+
+
+def sink_on(server, remote, folder, spawn=None):
+    return RcloneSink(remote, str(folder), "nightly", rclone_config=str(server.rclone_config), spawn=spawn)
+
+
+def uploaded(sink, name, data=PAYLOAD):
+    artifact = sink.open(name)
+    for start in range(0, len(data), 1024 * 1024):
+        artifact.write(data[start:start + 1024 * 1024])
+    artifact.close()
+    return artifact
+
+
+def digest(data=PAYLOAD):
+    return len(data), hashlib.sha256(data).hexdigest()
+
+
+def names(folder):
+    return sorted(path.name for path in folder.iterdir()) if folder.exists() else []
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("rclone:offsite:backups/db", ("offsite", "backups/db")),
+    ("rclone:my remote-2:/srv/backups", ("my remote-2", "/srv/backups")),
+    ("rclone:b2.eu@work:", ("b2.eu@work", "")),
+])
+def test_a_destination_names_a_remote_and_a_path(text, expected):
+    assert parse_destination(text) == expected
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("rclone:offsite", "names no path"),
+    ("rclone::path", "not an rclone remote's name"),
+    ("rclone:--config=/etc/x:path", "not an rclone remote's name"),
+    ("rclone:-v:path", "not an rclone remote's name"),
+    ("rclone:s3,access_key_id=AKIA:bucket", "not an rclone remote's name"),  # no inline credentials
+    ("rclone::sftp:path", "not an rclone remote's name"),  # nor a backend named on the command line
+    ("rclone:offsite:a\nb", "control character"),
+    ("s3://bucket", "not an rclone destination"),
+])
+def test_a_malformed_destination_is_refused_with_the_form_expected(text, problem):
+    with pytest.raises(SourceError, match=problem) as raised:
+        parse_destination(text)
+    assert "AKIA" not in str(raised.value)
+
+
+@pytest.mark.parametrize("stderr, secret", [
+    ("2026/12/03 13:51:56 ERROR : Failed: GET https://alice:hunter2@dav.example/x: 401", "hunter2"),
+    ("Failed to copy: https://bucket.example/k?X-Amz-Signature=abc123&X-Amz-Credential=AKIA9", "abc123"),
+    ("couldn't connect: pass=s3cr3tpass rejected", "s3cr3tpass"),
+    ('error: {"token": "ya29.tokenvalue"}', "ya29.tokenvalue"),
+    ("403: Authorization: Bearer abc.def", "abc.def"),
+])
+def test_what_could_be_a_credential_in_rclones_errors_is_masked(stderr, secret):
+    message = scrub(stderr)
+    assert secret not in message
+    assert "***" in message and "2026/12/03" not in message
+
+
+@OVER_SFTP
+def test_an_artifact_is_only_under_its_name_after_the_commit_and_verifies(store):
+    artifact = uploaded(store.sink, "new.tar.zst")
+    assert names(store.job) == ["new.tar.zst.partial"]
+    artifact.commit()
+    assert names(store.job) == ["new.tar.zst"]
+    assert (store.job / "new.tar.zst").read_bytes() == PAYLOAD
+    fractions = []
+    artifact.verify(*digest(), fractions.append)
+    assert fractions[-1] == 1.0 and fractions == sorted(fractions)
+    assert artifact.location == store.sink.location("new.tar.zst") == f"rclone:loop:{store.job}/new.tar.zst"
+    artifact.write_manifest(b'{"manifest": 1}\n')
+    assert names(store.job) == ["new.tar.zst", "new.tar.zst.json"]
+
+
+@OVER_SFTP
+def test_read_exists_and_size_see_the_stored_artifact(store):
+    uploaded(store.sink, "a.tar", b"").commit()
+    artifact = uploaded(store.sink, "b.tar")
+    artifact.commit()
+    sink = store.sink
+    assert sink.exists(artifact.location) and sink.size(artifact.location) == len(PAYLOAD)
+    assert sink.size(sink.location("a.tar")) == 0
+    with sink.read(artifact.location) as stream:
+        pieces = iter(lambda: stream.read(1 << 20), b"")
+        assert b"".join(pieces) == PAYLOAD
+    assert not sink.exists(sink.location("gone.tar")) and sink.size(sink.location("gone.tar")) is None
+    with pytest.raises(BackupError, match="gone.tar is missing"):
+        with sink.read(sink.location("gone.tar")):
+            pass
+    assert sink.describe() == f"rclone:loop:{store.folder}" and "client_key" not in sink.describe()
+    assert not sink.is_local
+
+
+@OVER_SFTP
+def test_delete_removes_an_artifact_and_then_its_manifest_and_a_gone_one_is_no_error(store):
+    artifact = uploaded(store.sink, "old.tar")
+    artifact.commit()
+    artifact.write_manifest(b"{}")
+    store.sink.delete(artifact.location)
+    assert names(store.job) == ["old.tar.json"]
+    store.sink.delete_manifest(artifact.location)
+    assert names(store.job) == []
+    store.sink.delete(artifact.location)
+    store.sink.delete_manifest(artifact.location)
+
+
+@OVER_SFTP
+@pytest.mark.parametrize("stage", ["uploading", "closed", "committed", "with its manifest"])
+def test_abort_leaves_nothing_of_the_artifact_and_keeps_the_previous_one(store, stage):
+    uploaded(store.sink, "old.tar").commit()
+    artifact = store.sink.open("new.tar")
+    artifact.write(PAYLOAD)
+    if stage != "uploading":
+        artifact.close()
+    if stage in ("committed", "with its manifest"):
+        artifact.commit()
+    if stage == "with its manifest":
+        artifact.write_manifest(b"{}")
+    artifact.abort()
+    assert names(store.job) == ["old.tar"]
+    assert (store.job / "old.tar").read_bytes() == PAYLOAD
+
+
+@OVER_SFTP
+def test_a_killed_upload_fails_with_rclones_status_and_abort_removes_what_it_left(store, sftp_server):
+    """What a cancel does: the attempt kills its children, the next write fails, abort cleans up."""
+    children = []
+
+    def spawn(argv, **options):
+        children.append(start_tool(argv, **options))
+        return children[-1]
+
+    artifact = sink_on(sftp_server, "loop", store.folder, spawn).open("new.tar")
+    artifact.write(PAYLOAD)
+    os.killpg(children[0].pid, signal.SIGKILL)
+    with pytest.raises(BackupError, match="rclone rcat .*new.tar.partial failed"):
+        for _ in range(64):
+            artifact.write(PAYLOAD)
+        artifact.close()
+    artifact.abort()
+    assert names(store.job) == []
+
+
+@OVER_SFTP
+def test_a_corrupted_copy_fails_verification(store):
+    artifact = uploaded(store.sink, "new.tar")
+    artifact.commit()
+    stored = store.job / "new.tar"
+    stored.write_bytes(PAYLOAD[:-1] + bytes([PAYLOAD[-1] ^ 1]))
+    with pytest.raises(BackupError, match="verification failed"):
+        artifact.verify(*digest(), lambda fraction: None)
+    stored.write_bytes(PAYLOAD[:1000])
+    with pytest.raises(BackupError, match=f"1,000 of {len(PAYLOAD):,} bytes"):
+        artifact.verify(*digest(), lambda fraction: None)
+
+
+@OVER_SFTP
+def test_leftovers_of_an_execution_are_removed_and_no_one_elses(store):
+    uploaded(store.sink, "20260101T000000Z-other.tar", b"keep").commit()
+    uploaded(store.sink, "20260102T000000Z-dead.tar", b"partial")
+    done = uploaded(store.sink, "20260102T000000Z-dead.sql", b"committed")
+    done.commit()
+    done.write_manifest(b"{}")
+    removed = store.sink.remove_leftovers("nightly", "dead")
+    assert removed == ["20260102T000000Z-dead.sql", "20260102T000000Z-dead.sql.json",
+                       "20260102T000000Z-dead.tar.partial"]
+    assert names(store.job) == ["20260101T000000Z-other.tar"]
+    assert store.sink.remove_leftovers("nightly", "dead") == []
+    assert RcloneSink("loop", str(store.folder), "never-ran", str(store.sink.rclone_config)) \
+        .remove_leftovers("never-ran", "dead") == []
+
+
+@OVER_SFTP
+@pytest.mark.parametrize("remote, message", [
+    ("nosuch", "didn't find section in config file"),
+    ("down", "connection refused"),
+    ("readonly", "permission denied"),
+])
+def test_an_unusable_remote_fails_the_upload_with_rclones_message(store, sftp_server, remote, message):
+    sink = sink_on(sftp_server, remote, store.folder)
+    artifact = sink.open("new.tar")
+    with pytest.raises(BackupError, match=f"(?i)rclone rcat {remote}:.*new.tar.partial failed.*{message}") as raised:
+        artifact.write(PAYLOAD)
+        artifact.close()
+    assert "client_key" not in str(raised.value) and str(sftp_server.rclone_config) not in str(raised.value)
+    if remote == "readonly":
+        artifact.abort()  # the cleanup's own failure is the only thing it may report
+    assert names(store.job) == []
+
+
+@OVER_SFTP
+def test_an_unreachable_remote_is_an_error_not_a_missing_file(store, sftp_server):
+    sink = sink_on(sftp_server, "down", store.folder)
+    with pytest.raises(rclonesink.RcloneError, match="connection refused"):
+        sink.exists(sink.location("x.tar"))
+    with pytest.raises(OSError):  # retention keeps the artifact and names it again
+        sink.delete(sink.location("x.tar"))
