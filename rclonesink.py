@@ -86,25 +86,28 @@ def join(path, name):
 class RcloneSink:
     """The job's folder on an rclone remote; each artifact is uploaded as `<name>.partial` and moved into place.
 
-    `spawn` starts the long-running transfers (rcat, cat, moveto): an
-    attempt's spawn makes them children its stop() kills. Cleanups always
-    use a plain tool, so that they still run once the attempt is stopped.
+    With an `attempt` (attempt.py), the transfers (rcat, cat, moveto) are
+    its children, which its stop() kills, and a transfer that fails asks
+    `attempt.check()` first, so that a cancel ends as a cancel rather than
+    as rclone's death. Cleanups always run a plain tool, so that they still
+    run once the attempt is stopped.
     """
 
     is_local = False
 
-    def __init__(self, remote, path, job_folder, rclone_config=None, spawn=None):
+    def __init__(self, remote, path, job_folder, rclone_config=None, attempt=None):
         self.remote, self.path = remote, path
         self.folder = join(path, job_folder)  # as rclone names it, without the remote
         self.rclone_config = rclone_config
-        self.spawn = spawn or start_tool
+        self.spawn = attempt.spawn if attempt else start_tool
+        self.check = attempt.check if attempt else lambda: None
 
     @classmethod
-    def from_destination(cls, text, job, spawn=None):
+    def from_destination(cls, text, job, attempt=None):
         remote, path = parse_destination(text)
         # The job's folder is named as sinks.job_directory names a local one.
         folder = job.id if models.job_name_problem(job.name) else job.name
-        return cls(remote, path, folder, config.load()["RCLONE_CONFIG"], spawn)
+        return cls(remote, path, folder, config.load()["RCLONE_CONFIG"], attempt)
 
     def describe(self):
         return f"{PREFIX}{self.remote}:{self.path}"
@@ -132,6 +135,7 @@ class RcloneSink:
     def check_run(self, verb, *args, spawn=start_tool):
         status, output, stderr = self.run(verb, *args, spawn=spawn)
         if status != 0:
+            self.check()
             raise failed(verb, args[0], status, stderr)
         return output
 
@@ -177,7 +181,8 @@ class RcloneSink:
         """The stored file, streamed by `rclone cat`; BackupError with rclone's message if it cannot be read."""
         if not self.exists(location):
             raise BackupError(f"{location} is missing from the rclone remote {self.remote!r}")
-        stream = RcloneStream(self.start("cat", self.target_of(location)), self.target_of(location))
+        target = self.target_of(location)
+        stream = RcloneStream(self.start("cat", target), target, self.check)
         try:
             yield stream
         finally:
@@ -217,8 +222,8 @@ class RcloneSink:
 class RcloneStream:
     """`read(n)` over `rclone cat`'s output; the end of the stream raises BackupError if rclone failed."""
 
-    def __init__(self, child, target):
-        self.child, self.target, self.done = child, target, False
+    def __init__(self, child, target, check):
+        self.child, self.target, self.check, self.done = child, target, check, False
 
     def read(self, n=-1):
         data = self.child.stdout.read(n)
@@ -227,6 +232,7 @@ class RcloneStream:
             self.child.stdout.close()
             status, stderr = wait_for_tool(self.child)
             if status != 0:
+                self.check()
                 raise failed("cat", self.target, status, stderr)
         return data
 
@@ -236,7 +242,7 @@ class RcloneStream:
             end_tool(self.child)
 
 
-def end_upload(upload, target):
+def end_upload(upload, target, check):
     """Close `rclone rcat`'s input and wait for it; raises its error unless it stored every byte."""
     try:
         upload.stdin.close()
@@ -244,6 +250,7 @@ def end_upload(upload, target):
         pass  # rclone exited early: its status and message say why
     status, stderr = wait_for_tool(upload)
     if status != 0:
+        check()
         raise failed("rcat", target, status, stderr)
 
 
@@ -273,13 +280,13 @@ class RcloneArtifact:
     def close(self):
         """End the upload; raises rclone's error if it did not store every byte."""
         upload, self.upload = self.upload, None
-        end_upload(upload, self.partial)
+        end_upload(upload, self.partial, self.sink.check)
 
     def upload_failed(self):
         """The error of an upload whose rclone exited while bytes were still coming."""
         upload, self.upload = self.upload, None
         try:
-            end_upload(upload, self.partial)
+            end_upload(upload, self.partial, self.sink.check)
         except RcloneError as error:
             return error
         return RcloneError(f"rclone rcat {self.partial} stopped reading before the upload's end")
@@ -290,7 +297,7 @@ class RcloneArtifact:
     def verify(self, size, sha256, progress):
         """Stream the stored copy back with `rclone cat`; `progress(fraction)` after each piece may raise to stop."""
         digest, seen = hashlib.sha256(), 0
-        stream = RcloneStream(self.sink.start("cat", self.target), self.target)
+        stream = RcloneStream(self.sink.start("cat", self.target), self.target, self.sink.check)
         try:
             while piece := stream.read(READ_BACK_PIECE):
                 digest.update(piece)
@@ -310,7 +317,7 @@ class RcloneArtifact:
             upload.stdin.write(data)
         except BrokenPipeError:
             pass  # rclone exited early: end_upload says why
-        end_upload(upload, manifest + PARTIAL)
+        end_upload(upload, manifest + PARTIAL, self.sink.check)
         self.sink.check_run("moveto", manifest + PARTIAL, manifest, spawn=self.sink.spawn)
 
     def abort(self):

@@ -1,16 +1,15 @@
 """The rclone sink against a real SFTP server on loopback: upload, commit, verify, read, delete, abort, leftovers."""
 import hashlib
-import os
 import secrets
-import signal
 from types import SimpleNamespace
 
 import pytest
 
 import rclonesink
 from rclonesink import RcloneSink, parse_destination, scrub
+from attempt import Stopped
 from sources import BackupError, SourceError
-from tools import start_tool
+from tools import kill_group, start_tool
 
 PAYLOAD = secrets.token_bytes(3 * 1024 * 1024 + 17)  # several pipe-fulls, not a round number
 OVER_SFTP = pytest.mark.sqlite_only("the metadata backend plays no part in an SFTP round trip")
@@ -24,8 +23,8 @@ def store(sftp_server):
     return SimpleNamespace(folder=folder, job=folder / "nightly", sink=sink_on(sftp_server, "loop", folder))
 
 
-def sink_on(server, remote, folder, spawn=None):
-    return RcloneSink(remote, str(folder), "nightly", rclone_config=str(server.rclone_config), spawn=spawn)
+def sink_on(server, remote, folder, attempt=None):
+    return RcloneSink(remote, str(folder), "nightly", rclone_config=str(server.rclone_config), attempt=attempt)
 
 
 def uploaded(sink, name, data=PAYLOAD):
@@ -146,19 +145,38 @@ def test_abort_leaves_nothing_of_the_artifact_and_keeps_the_previous_one(store, 
     assert (store.job / "old.tar").read_bytes() == PAYLOAD
 
 
+class Stoppable:
+    """What the sink asks of an attempt (attempt.Attempt): spawn its tools, check that it may go on, and stop."""
+
+    def __init__(self):
+        self.children, self.stop_reason = [], None
+
+    def spawn(self, argv, **options):
+        self.check()
+        self.children.append(start_tool(argv, **options))
+        return self.children[-1]
+
+    def check(self):
+        if self.stop_reason:
+            raise Stopped(self.stop_reason)
+
+    def stop(self, reason):
+        self.stop_reason = reason
+        for child in self.children:
+            kill_group(child)
+
+
 @OVER_SFTP
-def test_a_killed_upload_fails_with_rclones_status_and_abort_removes_what_it_left(store, sftp_server):
-    """What a cancel does: the attempt kills its children, the next write fails, abort cleans up."""
-    children = []
-
-    def spawn(argv, **options):
-        children.append(start_tool(argv, **options))
-        return children[-1]
-
-    artifact = sink_on(sftp_server, "loop", store.folder, spawn).open("new.tar")
+@pytest.mark.parametrize("stopped", [False, True], ids=["rclone killed", "the attempt cancelled"])
+def test_a_killed_upload_fails_as_its_attempt_says_and_abort_removes_what_it_left(store, sftp_server, stopped):
+    attempt = Stoppable()
+    artifact = sink_on(sftp_server, "loop", store.folder, attempt).open("new.tar")
     artifact.write(PAYLOAD)
-    os.killpg(children[0].pid, signal.SIGKILL)
-    with pytest.raises(BackupError, match="rclone rcat .*new.tar.partial failed"):
+    if stopped:
+        attempt.stop("cancel")
+    else:
+        kill_group(attempt.children[0])
+    with pytest.raises(Stopped if stopped else BackupError, match="cancel" if stopped else "rcat .*partial failed"):
         for _ in range(64):
             artifact.write(PAYLOAD)
         artifact.close()
