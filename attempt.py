@@ -19,6 +19,7 @@ import traceback
 
 from peewee import OperationalError
 
+import destinations
 from models import Execution, now_ms
 from reporter import BANDS, Reporter
 from sinks import job_directory, remove_partial_files
@@ -176,8 +177,9 @@ class Attempt:
             log.error("execution %s: final state %s not written: %s", self.execution.id, fields["status"], exc)
 
     def remove_partials(self):
-        """Remove the files this unfinished attempt left in the job's directory; returns their names."""
-        return remove_partial_files(self.job, self.execution.id)
+        """Remove what this unfinished attempt left on every destination and in its scratch directory; their names."""
+        removed = destinations.remove_leftovers(self.job, self.execution.id, self.log)
+        return removed + [name for name in remove_partial_files(self.job, self.execution.id) if name not in removed]
 
     def stop_children(self):
         with self.lock:

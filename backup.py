@@ -23,6 +23,7 @@ import time
 
 from peewee import OperationalError
 
+import destinations
 import manifest
 import retention
 from attempt import STOP_CAUSES, Attempt, Stopped, utc_stamp  # noqa: F401  (Stopped, utc_stamp: their old home)
@@ -31,7 +32,8 @@ from leases import MAX_ATTEMPTS
 from models import now_ms
 from pipeline import Pipeline
 from reporter import band_end, band_progress, band_start, dump_fraction
-from sinks import MANIFEST, LocalDirectorySink
+from models import ArtifactCopy
+from sinks import MANIFEST
 from sources import DUMPERS, BackupError, shown_source, source_kind, source_secrets
 from statuses import ExecutionStatus, Stage
 from wpsec import follow_remote_backup
@@ -69,23 +71,32 @@ class Run(Attempt):
         dumper = DUMPERS.get(kind)
         if dumper is None:
             raise BackupError(f"{kind}:// backups are not supported by this worker yet")
-        self.directory.mkdir(parents=True, exist_ok=True)
-        pipeline = Pipeline(compressor(job.compression), [LocalDirectorySink(self.directory)])
+        self.directory.mkdir(parents=True, exist_ok=True)  # the attempt's scratch files (Attempt.scratch_path)
+        self.destinations = destinations.destination_texts(job)
+        sinks = [destinations.sink_for(text, job) for text in self.destinations]
+        self.shown = [sink.describe() for sink in sinks]
+        pipeline = Pipeline(compressor(job.compression), sinks,
+                            dropped=self.destination_failed if job.allow_partial_destinations else None)
         name = f"{self.stamp}-{execution.id}.{dumper.suffix}{pipeline.extension}"
         self.size_hint = dumper.estimate(job.source)
         source_text = "a command" if kind == "command" else shown_source(job.source)
-        self.log(f"backing up {source_text} to {', '.join(pipeline.locations(name))} ({job.compression})")
+        self.log(f"backing up {source_text} to {', '.join(self.shown)} ({job.compression})")
 
         self.dump_and_store(dumper, pipeline, name)
         try:
             self.enter(Stage.VERIFYING)
             size, sha256 = self.verify(pipeline)
             self.write_manifest(pipeline, name, size, sha256)
-            self.record_success(pipeline.location, name, size, sha256)
+            self.record_success(pipeline, name, size, sha256)
         except BaseException:
             pipeline.abort()
             raise
-        self.apply_retention(pipeline.sinks[0])  # the sink whose locations the executions record
+        self.apply_retention()
+
+    def destination_failed(self, position, sink, error):
+        """--allow-partial-destinations: one destination failed; the backup goes on with the others."""
+        self.log(f"destination {self.shown[position]} failed and is left out of this backup "
+                 f"(--allow-partial-destinations): {error}", "error")
 
     def dump_and_store(self, dumper, pipeline, name):
         """Dumping and Uploading: stream the dump through the pipeline, make it durable, put it in place."""
@@ -121,29 +132,35 @@ class Run(Attempt):
         """`<artifact>.json` beside the verified artifact; failing to write it fails the backup like any store."""
         self.check()
         document = manifest.manifest(self.job, self.execution.id, name, self.started_ms, pipeline.raw_bytes,
-                                     size, sha256)
+                                     size, sha256, destinations=[self.shown[at] for at, _ in pipeline.kept()])
         pipeline.write_manifest(manifest.encode(document))
         self.log(f"manifest written: {name}{MANIFEST}")
 
-    def record_success(self, location, name, size, sha256):
+    def record_success(self, pipeline, name, size, sha256):
         """One guarded write makes the verified artifact the execution's: Success, before any pruning.
 
-        The lease stays held until retention ends, so a worker that dies
-        while pruning leaves an execution the reclaim can complete.
+        Each verified copy becomes an ArtifactCopy in the same transaction;
+        `path` is the first one's location. The lease stays held until
+        retention ends, so a worker that dies while pruning leaves an
+        execution the reclaim can complete.
         """
         self.check()
-        self.log(f"backup complete: {name}, {size:,} bytes")
+        kept = pipeline.kept()
+        copies = [dict(execution=self.execution.id, position=position, destination=self.destinations[position],
+                       location=artifact.location) for position, artifact in kept]
+        self.log(f"backup complete: {name}, {size:,} bytes, on {', '.join(self.shown[at] for at, _ in kept)}")
         if not self.report.record(status=ExecutionStatus.SUCCESS, stage=Stage.APPLYING_RETENTION,
                                   progress=band_start(Stage.APPLYING_RETENTION), ended_at=now_ms(),
-                                  size=size, path=location, sha256=sha256):
+                                  size=size, path=pipeline.location, sha256=sha256,
+                                  also=lambda: ArtifactCopy.insert_many(copies).execute()):
             raise Stopped("lost")  # our lease lapsed and another worker owns the execution now
-        self.recorded = location
+        self.recorded = pipeline.location
 
-    def apply_retention(self, sink):
+    def apply_retention(self):
         """Prune, then complete the execution; nothing here turns the recorded Success into a failure."""
         problem = None
         try:
-            problem = retention.prune(self.job, self.execution.id, sink, self.check, self.log)
+            problem = retention.prune(self.job, self.execution.id, self.check, self.log)
         except Stopped as stop:
             if stop.reason == "lost":
                 log.warning("execution %s: retention stopped, another worker completed the execution",

@@ -83,8 +83,11 @@ def restore_commands(kind, compression, artifact="$ARTIFACT", sha256="$SHA256"):
     return [line.format(artifact=artifact, sha256=sha256, decompress=decompress) for line in RESTORE[kind]]
 
 
-def manifest(job, execution_id, name, created_ms, raw_size, size, sha256):
-    """The manifest of the artifact `name`, as a dict; it never holds a credential of the source."""
+def manifest(job, execution_id, name, created_ms, raw_size, size, sha256, destinations=()):
+    """The manifest of the artifact `name`, as a dict; it never holds a credential of the source.
+
+    `destinations`: where its copies are stored, as users see them (describe(): no credentials).
+    """
     kind = source_kind(job.source)
     return {
         "format": FORMAT,
@@ -93,6 +96,7 @@ def manifest(job, execution_id, name, created_ms, raw_size, size, sha256):
         "jobName": job.name,
         "sourceKind": kind,
         "source": shown_source(job.source),
+        "destinations": list(destinations),
         "executionId": execution_id,
         "createdAt": iso(created_ms),
         "rawSize": raw_size,

@@ -189,6 +189,7 @@ class Job(BaseModel):
     excludes = TextField(default="[]")  # files:// only: a JSON list of tar --exclude patterns
     one_file_system = BooleanField(default=False)  # files:// only: tar --one-file-system
     restore_command = TextField(null=True)  # command: only: reads a backup on stdin; set on the command line only
+    allow_partial_destinations = BooleanField(default=False)  # a backup succeeds with the copies that verified
 
     def exclude_patterns(self):
         return json.loads(self.excludes)
@@ -412,6 +413,29 @@ class BackupEvent(BaseModel):
     received_at = BigIntegerField(default=now_ms)
 
 
+class JobDestination(BaseModel):
+    """One of a job's destinations (destinations.py), in order: position 0 is also `job.destination`."""
+    id = BigIntegerField(primary_key=True)
+    job = ForeignKeyField(Job, backref="destination_rows", on_delete="CASCADE")
+    position = IntegerField()
+    destination = TextField()
+
+    class Meta:
+        indexes = ((("job", "position"), True),)
+
+
+class ArtifactCopy(BaseModel):
+    """One verified copy of a backup's artifact: on which destination, and where on it."""
+    id = BigIntegerField(primary_key=True)
+    execution = ForeignKeyField(Execution, backref="copies", on_delete="CASCADE")
+    position = IntegerField()
+    destination = TextField()
+    location = TextField()
+
+    class Meta:
+        indexes = ((("execution", "position"), True),)
+
+
 IDEMPOTENCY_MS = 24 * 3600 * 1000
 
 
@@ -446,5 +470,6 @@ class IdempotencyKey(BaseModel):
             return cls.delete().where(expired).execute()
 
 
-ALL_MODELS = (ApiKey, Job, Execution, ExecutionLog, Setting, Website, Backup, BackupEvent, IdempotencyKey)
+ALL_MODELS = (ApiKey, Job, Execution, ExecutionLog, Setting, Website, Backup, BackupEvent, IdempotencyKey,
+              JobDestination, ArtifactCopy)
 

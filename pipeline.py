@@ -10,6 +10,8 @@ Each piece is passed along, never copied.
 """
 import hashlib
 
+from sources import BackupError
+
 
 class Digest:
     """Counts and hashes the stored bytes on their way to the sinks."""
@@ -27,19 +29,31 @@ class Digest:
 
 
 class Fanout:
-    """One writer in front of several sinks' writers: each gets every piece."""
+    """One writer in front of several sinks' writers: each gets every piece.
 
-    def __init__(self, outs):
-        self.outs = outs
+    `outs` is the pipeline's own list, so a writer the pipeline gives up on
+    (`failed(out, error)`, which removes it or raises) gets nothing more.
+    """
+
+    def __init__(self, outs, failed=None):
+        self.outs, self.failed = outs, failed
 
     def write(self, data):
-        for out in self.outs:
-            out.write(data)
+        for out in list(self.outs):
+            self.send(out, out.write, data)
         return len(data)
 
     def flush(self):
-        for out in self.outs:
-            out.flush()
+        for out in list(self.outs):
+            self.send(out, out.flush)
+
+    def send(self, out, method, *args):
+        try:
+            method(*args)
+        except (BackupError, OSError) as exc:
+            if self.failed is None:
+                raise
+            self.failed(out, exc)
 
 
 class Pipeline:
@@ -49,12 +63,20 @@ class Pipeline:
     `abort()` at any point before the artifact is recorded leaves nothing of
     it on any sink. The attempt passed to `open` is asked `check()` before
     each chunk (it raises to stop) and told `dumped(raw_bytes)` after it.
+
+    With `dropped` (a job's --allow-partial-destinations), a sink whose store
+    fails is given up on instead of failing the artifact: its copy is
+    aborted, `dropped(position, sink, error)` is told, and the others go on;
+    only when no sink is left does the error fail the artifact. `kept()` names
+    the sinks that stored it, by their position in `sinks`.
     """
 
-    def __init__(self, compression, sinks, encryptor=None):
+    def __init__(self, compression, sinks, encryptor=None, dropped=None):
         self.compression, self.sinks, self.encryptor = compression, list(sinks), encryptor
         self.extension = compression.extension + (encryptor.extension if encryptor else "")
         self.artifacts, self.stages, self.head = [], [], None
+        self.positions = []  # each artifact's sink, as its index in `sinks`
+        self.dropped = dropped
         self.raw_bytes = 0
 
     def locations(self, name):
@@ -64,9 +86,18 @@ class Pipeline:
         """Start the artifact `name` on every sink; returns the pipeline, ready for the dump's chunks."""
         self.attempt = attempt
         try:
-            for sink in self.sinks:
-                self.artifacts.append(sink.open(name))
-            out = self.stored = Digest(self.artifacts[0] if len(self.artifacts) == 1 else Fanout(self.artifacts))
+            for position, sink in enumerate(self.sinks):
+                try:
+                    self.artifacts.append(sink.open(name))
+                    self.positions.append(position)
+                except (BackupError, OSError) as exc:
+                    if self.dropped is None or (position == len(self.sinks) - 1 and not self.artifacts):
+                        raise
+                    self.dropped(position, sink, exc)
+            if len(self.artifacts) == 1:
+                out = self.stored = Digest(self.artifacts[0])
+            else:
+                out = self.stored = Digest(Fanout(self.artifacts, self.give_up if self.dropped else None))
             if self.encryptor:
                 out = self.encryptor.open(out)
                 self.stages.append(out)
@@ -82,6 +113,30 @@ class Pipeline:
         """Where the artifact is stored, as the execution records it: its first sink's location."""
         return self.artifacts[0].location
 
+    def kept(self):
+        """[(position in `sinks`, artifact)] of the sinks still storing the artifact."""
+        return list(zip(self.positions, self.artifacts))
+
+    def give_up(self, artifact, error):
+        """Drop one sink's artifact (aborted: nothing of it is left) and go on with the others; the last one raises."""
+        if len(self.artifacts) == 1:
+            raise error
+        index = self.artifacts.index(artifact)
+        position = self.positions.pop(index)
+        del self.artifacts[index]
+        artifact.abort()
+        self.dropped(position, self.sinks[position], error)
+
+    def each(self, step):
+        """`step(number, artifact)` for every artifact still stored; a failing one is given up on if allowed."""
+        for number, artifact in enumerate(list(self.artifacts)):
+            try:
+                step(number, artifact)
+            except (BackupError, OSError) as exc:
+                if self.dropped is None:
+                    raise
+                self.give_up(artifact, exc)
+
     def write(self, chunk):
         self.attempt.check()
         self.head.write(chunk)
@@ -93,26 +148,23 @@ class Pipeline:
         stages, self.stages, self.head = self.stages, [], None  # ends zstd's threads now, not at collection
         for stage in stages:
             stage.close()
-        for artifact in self.artifacts:
-            artifact.close()
+        self.each(lambda _number, artifact: artifact.close())
         return self.stored.size, self.stored.sha256.hexdigest()
 
     def commit(self):
         """Put the sealed artifact under its name on every sink."""
-        for artifact in self.artifacts:
-            artifact.commit()
+        self.each(lambda _number, artifact: artifact.commit())
 
     def verify(self, progress):
         """Read every sink's copy back against the digest; `progress(fraction)` may raise to stop."""
         size, sha256, count = self.stored.size, self.stored.sha256.hexdigest(), len(self.artifacts)
-        for number, artifact in enumerate(self.artifacts):
-            artifact.verify(size, sha256, lambda fraction, done=number: progress((done + fraction) / count))
+        self.each(lambda number, artifact: artifact.verify(
+            size, sha256, lambda fraction: progress((number + fraction) / count)))
         return size, sha256
 
     def write_manifest(self, data):
         """Put the manifest (manifest.py) beside the verified artifact on every sink."""
-        for artifact in self.artifacts:
-            artifact.write_manifest(data)
+        self.each(lambda _number, artifact: artifact.write_manifest(data))
 
     def abort(self):
         """Remove whatever this artifact left on any sink, partial or committed."""

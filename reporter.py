@@ -134,13 +134,14 @@ class Reporter:
         if not written:
             self.on_lost()
 
-    def record(self, **fields):
+    def record(self, also=None, **fields):
         """Write `fields` now, with everything so far; False if the attempt no longer holds the execution.
 
         A locked database delays it; it is retried, not lost. If the lock
         outlasts the lease and another worker takes the execution over, this
         write then finds the row no longer ours. A write that failed after it
         committed (a connection lost at COMMIT) is recognised on the retry.
+        `also()` writes more rows in the same transaction, when it writes.
         """
         delay, deadline, retried = 0.05, time.monotonic() + FINISH_PATIENCE_SECONDS, False
         with self.write_lock:
@@ -151,7 +152,7 @@ class Reporter:
                 lines, self.lines, self.changed = self.lines, [], False
             while True:
                 try:
-                    written = self.write(fields, lines) or (retried and self.shows(fields))
+                    written = self.write(fields, lines, also) or (retried and self.shows(fields))
                     break
                 except OperationalError as exc:
                     if time.monotonic() > deadline:
@@ -173,9 +174,12 @@ class Reporter:
         if self.heartbeat.is_alive():
             self.heartbeat.join()
 
-    def write(self, fields, lines):
+    def write(self, fields, lines, also=None):
         with models.database.atomic():
-            return Execution.transition(self.execution_id, self.status, fields, owner=self.owner, logs=lines)
+            written = Execution.transition(self.execution_id, self.status, fields, owner=self.owner, logs=lines)
+            if written and also is not None:
+                also()
+            return written
 
     def shows(self, fields):
         """Whether the row already holds `fields` (plain values only), as this attempt's write left it."""

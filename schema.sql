@@ -189,3 +189,35 @@ ALTER TABLE execution ADD COLUMN last_drill_status TEXT;
 ALTER TABLE execution ADD COLUMN last_drill_id TEXT;
 -- The claim takes Pending restores before Pending backups, each in creation
 -- order, straight from version 4's execution_status_type_created.
+
+-- version 6
+
+-- A job's destinations, in order (issue 15): each backup is written to every
+-- one at once. Position 0 is the job's first destination, which job.destination
+-- keeps naming for the clients that read it; the old column is migrated here.
+CREATE TABLE job_destination (
+    id           INTEGER PRIMARY KEY,
+    job_id       TEXT NOT NULL REFERENCES job (id) ON DELETE CASCADE,
+    position     INTEGER NOT NULL,
+    destination  TEXT NOT NULL,
+    UNIQUE (job_id, position)
+);
+INSERT INTO job_destination (job_id, position, destination) SELECT id, 0, destination FROM job;
+-- Whether a backup that some destinations failed to store succeeds with the copies that verified.
+ALTER TABLE job ADD COLUMN allow_partial_destinations INTEGER NOT NULL DEFAULT 0;
+-- Every verified copy of a backup's artifact, written in the transaction that
+-- records the backup Success; retention, restore and the download read them.
+-- execution.path stays the first copy's location while any copy is left.
+CREATE TABLE artifact_copy (
+    id            INTEGER PRIMARY KEY,
+    execution_id  TEXT NOT NULL REFERENCES execution (id) ON DELETE CASCADE,
+    position      INTEGER NOT NULL,
+    destination   TEXT NOT NULL,
+    location      TEXT NOT NULL,
+    UNIQUE (execution_id, position)
+);
+-- The backups stored before version 6 hold one copy each, on the job's destination.
+INSERT INTO artifact_copy (execution_id, position, destination, location)
+    SELECT execution.id, 0, job.destination, execution.path
+    FROM execution JOIN job ON job.id = execution.job_id
+    WHERE execution.type = 'Backup' AND execution.status = 'Success' AND execution.path IS NOT NULL;

@@ -50,8 +50,15 @@ def is_artifact_name(name):
 
 
 def job_directory(job):
-    """`<dest>/<job name>`, or the job id for a name stored before names were checked."""
-    return Path(job.destination) / (job.id if models.job_name_problem(job.name) else job.name)
+    """`<dest>/<job name>` (the job id for a name stored before names were checked) on its first destination.
+
+    It holds an attempt's scratch files too; when the first destination is
+    no local directory, they go to `<data dir>/scratch/<job name>` instead.
+    """
+    folder = job.id if models.job_name_problem(job.name) else job.name
+    if Path(job.destination).is_absolute():
+        return Path(job.destination) / folder
+    return Path(config.load()["DATA_DIR"]) / "scratch" / folder
 
 
 def partial_files(job, execution_id):
@@ -73,16 +80,61 @@ def remove_partial_files(job, execution_id):
 
 
 class LocalDirectorySink:
-    """A directory on this machine; each artifact is written as `<name>.partial` and renamed into place."""
+    """A directory on this machine; each artifact is written as `<name>.partial` and renamed into place.
 
-    def __init__(self, directory):
+    `directory` is the job's own folder; `root`, the destination it lies in
+    when the sink was built from one (destinations.sink_for).
+    """
+
+    is_local = True  # a plain file: the download honours Range requests, a restore reads it in place
+
+    def __init__(self, directory, root=None):
         self.directory = Path(directory)
+        self.root = Path(root) if root is not None else self.directory.parent
+
+    @classmethod
+    def from_destination(cls, text, job):
+        import destinations  # destinations builds sinks, so it imports this module first
+
+        return cls(Path(text) / destinations.job_folder(job), root=text)
+
+    def describe(self):
+        return str(self.root)
 
     def location(self, name):
         return str(self.directory / name)
 
     def open(self, name):
+        self.directory.mkdir(parents=True, exist_ok=True)
         return LocalArtifact(self.directory / name)
+
+    def read(self, location):
+        """The stored artifact, open for reading; BackupError when it is missing or unreadable."""
+        try:
+            return open(location, "rb", buffering=0)
+        except OSError as exc:
+            raise BackupError(f"cannot read {location}: {exc.strerror or exc}") from None
+
+    def exists(self, location):
+        return os.path.isfile(location)
+
+    def size(self, location):
+        try:
+            return os.stat(location).st_size
+        except OSError:
+            return None
+
+    def leftover_paths(self, folder, execution_id):
+        """The files an unfinished attempt of this execution may have left in the job's folder `folder`."""
+        return list((self.root / folder).glob(f"*-{execution_id}.*"))
+
+    def remove_leftovers(self, folder, execution_id):
+        """Remove those files (see partial_files); returns their names."""
+        removed = []
+        for path in self.leftover_paths(folder, execution_id):
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+        return removed
 
     def delete(self, location):
         """Remove a stored artifact, as retention does; an artifact already gone is no error."""

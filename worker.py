@@ -35,6 +35,7 @@ import time
 from peewee import OperationalError
 
 import config
+import destinations
 import drills
 import leases
 import wpsec
@@ -43,7 +44,6 @@ from database import database, open_database, opened
 from models import Execution, IdempotencyKey, new_id
 from restore import Restore
 from statuses import ExecutionType
-from sinks import partial_files
 from spool import replay_spool
 from wakeup import drain, listen, stop_listening, wake_workers
 
@@ -123,7 +123,7 @@ class Worker:
 
     def reclaim_lapsed(self):
         """Take back executions whose worker died, and wake the workers to run them again."""
-        taken = leases.reclaim(self.sightings, list(self.runs), partial_files)
+        taken = leases.reclaim(self.sightings, list(self.runs), destinations.leftovers)
         for execution in taken:
             drills.remove_leftovers(execution)  # a dead drill's throwaway target, a restore's staging database
         if taken:

@@ -34,6 +34,7 @@ def test_a_backup_writes_its_manifest_beside_the_artifact(make_job):
         "jobName": "report",
         "sourceKind": "command",
         "source": "command",  # a command line may hold anything, so it is never written down
+        "destinations": [str(artifact.parent.parent)],  # every destination of the copies, as users see them
         "executionId": execution.id,
         "createdAt": document["createdAt"],
         "rawSize": 12,

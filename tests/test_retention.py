@@ -61,7 +61,7 @@ def test_prune_forgets_then_deletes_the_older_artifacts_and_keeps_the_newest(suc
     def log(message, level="info"):
         lines.append(message)
 
-    assert retention.prune(job, made[-1].id, sink, lambda: None, log) is None
+    assert retention.prune(job, made[-1].id, lambda: None, log) is None
     paths = {execution.id: Execution.get_by_id(execution.id).path for execution in made}
     assert [paths[execution.id] is None for execution in made] == [True, True, False, False]
     assert sorted(path.name for path in sink.directory.iterdir()) == [
@@ -75,7 +75,7 @@ def test_a_file_that_cannot_be_deleted_stays_named_and_is_reported(successes):
     # A directory where the artifact was: unlink() refuses it, as it would a file on a read-only mount.
     sink.directory.joinpath("artifact-0.tar.zst").unlink()
     sink.directory.joinpath("artifact-0.tar.zst").mkdir()
-    problem = retention.prune(job, made[-1].id, sink, lambda: None, ignore)
+    problem = retention.prune(job, made[-1].id, lambda: None, ignore)
     assert problem.startswith(f"could not delete {stuck} (execution {made[0].id})")
     assert Execution.get_by_id(made[0].id).path == stuck
     assert manifest_of(stuck).exists()  # deleted only after its artifact
@@ -88,7 +88,7 @@ def test_a_manifest_that_cannot_be_deleted_is_reported_and_its_artifact_stays_fo
     stuck = manifest_of(made[0].path)
     stuck.unlink()
     stuck.mkdir()  # unlink() refuses a directory, as it would a file on a read-only mount
-    problem = retention.prune(job, made[-1].id, sink, lambda: None, ignore)
+    problem = retention.prune(job, made[-1].id, lambda: None, ignore)
     assert problem.startswith(f"could not delete the manifest of {made[0].path} (execution {made[0].id})")
     assert not Path(made[0].path).exists() and Execution.get_by_id(made[0].id).path is None
     assert not Path(made[1].path).exists() and not manifest_of(made[1].path).exists()
@@ -101,12 +101,12 @@ def test_a_stop_during_pruning_leaves_the_rest_named(successes):
         raise RuntimeError("stop")
 
     with pytest.raises(RuntimeError):
-        retention.prune(job, made[-1].id, sink, stop, ignore)
+        retention.prune(job, made[-1].id, stop, ignore)
     assert all(Execution.get_by_id(execution.id).path for execution in made)
 
 
 def test_a_job_without_keep_prunes_nothing(successes):
     job, made, sink = successes
     job.keep = None
-    assert retention.prune(job, made[-1].id, sink, lambda: None, ignore) is None
+    assert retention.prune(job, made[-1].id, lambda: None, ignore) is None
     assert len(list(sink.directory.iterdir())) == 8
