@@ -21,15 +21,11 @@ import subprocess
 from contextlib import contextmanager
 
 import config
-import models
 from sinks import MANIFEST, PARTIAL, READ_BACK_PIECE, manifest_location
-from sources import BackupError, SourceError
+from sources import BackupError
 from tools import end_tool, start_tool, wait_for_tool
 
 PREFIX = "rclone:"
-FORM = "rclone:<remote>:<path>, the remote being a name from rclone's config file"
-# Names as rclone's config accepts them: letters, digits, _ . + @, and inner spaces or dashes.
-REMOTE_NAME = re.compile(r"[\w.+@]+(?:[ -]+[\w.+@]+)*\Z")
 # A stuck remote fails the attempt soon, and the execution's next attempt tries again (leases.py);
 # never asking for a config password keeps rclone from waiting on a terminal it does not have.
 OPTIONS = ["--contimeout", "15s", "--timeout", "60s", "--retries", "1", "--low-level-retries", "2",
@@ -44,22 +40,6 @@ SECRETS = [
                 r"(\"?\s*[=:]\s*\"?(?:bearer\s+)?)(?!\s)[^\s,&\"']+"), r"\1\2***"),
 ]
 TIMESTAMP = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d ", re.MULTILINE)
-
-
-def parse_destination(text):
-    """(remote, path) of `rclone:<remote>:<path>`; SourceError naming the form when it is not one."""
-    if not text.startswith(PREFIX):
-        raise SourceError(f"not an rclone destination: write {FORM}")
-    remote, colon, path = text[len(PREFIX):].partition(":")
-    if not colon:
-        raise SourceError(f"{text!r} names no path: write {FORM} (an empty path is the remote's top)")
-    if not REMOTE_NAME.match(remote):
-        # Not quoted back: what stands there may be a connection string holding a credential.
-        raise SourceError(f"what follows 'rclone:' is not an rclone remote's name: write {FORM} (letters, "
-                          "digits, '_', '.', '+', '@', and spaces or '-' inside the name)")
-    if any(ord(character) < 32 or ord(character) == 127 for character in path):
-        raise SourceError(f"the path of {text!r} holds a control character")
-    return remote, path
 
 
 def scrub(stderr):
@@ -104,10 +84,11 @@ class RcloneSink:
 
     @classmethod
     def from_destination(cls, text, job, attempt=None):
-        remote, path = parse_destination(text)
-        # The job's folder is named as sinks.job_directory names a local one.
-        folder = job.id if models.job_name_problem(job.name) else job.name
-        return cls(remote, path, folder, config.load()["RCLONE_CONFIG"], attempt)
+        import destinations  # destinations builds sinks, so it imports this module first
+
+        destination = destinations.parse_destination(text)
+        return cls(destination.remote, destination.path, destinations.job_folder(job),
+                   config.load()["RCLONE_CONFIG"], attempt)
 
     def describe(self):
         return f"{PREFIX}{self.remote}:{self.path}"
@@ -326,5 +307,10 @@ class RcloneArtifact:
             upload, self.upload = self.upload, None
             end_tool(upload)
         name = self.name
-        self.sink.delete_matching(f"/{{{name}{PARTIAL},{name},{name}{MANIFEST}{PARTIAL}}}")
-        self.sink.delete_matching(f"/{name}{MANIFEST}")  # after the artifact: no artifact is left without one
+        try:
+            self.sink.delete_matching(f"/{{{name}{PARTIAL},{name},{name}{MANIFEST}{PARTIAL}}}")
+            self.sink.delete_matching(f"/{name}{MANIFEST}")  # after the artifact: no artifact is left without one
+        except RcloneError:
+            # Never hides the error being handled; the attempt's ending tries again and reports a store
+            # it cannot clean (destinations.remove_leftovers), and the reclaim after it.
+            pass

@@ -1,14 +1,26 @@
 """The rclone sink against a real SFTP server on loopback: upload, commit, verify, read, delete, abort, leftovers."""
 import hashlib
+import os
+import re
 import secrets
+import threading
+import time
 from types import SimpleNamespace
 
 import pytest
 
+import destinations
+import leases
+import models
 import rclonesink
-from rclonesink import RcloneSink, parse_destination, scrub
 from attempt import Stopped
+from backup import Run
+from destinations import parse_destination
+from models import ArtifactCopy, Execution, ExecutionLog
+from rclonesink import RcloneSink, scrub
 from sources import BackupError, SourceError
+from statuses import ExecutionStatus
+from support import run_in_process, wait_until
 from tools import kill_group, start_tool
 
 PAYLOAD = secrets.token_bytes(3 * 1024 * 1024 + 17)  # several pipe-fulls, not a round number
@@ -46,21 +58,22 @@ def names(folder):
 @pytest.mark.parametrize("text, expected", [
     ("rclone:offsite:backups/db", ("offsite", "backups/db")),
     ("rclone:my remote-2:/srv/backups", ("my remote-2", "/srv/backups")),
-    ("rclone:b2.eu@work:", ("b2.eu@work", "")),
+    ("rclone:b2.eu:", ("b2.eu", "")),
 ])
 def test_a_destination_names_a_remote_and_a_path(text, expected):
-    assert parse_destination(text) == expected
+    destination = parse_destination(text)
+    assert (destination.kind, destination.remote, destination.path) == ("rclone", *expected)
 
 
 @pytest.mark.parametrize("text, problem", [
-    ("rclone:offsite", "names no path"),
-    ("rclone::path", "not an rclone remote's name"),
-    ("rclone:--config=/etc/x:path", "not an rclone remote's name"),
-    ("rclone:-v:path", "not an rclone remote's name"),
-    ("rclone:s3,access_key_id=AKIA:bucket", "not an rclone remote's name"),  # no inline credentials
-    ("rclone::sftp:path", "not an rclone remote's name"),  # nor a backend named on the command line
-    ("rclone:offsite:a\nb", "control character"),
-    ("s3://bucket", "not an rclone destination"),
+    ("rclone:offsite", "rclone:REMOTE:PATH"),
+    ("rclone::path", "name of a remote"),
+    ("rclone:--config=/etc/x:path", "name of a remote"),
+    ("rclone:-v:path", "name of a remote"),
+    ("rclone:s3,access_key_id=AKIA:bucket", "name of a remote"),  # no connection string with credentials
+    ("rclone::sftp:path", "name of a remote"),  # nor a backend named on the command line
+    ("rclone:offsite:a\nb", "control characters"),
+    ("rclone:offsite:a/../b", "'..'"),
 ])
 def test_a_malformed_destination_is_refused_with_the_form_expected(text, problem):
     with pytest.raises(SourceError, match=problem) as raised:
@@ -226,8 +239,7 @@ def test_an_unusable_remote_fails_the_upload_with_rclones_message(store, sftp_se
         artifact.write(PAYLOAD)
         artifact.close()
     assert "client_key" not in str(raised.value) and str(sftp_server.rclone_config) not in str(raised.value)
-    if remote == "readonly":
-        artifact.abort()  # the cleanup's own failure is the only thing it may report
+    artifact.abort()  # a store it cannot reach to clean up is no new error
     assert names(store.job) == []
 
 
@@ -238,3 +250,101 @@ def test_an_unreachable_remote_is_an_error_not_a_missing_file(store, sftp_server
         sink.exists(sink.location("x.tar"))
     with pytest.raises(OSError):  # retention keeps the artifact and names it again
         sink.delete(sink.location("x.tar"))
+
+
+# --- end to end: a job with a local and an rclone destination ----------------------------------------
+
+@pytest.fixture
+def local_and_rclone(make_job, store, sftp_server, monkeypatch, tmp_path):
+    """A job `nightly` backing up to a local directory and to `rclone:<remote>:<store folder>`."""
+    monkeypatch.setenv("RCLONE_CONFIG", str(sftp_server.rclone_config))
+
+    def make(remote="loop", **fields):
+        job = make_job(**fields)
+        with models.database.atomic():
+            destinations.set_destinations(job, [str(tmp_path / "backups"), f"rclone:{remote}:{store.folder}"])
+        return job
+
+    return make
+
+
+def logs(execution):
+    return "\n".join(line.message for line in ExecutionLog.select().where(ExecutionLog.execution == execution.id)
+                     .order_by(ExecutionLog.id))
+
+
+def copies(execution):
+    return [(copy.destination, copy.location) for copy in
+            ArtifactCopy.select().where(ArtifactCopy.execution == execution.id).order_by(ArtifactCopy.position)]
+
+
+@OVER_SFTP
+def test_a_backup_stores_verifies_and_prunes_on_the_local_and_the_rclone_destination(local_and_rclone, store,
+                                                                                        tmp_path):
+    job = local_and_rclone(keep=1)
+    first = run_in_process(job)
+    assert first.status == ExecutionStatus.SUCCESS, logs(first)
+    name = os.path.basename(first.path)
+    assert copies(first) == [(str(tmp_path / "backups"), first.path),
+                             (f"rclone:loop:{store.folder}", f"rclone:loop:{store.job}/{name}")]
+    assert names(store.job) == [name, name + ".json"]
+    assert (store.job / name).read_bytes() == open(first.path, "rb").read()
+    assert hashlib.sha256((store.job / name).read_bytes()).hexdigest() == first.sha256
+    assert f"rclone:loop:{store.folder}" in logs(first) and "verified" in logs(first)
+
+    second = run_in_process(job)
+    assert second.status == ExecutionStatus.SUCCESS, logs(second)
+    newer = os.path.basename(second.path)
+    assert names(store.job) == [newer, newer + ".json"]
+    assert names(tmp_path / "backups" / "nightly") == [newer, newer + ".json"]
+
+
+@OVER_SFTP
+def test_the_rclone_copy_serves_when_the_local_one_is_gone(local_and_rclone, store):
+    job = local_and_rclone()
+    backup = run_in_process(job)
+    assert backup.status == ExecutionStatus.SUCCESS, logs(backup)
+    os.unlink(backup.path)
+    copy, sink = destinations.readable_copy(Execution.get_by_id(backup.id))
+    assert copy.position == 1 and not sink.is_local
+    assert sink.size(copy.location) == backup.size
+    with sink.read(copy.location) as stream:
+        assert hashlib.sha256(b"".join(iter(lambda: stream.read(1 << 20), b""))).hexdigest() == backup.sha256
+
+
+@OVER_SFTP
+@pytest.mark.parametrize("remote, message", [
+    ("nosuch", "didn't find section in config file"),
+    ("down", "connection refused"),
+    ("readonly", "permission denied"),
+])
+def test_an_unusable_rclone_destination_fails_the_backup_with_rclones_message_and_leaves_nothing(
+        local_and_rclone, store, sftp_server, tmp_path, client, auth, remote, message):
+    job = local_and_rclone(remote)
+    failed = run_in_process(job)
+    assert failed.status == ExecutionStatus.FAILED
+    assert re.search(f"(?i)^rclone rcat {remote}:.*partial failed .*{message}", failed.error), failed.error
+    assert names(store.job) == [] and names(tmp_path / "backups" / "nightly") == []
+    shown = client.get(f"/api/executions/{failed.id}?includeLogs=true", headers=auth).get_data(as_text=True)
+    private_key = (sftp_server.root / "client_key").read_text().splitlines()[1]
+    for place in (failed.error, logs(failed), shown):
+        assert "client_key" not in place and "rclone.conf" not in place and private_key not in place
+
+
+@OVER_SFTP
+def test_a_cancel_during_the_upload_kills_rclone_and_leaves_nothing_on_the_remote(local_and_rclone, store):
+    job = local_and_rclone(source="command:head -c 2000000000 /dev/urandom", compression="none")
+    queued = Execution.enqueue(job)
+    (execution,) = [claimed for claimed in leases.claim("test-worker", 60_000) if claimed.id == queued.id]
+    run = Run(execution, job, "test-worker", time.monotonic() + 60)
+    thread = threading.Thread(target=run.execute)
+    thread.start()
+    try:
+        wait_until(lambda: any(name.endswith(".partial") for name in names(store.job)), timeout=30,
+                   message="the upload to start")
+        run.stop("cancel")
+    finally:
+        thread.join(60)
+    assert Execution.get_by_id(queued.id).status == ExecutionStatus.CANCELLED, logs(queued)
+    assert names(store.job) == []
+    assert not [child for child in run.children if child.poll() is None]
