@@ -348,3 +348,29 @@ def test_a_cancel_during_the_upload_kills_rclone_and_leaves_nothing_on_the_remot
     assert Execution.get_by_id(queued.id).status == ExecutionStatus.CANCELLED, logs(queued)
     assert names(store.job) == []
     assert not [child for child in run.children if child.poll() is None]
+
+
+@OVER_SFTP
+def test_a_copy_the_remote_refuses_to_delete_is_kept_and_named_again(local_and_rclone, store):
+    job = local_and_rclone(keep=1)
+    first = run_in_process(job)
+    stored = store.job / os.path.basename(first.path)
+    stored.unlink()
+    stored.mkdir()  # rclone deletefile refuses a directory, as a store refuses a deletion
+    (stored / "inside").write_bytes(b"x")
+    second = run_in_process(job)
+    assert second.status == ExecutionStatus.SUCCESS, logs(second)
+    assert "could not delete rclone:loop:" in second.retention_error
+    assert copies(Execution.get_by_id(first.id)) == [(f"rclone:loop:{store.folder}", f"rclone:loop:{stored}")]
+    assert not os.path.exists(first.path) and Execution.get_by_id(first.id).path == first.path
+
+
+@OVER_SFTP
+def test_the_reclaim_removes_what_a_dead_attempt_left_on_the_remote(local_and_rclone, store):
+    job = local_and_rclone()
+    sink = RcloneSink.from_destination(f"rclone:loop:{store.folder}", job)
+    uploaded(sink, "20260102T000000Z-dead.tar", b"half")  # never committed: only its .partial
+    uploaded(sink, "20260101T000000Z-alive.tar", b"kept").commit()
+    removed = [leftover.name for leftover in destinations.leftovers(job, "dead")]
+    assert "20260102T000000Z-dead.tar.partial" in removed
+    assert names(store.job) == ["20260101T000000Z-alive.tar"]
