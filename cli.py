@@ -28,6 +28,7 @@ if __package__:
 
 import config  # noqa: E402  (the project's own modules need HERE on sys.path)
 import dbcopy  # noqa: E402
+import destinations  # noqa: E402
 import models  # noqa: E402
 from compression import COMPRESSORS  # noqa: E402
 from database import connect_database, database, is_postgresql_url, opened  # noqa: E402
@@ -385,7 +386,12 @@ def jobs():
 @click.option("--source", required=True, metavar="SRC",
               help="sqlite:///abs/path.db, postgresql://user@host:port/db, mysql://user@host:port/db, "
                    "files:///abs/dir, wpsec://example.com or command:SHELL COMMAND (see above)")
-@click.option("--destination", required=True, type=click.Path(file_okay=False), help="local directory")
+@click.option("--destination", "destination_list", required=True, multiple=True, metavar="DEST",
+              help="where backups go: a local directory, s3://BUCKET/PREFIX[?endpoint=…&region=…&profile=…"
+                   "&storage_class=…] or rclone:REMOTE:PATH; repeatable: each backup is stored on every one, "
+                   "and the execution's path is the first's")
+@click.option("--allow-partial-destinations", is_flag=True, default=False,
+              help="a backup succeeds with the destinations that stored it when others fail (logged)")
 @click.option("--compression", type=click.Choice(list(COMPRESSORS)), default="zstd", show_default=True)
 @click.option("--keep", type=click.IntRange(min=1), default=None, help="keep the N newest successful backups")
 @click.option("--timeout-hours", type=click.FloatRange(min=0, min_open=True), default=6, show_default=True)
@@ -395,8 +401,8 @@ def jobs():
               help="files:// only: do not descend into other file systems mounted below the directory")
 @click.option("--restore-command", default=None, metavar="CMD",
               help="command: only: the shell command that restores a backup, which it reads on its stdin")
-def jobs_add(name, source, destination, compression, keep, timeout_hours, excludes, one_file_system,
-             restore_command):
+def jobs_add(name, source, destination_list, allow_partial_destinations, compression, keep, timeout_hours,
+             excludes, one_file_system, restore_command):
     """Add a job; its id is printed alone on the last line.
 
     \b
@@ -432,12 +438,32 @@ def jobs_add(name, source, destination, compression, keep, timeout_hours, exclud
         fail("--restore-command applies only to command: sources, and cannot be empty")
     if parsed.kind == "wpsec" and Website.by_domain(parsed.domain) is None:
         fail(f"no website {parsed.domain!r}: register it with `backhook websites add` first")
+    texts = checked_destinations(destination_list)
     job = create_unique(Job, f"a job named {name!r} already exists", name=name, source=source,
-                        destination=str(Path(destination).resolve()), compression=compression, keep=keep,
+                        destination=texts[0], compression=compression, keep=keep,
                         timeout_seconds=int(timeout_hours * 3600), excludes=json.dumps(list(excludes)),
-                        one_file_system=one_file_system, restore_command=restore_command)
-    click.echo(f"created job {name} ({shown_source(source)} → {job.destination}, {compression})")
+                        one_file_system=one_file_system, restore_command=restore_command,
+                        allow_partial_destinations=allow_partial_destinations)
+    with database.atomic():
+        destinations.set_destinations(job, texts)
+    shown = ", ".join(destinations.describe(text, job) for text in texts)
+    click.echo(f"created job {name} ({shown_source(source)} → {shown}, {compression})")
     click.echo(job.id)
+
+
+def checked_destinations(given):
+    """The destinations as stored (a relative directory made absolute), each checked and given once; else fail."""
+    texts = []
+    for text in given:
+        try:
+            text = destinations.normalized(text)
+            destinations.parse_destination(text)
+        except SourceError as exc:
+            fail(str(exc))
+        if text in texts:
+            fail(f"destination {text} is given twice")
+        texts.append(text)
+    return texts
 
 
 @jobs.command("list")
@@ -546,11 +572,22 @@ def shown_value(name, value):
 @click.option("--timeout-hours", type=click.FloatRange(min=0, min_open=True), default=None,
               help="stop a run that takes longer")
 @click.option("--compression", type=click.Choice(list(COMPRESSORS)), default=None, help="for the next backups")
-@click.option("--destination", type=click.Path(file_okay=False), default=None,
-              help="local directory for the next backups (earlier ones stay where they are)")
-def jobs_set(reference, keep, keep_all, timeout_hours, compression, destination):
-    """Change a job's keep, timeout, compression or destination; prints old → new."""
+@click.option("--destination", default=None, metavar="DEST",
+              help="replace the first destination for the next backups (earlier ones stay where they are)")
+@click.option("--add-destination", "added", multiple=True, metavar="DEST",
+              help="store the next backups on this destination too; repeatable")
+@click.option("--remove-destination", "removed", multiple=True, metavar="DEST",
+              help="stop storing backups there (the backups already there are not deleted); repeatable")
+@click.option("--allow-partial-destinations/--no-allow-partial-destinations", "allow_partial", default=None,
+              help="whether a backup succeeds with the destinations that stored it when others fail")
+def jobs_set(reference, keep, keep_all, timeout_hours, compression, destination, added, removed, allow_partial):
+    """Change a job's keep, timeout, compression or destinations; prints old → new."""
     job = find_job(reference)
+    if destination is not None or added or removed:
+        change_destinations(job, destination, added, removed)
+        if not any(value is not None for value in (keep, timeout_hours, compression, allow_partial)) \
+                and not keep_all:
+            return
     if keep is not None and keep_all:
         fail("--keep N and --keep-all contradict each other")
     wanted = {}
@@ -560,10 +597,11 @@ def jobs_set(reference, keep, keep_all, timeout_hours, compression, destination)
         wanted["timeout_seconds"] = int(timeout_hours * 3600)
     if compression is not None:
         wanted["compression"] = compression
-    if destination is not None:
-        wanted["destination"] = str(Path(destination).resolve())
+    if allow_partial is not None:
+        wanted["allow_partial_destinations"] = allow_partial
     if not wanted:
-        fail("nothing to change: give --keep N, --keep-all, --timeout-hours H, --compression or --destination")
+        fail("nothing to change: give --keep N, --keep-all, --timeout-hours H, --compression, --destination, "
+             "--add-destination, --remove-destination or --allow-partial-destinations")
     changes = {name: (getattr(job, name), value) for name, value in wanted.items() if getattr(job, name) != value}
     if changes:
         with database.atomic():
@@ -572,6 +610,38 @@ def jobs_set(reference, keep, keep_all, timeout_hours, compression, destination)
         click.echo(f"job {job.name}: {name} {shown_value(name, old)} → {shown_value(name, new)}")
     if not changes:
         click.echo(f"job {job.name}: nothing changed")
+
+
+def change_destinations(job, first, added, removed):
+    """`jobs set`'s destination options: replace the first, add, remove; never the last one, never a file."""
+    old = destinations.destination_texts(job)
+    texts = list(old)
+    if first is not None:
+        texts[0] = checked_destinations([first])[0]
+    for text in checked_destinations(added):
+        if text in texts:
+            fail(f"job {job.name} already stores backups on {text}")
+        texts.append(text)
+    for text in removed:
+        text = destinations.normalized(text)
+        if text not in texts:
+            fail(f"job {job.name} has no destination {text} (it has {', '.join(texts)})")
+        texts.remove(text)
+    if not texts:
+        fail(f"job {job.name} needs at least one destination: add another before removing {removed[-1]}")
+    if len(set(texts)) != len(texts):
+        fail("a destination is given twice")
+    if texts == old:
+        click.echo(f"job {job.name}: destinations unchanged")
+        return
+    with database.atomic():
+        destinations.set_destinations(job, texts)
+    click.echo(f"job {job.name}: destination {', '.join(destinations.describe(t, job) for t in old)} → "
+               f"{', '.join(destinations.describe(t, job) for t in texts)}")
+    for text in removed:
+        click.echo(f"the backups already stored on {destinations.describe(text, job)} stay there: removing a "
+                   "destination deletes nothing (retention still prunes those copies once the job's --keep "
+                   "expires them, and restores can still read them)")
 
 
 add_lifecycle_commands(jobs, find_job, "job", "NAME|ID", " and its history (stored artifacts stay on disk)")

@@ -72,29 +72,30 @@ def parse_destination(text):
 
 def parse_s3(text):
     parts = urlsplit(text)
+    shown = text.split("?", 1)[0].split("@", 1)[-1] + ("?…" if "?" in text else "")  # an option may hold a secret
     if "@" in parts.netloc:
         refuse("s3://…", "credentials never go into a destination: name an AWS profile with ?profile=")
     if parts.fragment:
-        refuse(text, "it cannot have a #fragment")
+        refuse(shown, "it cannot have a #fragment")
     if not BUCKET.fullmatch(parts.netloc) or ".." in parts.netloc:
-        refuse(text, "the bucket must be 3 to 63 lowercase letters, digits, dots or hyphens")
+        refuse(shown, "the bucket must be 3 to 63 lowercase letters, digits, dots or hyphens")
     prefix = parts.path.strip("/")
     if "//" in prefix or any(piece in (".", "..") for piece in prefix.split("/")):
-        refuse(text, "the prefix cannot hold empty, '.' or '..' segments")
+        refuse(shown, "the prefix cannot hold empty, '.' or '..' segments")
     options = {}
     for name, value in parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query)):
         if name not in S3_OPTIONS:
-            refuse(text, f"unknown option {name!r} (known: {', '.join(S3_OPTIONS)})")
+            refuse(shown, f"unknown option {name!r} (known: {', '.join(S3_OPTIONS)})")
         if name in options:
-            refuse(text, f"option {name!r} is given twice")
+            refuse(shown, f"option {name!r} is given twice")
         if not value:
-            refuse(text, f"option {name!r} is empty")
+            refuse(shown, f"option {name!r} is empty")
         options[name] = value
     endpoint = options.get("endpoint")
     if endpoint is not None:
         url = urlsplit(endpoint)
         if url.scheme not in ("http", "https") or not url.hostname:
-            refuse(text, "endpoint must be an http:// or https:// URL")
+            refuse(shown, "endpoint must be an http:// or https:// URL")
         if url.username is not None or url.password is not None:
             refuse("s3://…", "credentials never go into a destination: name an AWS profile with ?profile=")
     return Destination("s3", text, path=prefix, bucket=parts.netloc, options=options)
@@ -165,7 +166,7 @@ def describe(text, job):
     try:
         return sink_for(text, job).describe()
     except (SourceError, BackupError):
-        return text if not text.startswith("s3://") else text.split("?", 1)[0]
+        return text.split("?", 1)[0] if text.startswith("s3://") else text
 
 
 def set_destinations(job, texts):

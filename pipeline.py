@@ -124,8 +124,11 @@ class Pipeline:
         index = self.artifacts.index(artifact)
         position = self.positions.pop(index)
         del self.artifacts[index]
-        artifact.abort()
         self.dropped(position, self.sinks[position], error)
+        try:
+            artifact.abort()
+        except (BackupError, OSError) as exc:  # the copy is left out either way; the attempt's ending retries
+            self.dropped(position, self.sinks[position], f"and removing its partial copy failed: {exc}")
 
     def each(self, step):
         """`step(number, artifact)` for every artifact still stored; a failing one is given up on if allowed."""

@@ -24,8 +24,10 @@ import os
 import queue
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
+import destinations
 from attempt import Attempt, Stopped
 from compression import COMPRESSORS
 from database import database
@@ -62,9 +64,9 @@ def restorable_backup(execution_id):
     kind = job_kind(backup.job)
     if kind == "wpsec":
         raise RestoreRefused("wpsec:// backups are restored by the WordPress plugin, not by backhook", 409)
-    if backup.path is None or not os.path.isfile(backup.path):
-        raise RestoreRefused(f"the artifact of execution {execution_id} is gone (pruned by retention or "
-                             "removed from disk)", 409)
+    if backup.path is None or destinations.readable_copy(backup)[0] is None:
+        raise RestoreRefused(f"the artifact of execution {execution_id} is gone from every destination "
+                             "(pruned by retention or removed by hand)", 409)
     if kind == "command" and not backup.job.restore_command:
         raise RestoreRefused(f"job {backup.job.name} has no restore command: add one on the command line "
                              "(`backhook jobs add … --restore-command CMD`)", 409)
@@ -96,8 +98,9 @@ def target_problem(backup, target):
         return f"target: {exc}"
     if parsed.kind != kind:
         return f"target must be a {kind} source like the job's, not {parsed.kind}"
-    if parsed.path and holds(parsed.path, backup.path):
-        return f"target {parsed.path} holds the backup being restored; restoring there would overwrite it"
+    for copy in destinations.recorded_copies(backup):
+        if parsed.path and Path(copy.location).is_absolute() and holds(parsed.path, copy.location):
+            return f"target {parsed.path} holds the backup being restored; restoring there would overwrite it"
     return None
 
 
@@ -184,13 +187,13 @@ class Restore(Attempt):
         if target_class is None:
             raise BackupError(f"{source.kind} restores are not supported by this worker yet")
         target = target_class(source, replace, self)
-        with open(backup.path, "rb", buffering=0) as artifact:
-            self.verify(artifact, backup)
+        with self.stored_artifact(backup) as (artifact, location):
+            self.verify(artifact, backup, location)
             target.prepare()
             self.enter(Stage.RESTORING)
             artifact.seek(0)
             started = time.monotonic()
-            with ReadAhead(decompressed(backup.path, ProgressReader(artifact, self))) as stream:
+            with ReadAhead(decompressed(location, ProgressReader(artifact, self))) as stream:
                 target.restore(stream)
             self.log(f"restored {stream.count:,} bytes of the dump in {time.monotonic() - started:.1f} s")
         self.enter(Stage.CHECKING)
@@ -199,12 +202,52 @@ class Restore(Attempt):
         self.log(f"restore checked in {time.monotonic() - started:.1f} s: {json.dumps(summary, sort_keys=True)}")
         self.log(f"restore of backup {backup.id} complete")
 
+    @contextmanager
+    def stored_artifact(self, backup):
+        """(open file, location) of the first recorded copy that exists.
+
+        A local copy is read in place. A remote one (`not sink.is_local`) is
+        first downloaded, in the Downloading stage, to a scratch file of this
+        attempt: verifying and restoring from that one file means a store
+        whose object changes between two reads cannot slip in unverified
+        bytes. The scratch file goes when the restore ends, whichever way.
+        """
+        copy, sink = destinations.readable_copy(backup)
+        if copy is None:
+            raise BackupError(f"the artifact of backup {backup.id} is gone from every destination "
+                              "(pruned by retention or removed by hand)")
+        if sink.is_local:
+            with sink.read(copy.location) as artifact:
+                yield artifact, copy.location
+            return
+        scratch = Path(self.scratch_path("download"))
+        scratch.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.download(sink, copy, backup, scratch)
+            with open(scratch, "rb", buffering=0) as artifact:
+                yield artifact, copy.location
+        finally:
+            scratch.unlink(missing_ok=True)
+
+    def download(self, sink, copy, backup, scratch):
+        """Downloading 5-30: the remote copy into `scratch`, in pieces."""
+        self.enter(Stage.DOWNLOADING, f"downloading {copy.location} from {sink.describe()}")
+        started, seen = time.monotonic(), 0
+        with sink.read(copy.location) as remote, open(scratch, "xb") as local:
+            while piece := remote.read(READ_BACK_PIECE):
+                self.check()
+                local.write(piece)
+                seen += len(piece)
+                self.report.advance(progress=band_progress(Stage.DOWNLOADING, seen / max(backup.size or 0, 1),
+                                                           self.bands))
+        self.log(f"downloaded {seen:,} bytes in {time.monotonic() - started:.1f} s")
+
     def complete(self):
         if not self.report.finish(status=ExecutionStatus.SUCCESS, stage=Stage.COMPLETED, progress=100,
                                   ended_at=now_ms(), worker_id=None, lease_expires_at=None):
             raise Stopped("lost")
 
-    def verify(self, artifact, backup):
+    def verify(self, artifact, backup, location):
         """Verifying: the artifact's bytes against the SHA-256 recorded when it was stored.
 
         The same open file is then restored from, so a file renamed over the
@@ -220,7 +263,7 @@ class Restore(Attempt):
             seen += len(piece)
             self.report.advance(progress=band_progress(Stage.VERIFYING, seen / max(size, 1), self.bands))
         if seen != backup.size or digest.hexdigest() != backup.sha256:
-            raise BackupError(f"the artifact {backup.path} does not match its recorded SHA-256 "
+            raise BackupError(f"the artifact {location} does not match its recorded SHA-256 "
                               f"({seen:,} bytes, recorded {backup.size or 0:,}): it changed since the backup; "
                               "nothing was restored")
         self.log(f"verified {seen:,} bytes, sha256 {backup.sha256}")

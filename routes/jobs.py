@@ -2,7 +2,8 @@ import re
 
 from flask import Blueprint, current_app, request
 
-from models import Job, iso
+import destinations
+from models import Job, JobDestination, iso
 from routes import error, require_permission
 from sources import describe_source
 from wakeup import trigger
@@ -12,13 +13,16 @@ bp = Blueprint("jobs", __name__, url_prefix="/api/jobs")
 IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
 
 
-def job_to_api(job):
-    """`job` comes from Job.listing(), which adds its newest execution."""
+def job_to_api(job, texts):
+    """`job` comes from Job.listing(), which adds its newest execution; `texts`, its destinations in order."""
+    shown = [destinations.describe(text, job) for text in texts or [job.destination]]
     return {
         "id": job.id,
         "name": job.name,
         **describe_source(job.source),
-        "destination": job.destination,
+        "destination": shown[0],
+        "destinations": shown,
+        "allowPartialDestinations": job.allow_partial_destinations,
         "compression": job.compression,
         "keep": job.keep,
         "enabled": job.enabled,
@@ -30,7 +34,10 @@ def job_to_api(job):
 @bp.get("")
 @require_permission("jobs:read")
 def list_jobs():
-    return {"success": True, "data": [job_to_api(job) for job in Job.listing()]}
+    texts = {}
+    for row in JobDestination.select().order_by(JobDestination.job, JobDestination.position):  # one query for all
+        texts.setdefault(row.job_id, []).append(row.destination)
+    return {"success": True, "data": [job_to_api(job, texts.get(job.id)) for job in Job.listing()]}
 
 
 @bp.post("/<job_id>/run")

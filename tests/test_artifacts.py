@@ -169,6 +169,9 @@ def test_a_path_that_is_not_this_executions_artifact_in_its_jobs_directory_is_a_
     else:
         tampered = str(artifact.parent / ".." / ".." / secret.name)
     Execution.update(path=tampered).where(Execution.id == backed_up.id).execute()
+    # The download reads the recorded copies (destinations.py): each names its location.
+    assert models.ArtifactCopy.update(location=tampered).where(
+        models.ArtifactCopy.execution == backed_up.id).execute() == 1
     response = download(client, auth, backed_up.id)
     assert_json_error(response, 404, "no artifact in its job's directory")
     assert b"nobody may download" not in response.get_data()
