@@ -21,6 +21,7 @@ from rclonesink import RcloneSink, scrub
 from sources import BackupError, SourceError
 from statuses import ExecutionStatus
 from support import run_in_process, wait_until
+from test_destinations import run_restore_in_process
 from tools import kill_group, start_tool
 
 PAYLOAD = secrets.token_bytes(3 * 1024 * 1024 + 17)  # several pipe-fulls, not a round number
@@ -300,16 +301,21 @@ def test_a_backup_stores_verifies_and_prunes_on_the_local_and_the_rclone_destina
 
 
 @OVER_SFTP
-def test_the_rclone_copy_serves_when_the_local_one_is_gone(local_and_rclone, store):
-    job = local_and_rclone()
+def test_restore_and_the_download_read_the_rclone_copy_when_the_local_one_is_gone(local_and_rclone, store, client,
+                                                                                    auth, tmp_path):
+    out = tmp_path / "restored.txt"
+    job = local_and_rclone(source="command:printf 'kept off-site'", restore_command=f"cat > {out}")
     backup = run_in_process(job)
     assert backup.status == ExecutionStatus.SUCCESS, logs(backup)
     os.unlink(backup.path)
     copy, sink = destinations.readable_copy(Execution.get_by_id(backup.id))
-    assert copy.position == 1 and not sink.is_local
-    assert sink.size(copy.location) == backup.size
-    with sink.read(copy.location) as stream:
-        assert hashlib.sha256(b"".join(iter(lambda: stream.read(1 << 20), b""))).hexdigest() == backup.sha256
+    assert copy.position == 1 and not sink.is_local and sink.size(copy.location) == backup.size
+    restore = run_restore_in_process(backup.id)
+    assert restore.status == ExecutionStatus.SUCCESS, restore.error
+    assert out.read_bytes() == b"kept off-site"
+    response = client.get(f"/api/executions/{backup.id}/artifact", headers=auth)
+    assert response.status_code == 200
+    assert hashlib.sha256(response.get_data()).hexdigest() == backup.sha256
 
 
 @OVER_SFTP
