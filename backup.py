@@ -73,7 +73,7 @@ class Run(Attempt):
             raise BackupError(f"{kind}:// backups are not supported by this worker yet")
         self.directory.mkdir(parents=True, exist_ok=True)  # the attempt's scratch files (Attempt.scratch_path)
         self.destinations = destinations.destination_texts(job)
-        sinks = [destinations.sink_for(text, job) for text in self.destinations]
+        sinks = [destinations.sink_for(text, job, attempt=self) for text in self.destinations]
         self.shown = [sink.describe() for sink in sinks]
         pipeline = Pipeline(compressor(job.compression), sinks,
                             dropped=self.destination_failed if job.allow_partial_destinations else None)

@@ -106,6 +106,7 @@ def parse_rclone(text):
     if not colon:
         refuse(text, "an rclone destination is rclone:REMOTE:PATH")
     if not RCLONE_REMOTE.fullmatch(remote) or remote != remote.strip():
+        # Not repeated: what stands there may be a connection string holding a credential.
         refuse("rclone:…", "REMOTE must be the name of a remote in rclone's configuration (which holds its "
                      "credentials), not a connection string")
     if any(piece == ".." for piece in path.split("/")):
@@ -130,9 +131,15 @@ def sink_class(kind):
         raise BackupError(f"{kind} destinations are not supported by this version of backhook") from None
 
 
-def sink_for(text, job):
-    """The sink that stores `job`'s artifacts on the destination `text`."""
+def sink_for(text, job, attempt=None):
+    """The sink that stores `job`'s artifacts on the destination `text`.
+
+    With `attempt`, an rclone sink runs its transfers as that attempt's
+    tools, which the attempt's stop() kills (a cancel, a timeout).
+    """
     destination = parse_destination(text)
+    if attempt is not None and destination.kind == "rclone":
+        return sink_class("rclone").from_destination(text, job, attempt)
     return sink_class(destination.kind).from_destination(text, job)
 
 

@@ -12,8 +12,9 @@ import migrations
 import models
 from app import create_app
 from models import ApiKey, Job
-from support import (PROJECT, TOKEN, LiveProcess, LoopbackS3, free_port, mariadb, postgres_listeners, psql,
-                     require_postgres, require_service, scratch_databases, scratch_postgres_database, wait_until)
+from support import (PROJECT, TOKEN, LiveProcess, LoopbackS3, SftpServer, free_port, mariadb, postgres_listeners,
+                     psql, require_postgres, require_service, scratch_databases, scratch_postgres_database,
+                     wait_until)
 
 BACKENDS = ("sqlite", "postgresql")
 
@@ -173,6 +174,14 @@ def start_server(backhook_env):
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def sftp_server(tmp_path_factory):
+    """One SFTP server on loopback for the session (support.SftpServer); skipped without sshd or rclone."""
+    server = SftpServer(tmp_path_factory.mktemp("sftp"))
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -1,6 +1,8 @@
 """Helpers the tests share that are not fixtures."""
+import getpass
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -339,4 +341,66 @@ class LoopbackS3:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self.log.close()
+
+
+SSHD = "/usr/sbin/sshd"
+# sshd run by root insists on this privilege separation directory, which a
+# machine that never started its own sshd lacks; Debian's unit creates it too.
+SSHD_PRIVSEP = Path("/run/sshd")
+
+
+class SftpServer:
+    """Debian's sshd on a loopback port, as this user, with its own config, host key and authorized key.
+
+    It serves SFTP on `port`, and read-only SFTP (a store where writing is
+    refused) on `readonly_port`. `rclone_config` defines the remotes `loop`
+    and `readonly` on them, and `down` on a port nothing listens on.
+    """
+
+    def __init__(self, root):
+        missing = [tool for tool in (SSHD, "ssh-keygen", "rclone") if not shutil.which(tool)]
+        if missing:
+            message = f"the SFTP tests need {', '.join(missing)}, which is not installed"
+            if REQUIRE_SERVICES:
+                pytest.fail(message)
+            pytest.skip(message)
+        if os.geteuid() == 0 and not SSHD_PRIVSEP.is_dir():
+            SSHD_PRIVSEP.mkdir(mode=0o755)
+        self.root, self.port, self.readonly_port = Path(root), free_port(), free_port()
+        self.store = self.root / "store"
+        self.store.mkdir()
+        for key in ("host_key", "client_key"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.root / key)], check=True)
+        (self.root / "authorized_keys").write_bytes((self.root / "client_key.pub").read_bytes())
+        (self.root / "sshd_config").write_text(
+            f"ListenAddress 127.0.0.1\nPort {self.port}\nPort {self.readonly_port}\n"
+            f"HostKey {self.root / 'host_key'}\nAuthorizedKeysFile {self.root / 'authorized_keys'}\n"
+            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+            "PidFile none\nSubsystem sftp internal-sftp\n"
+            f"Match LocalPort {self.readonly_port}\n    ForceCommand internal-sftp -R\n")
+        remote = ("type = sftp\nhost = 127.0.0.1\nuser = {user}\nport = {port}\nkey_file = {key}\n"
+                  "known_hosts_file =\ndisable_hashcheck = true\n")
+        self.rclone_config = self.root / "rclone.conf"
+        self.rclone_config.write_text("".join(
+            f"[{name}]\n" + remote.format(user=getpass.getuser(), port=port, key=self.root / "client_key")
+            for name, port in (("loop", self.port), ("readonly", self.readonly_port), ("down", free_port()))))
+        self.log = open(self.root / "sshd.log", "w+")
+        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.root / "sshd_config")],
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        for port in (self.port, self.readonly_port):
+            wait_until(lambda port=port: self.answers(port), timeout=10, message=f"sshd to listen on {port}")
+
+    def answers(self, port):
+        assert self.proc.poll() is None, (self.root / "sshd.log").read_text()
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
         self.log.close()
