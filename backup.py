@@ -27,6 +27,7 @@ import manifest
 import retention
 from attempt import STOP_CAUSES, Attempt, Stopped, utc_stamp  # noqa: F401  (Stopped, utc_stamp: their old home)
 from compression import compressor
+from encryption import AgeEncryptor
 from leases import MAX_ATTEMPTS
 from models import now_ms
 from pipeline import Pipeline
@@ -70,11 +71,14 @@ class Run(Attempt):
         if dumper is None:
             raise BackupError(f"{kind}:// backups are not supported by this worker yet")
         self.directory.mkdir(parents=True, exist_ok=True)
-        pipeline = Pipeline(compressor(job.compression), [LocalDirectorySink(self.directory)])
+        recipients = job.recipient_keys()
+        encryptor = AgeEncryptor(recipients, self.spawn) if recipients else None
+        pipeline = Pipeline(compressor(job.compression), [LocalDirectorySink(self.directory)], encryptor)
         name = f"{self.stamp}-{execution.id}.{dumper.suffix}{pipeline.extension}"
         self.size_hint = dumper.estimate(job.source)
         source_text = "a command" if kind == "command" else shown_source(job.source)
-        self.log(f"backing up {source_text} to {', '.join(pipeline.locations(name))} ({job.compression})")
+        encrypted = f", age-encrypted to {len(recipients)} recipient(s)" if recipients else ""
+        self.log(f"backing up {source_text} to {', '.join(pipeline.locations(name))} ({job.compression}{encrypted})")
 
         self.dump_and_store(dumper, pipeline, name)
         try:

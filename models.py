@@ -189,9 +189,14 @@ class Job(BaseModel):
     excludes = TextField(default="[]")  # files:// only: a JSON list of tar --exclude patterns
     one_file_system = BooleanField(default=False)  # files:// only: tar --one-file-system
     restore_command = TextField(null=True)  # command: only: reads a backup on stdin; set on the command line only
+    recipients = TextField(null=True)  # age public keys, a JSON list (encryption.py); None: not encrypted
 
     def exclude_patterns(self):
         return json.loads(self.excludes)
+
+    def recipient_keys(self):
+        """The age recipients the job's backups are encrypted to; [] when they are not."""
+        return json.loads(self.recipients) if self.recipients else []
 
     @classmethod
     def listing(cls):

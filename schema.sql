@@ -189,3 +189,15 @@ ALTER TABLE execution ADD COLUMN last_drill_status TEXT;
 ALTER TABLE execution ADD COLUMN last_drill_id TEXT;
 -- The claim takes Pending restores before Pending backups, each in creation
 -- order, straight from version 4's execution_status_type_created.
+
+-- version 6
+
+-- A placeholder for issue 15's destinations (job_destination, artifact_copy),
+-- which the destinations part defines; it keeps the versions contiguous.
+
+-- version 7
+
+-- age encryption: the job's recipients, a JSON list of public keys (age1…,
+-- ssh-ed25519 …, ssh-rsa …); NULL when its backups are not encrypted. Public
+-- keys only: no private key is ever stored.
+ALTER TABLE job ADD COLUMN recipients TEXT;

@@ -20,6 +20,7 @@ def job_to_api(job):
         **describe_source(job.source),
         "destination": job.destination,
         "compression": job.compression,
+        "encryptTo": job.recipient_keys(),  # age public keys; [] when the backups are not encrypted
         "keep": job.keep,
         "enabled": job.enabled,
         "lastExecution": job.last_id and {"id": job.last_id, "status": job.last_status,
