@@ -61,6 +61,7 @@ def age_keys(directory):
     """A fresh age identity and an SSH ed25519 key pair in `directory`: {"age": (key.txt, age1…),
     "ssh": (id_ed25519, "ssh-ed25519 …")}, made by the stock age-keygen and ssh-keygen."""
     require_tool("age", "age-keygen", "ssh-keygen")
+    Path(directory).mkdir(parents=True, exist_ok=True)
     identity = Path(directory) / "key.txt"
     subprocess.run(["age-keygen", "-o", str(identity)], check=True, capture_output=True)
     public = subprocess.run(["age-keygen", "-y", str(identity)], check=True, capture_output=True,
