@@ -190,6 +190,8 @@ def test_without_an_identity_the_restore_fails_at_verifying_and_touches_nothing(
     restored = restore_here(backup.id, f"files://{target}", replace=True)  # even allowed to, it touches nothing
     assert restored.status == ExecutionStatus.FAILED and restored.stage == Stage.FAILED
     assert encryption.IDENTITY_VARIABLE in restored.error and "--identity-file" in restored.error
+    stages = {line.stage for line in restored.logs}
+    assert Stage.VERIFYING in stages and Stage.RESTORING not in stages  # it stopped before restoring began
     assert [path.name for path in target.iterdir()] == ["page.html"] and (target / "page.html").read_text() == "old\n"
 
 
