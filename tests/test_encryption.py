@@ -42,6 +42,8 @@ def test_age_and_ssh_public_keys_are_accepted_and_shown(runner, keys, tmp_path):
     assert Job.get(Job.name == "sealed").recipient_keys() == [keys["age"][1], keys["ssh"][1]]
     listed = runner("jobs", "list").output
     assert keys["age"][1] in listed and keys["ssh"][1] in listed
+    shown = runner("jobs", "show", "sealed").output
+    assert f"recipients       {keys['age'][1]}; {keys['ssh'][1]}" in shown
 
 
 def test_an_rsa_key_and_a_recipients_file_with_comments_are_accepted(runner, keys, tmp_path):
