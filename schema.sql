@@ -193,7 +193,9 @@ ALTER TABLE execution ADD COLUMN last_drill_id TEXT;
 -- version 6
 
 -- A placeholder for issue 15's destinations (job_destination, artifact_copy),
--- which the destinations part defines; it keeps the versions contiguous.
+-- which the destinations part defines; it keeps the versions contiguous, and
+-- its one statement does nothing (no section may be empty).
+SELECT 1;
 
 -- version 7
 
