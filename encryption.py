@@ -23,6 +23,7 @@ import subprocess
 import threading
 
 from sources import CHUNK, BackupError, SourceError
+from tools import end_tool, wait_for_tool
 
 EXTENSION = ".age"
 IDENTITY_VARIABLE = "BACKHOOK_AGE_IDENTITY_FILE"
@@ -156,10 +157,6 @@ def shown(text):
 
 # --- the encryptor -----------------------------------------------------------------------
 
-def age_command(*arguments):
-    return ["age", *arguments]
-
-
 class AgeStream:
     """One age process, fed by `write()` (or a feeder thread) and drained by a thread of its own (or `read()`)."""
 
@@ -173,7 +170,6 @@ class AgeStream:
 
     def ended(self):
         """Wait for age (once) and release it; BackupError with age's own message when it failed."""
-        from tools import wait_for_tool
         if self.status is None:
             self.status, self.stderr = wait_for_tool(self.child)
         if self.status != 0:
@@ -183,7 +179,6 @@ class AgeStream:
 
     def abort(self):
         """Kill age and its threads' work now (an aborted artifact, a stopped restore)."""
-        from tools import end_tool
         end_tool(self.child)
 
 
@@ -243,7 +238,7 @@ class AgeEncryptor:
         arguments = []
         for recipient in self.recipients:
             arguments += ["-r", recipient]
-        return Encrypting(age_command("-e", *arguments), self.spawn, out)
+        return Encrypting(["age", "-e", *arguments], self.spawn, out)
 
 
 # --- the decryptor -----------------------------------------------------------------------
@@ -252,7 +247,7 @@ class Decrypting(AgeStream):
     """The age stream of `stream` decrypted, as a reader for the decompressor; `read()` raises what went wrong."""
 
     def __init__(self, identity_file, spawn, stream):
-        super().__init__(age_command("-d", "-i", identity_file), spawn, "decrypt the artifact")
+        super().__init__(["age", "-d", "-i", identity_file], spawn, "decrypt the artifact")
         self.stream = stream
         self.thread = threading.Thread(target=self.feed, name="age-decrypt", daemon=True)
         self.thread.start()
