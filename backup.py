@@ -28,11 +28,11 @@ import manifest
 import retention
 from attempt import STOP_CAUSES, Attempt, Stopped, utc_stamp  # noqa: F401  (Stopped, utc_stamp: their old home)
 from compression import compressor
+from encryption import AgeEncryptor
 from leases import MAX_ATTEMPTS
-from models import now_ms
+from models import ArtifactCopy, now_ms
 from pipeline import Pipeline
 from reporter import band_end, band_progress, band_start, dump_fraction
-from models import ArtifactCopy
 from sinks import MANIFEST
 from sources import DUMPERS, BackupError, shown_source, source_kind, source_secrets
 from statuses import ExecutionStatus, Stage
@@ -75,12 +75,15 @@ class Run(Attempt):
         self.destinations = destinations.destination_texts(job)
         sinks = [destinations.sink_for(text, job, attempt=self) for text in self.destinations]
         self.shown = [sink.describe() for sink in sinks]
-        pipeline = Pipeline(compressor(job.compression), sinks,
+        recipients = job.recipient_keys()
+        encryptor = AgeEncryptor(recipients, self.spawn) if recipients else None
+        pipeline = Pipeline(compressor(job.compression), sinks, encryptor,
                             dropped=self.destination_failed if job.allow_partial_destinations else None)
         name = f"{self.stamp}-{execution.id}.{dumper.suffix}{pipeline.extension}"
         self.size_hint = dumper.estimate(job.source)
         source_text = "a command" if kind == "command" else shown_source(job.source)
-        self.log(f"backing up {source_text} to {', '.join(self.shown)} ({job.compression})")
+        encrypted = f", age-encrypted to {len(recipients)} recipient(s)" if recipients else ""
+        self.log(f"backing up {source_text} to {', '.join(self.shown)} ({job.compression}{encrypted})")
 
         self.dump_and_store(dumper, pipeline, name)
         try:

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -36,7 +37,8 @@ from migrations import latest_version, migrate  # noqa: E402
 from app import create_app  # noqa: E402
 from models import ApiKey, Execution, Job, Setting, Website, iso, normalize_domain  # noqa: E402
 from sources import SourceError, describe_source, parse_source, shown_source  # noqa: E402
-from restore import SCRATCH, RestoreRefused, queue_restore  # noqa: E402
+from encryption import parse_recipients  # noqa: E402
+from restore import SCRATCH, RestoreRefused, queue_restore, run_in_this_process  # noqa: E402
 from statuses import FINISHED, ExecutionStatus, ExecutionType  # noqa: E402
 from wakeup import trigger  # noqa: E402
 
@@ -401,8 +403,14 @@ def jobs():
               help="files:// only: do not descend into other file systems mounted below the directory")
 @click.option("--restore-command", default=None, metavar="CMD",
               help="command: only: the shell command that restores a backup, which it reads on its stdin")
+@click.option("--encrypt-to", "encrypt_to", multiple=True, metavar="RECIPIENT",
+              help="encrypt the backups with age to this public key (age1…, or an ssh-ed25519 / ssh-rsa "
+                   "public key line); repeatable")
+@click.option("--encrypt-to-file", "encrypt_to_files", multiple=True, type=click.Path(dir_okay=False),
+              metavar="FILE", help="encrypt to every public key in this recipients file (as age -R reads it: "
+                                   "one per line, # comments); repeatable")
 def jobs_add(name, source, destination_list, allow_partial_destinations, compression, keep, timeout_hours,
-             excludes, one_file_system, restore_command):
+             excludes, one_file_system, restore_command, encrypt_to, encrypt_to_files):
     """Add a job; its id is printed alone on the last line.
 
     \b
@@ -422,6 +430,11 @@ def jobs_add(name, source, destination_list, allow_partial_destinations, compres
     pipeline fails, not only the last one (under /bin/sh when bash is missing,
     with a warning in the logs). Its stdout is the backup. --restore-command
     runs the same way, reading a backup on its stdin, for `backhook restore`.
+
+    \b
+    --encrypt-to / --encrypt-to-file: each artifact is age-encrypted
+    (<name>.<ext>.zst.age) to every recipient; only public keys are accepted.
+    Restoring needs a matching identity (`backhook restore --identity-file`).
     """
     problem = models.job_name_problem(name)
     if problem:
@@ -439,15 +452,23 @@ def jobs_add(name, source, destination_list, allow_partial_destinations, compres
     if parsed.kind == "wpsec" and Website.by_domain(parsed.domain) is None:
         fail(f"no website {parsed.domain!r}: register it with `backhook websites add` first")
     texts = checked_destinations(destination_list)
+    try:
+        recipients = parse_recipients(encrypt_to, encrypt_to_files)
+    except SourceError as exc:
+        fail(str(exc))
+    if recipients and parsed.kind == "wpsec":
+        fail("--encrypt-to does not apply to wpsec:// sources: the WordPress plugin makes those backups")
     job = create_unique(Job, f"a job named {name!r} already exists", name=name, source=source,
                         destination=texts[0], compression=compression, keep=keep,
                         timeout_seconds=int(timeout_hours * 3600), excludes=json.dumps(list(excludes)),
                         one_file_system=one_file_system, restore_command=restore_command,
-                        allow_partial_destinations=allow_partial_destinations)
+                        allow_partial_destinations=allow_partial_destinations,
+                        recipients=json.dumps(recipients) if recipients else None)
     with database.atomic():
         destinations.set_destinations(job, texts)
     shown = ", ".join(destinations.describe(text, job) for text in texts)
-    click.echo(f"created job {name} ({shown_source(source)} → {shown}, {compression})")
+    encrypted = f", age-encrypted to {len(recipients)} recipient{'s' if len(recipients) > 1 else ''}" if recipients else ""
+    click.echo(f"created job {name} ({shown_source(source)} → {shown}, {compression}{encrypted})")
     click.echo(job.id)
 
 
@@ -468,11 +489,13 @@ def checked_destinations(given):
 
 @jobs.command("list")
 def jobs_list():
-    """One job per line: ID, name, source (without secrets), destination, state."""
+    """One job per line: ID, name, source (without secrets), destination, state, age recipients."""
     for job in Job.listing():
         state = "enabled" if job.enabled else "disabled"
+        keys = job.recipient_keys()
+        encrypted = f"  encrypt_to={'; '.join(keys)}" if keys else ""  # public keys: nothing secret
         click.echo(f"{job.id}  {job.name}  {shown_source(job.source)}  {job.destination}"
-                   f"  {job.compression}  {state}  last={job.last_status or 'never'}")
+                   f"  {job.compression}  {state}  last={job.last_status or 'never'}{encrypted}")
 
 
 EXIT_STATUS = {ExecutionStatus.SUCCESS: 0, ExecutionStatus.FAILED: 1, ExecutionStatus.CANCELLED: 2}
@@ -521,6 +544,21 @@ def wait_until_finished(execution_id):
         sys.exit(130)
 
 
+class ProgressLines:
+    """A line for each change of an execution's status, stage or progress."""
+
+    def __init__(self, execution_id):
+        self.execution_id, self.shown = execution_id, None
+
+    def show(self):
+        execution = Execution.get_by_id(self.execution_id)
+        state = (execution.status, execution.stage, execution.progress)
+        if state != self.shown:
+            click.echo(f"{execution.status:<9} {execution.progress:>3}%  {execution.stage or ''}")
+            self.shown = state
+        return execution
+
+
 def show_progress_until_finished(execution_id):
     shown, queued_at, hinted = None, time.monotonic(), False
     while True:
@@ -560,6 +598,8 @@ def shown_value(name, value):
         return "all"
     if name == "timeout_seconds":
         return f"{value} ({value / 3600:g} h)"
+    if name == "recipients":
+        return "; ".join(json.loads(value)) if value else "none (not encrypted)"
     if name.endswith("_at"):
         return iso(value) or "-"
     return value
@@ -656,22 +696,45 @@ add_lifecycle_commands(jobs, find_job, "job", "NAME|ID", " and its history (stor
 @click.option("--scratch", is_flag=True, help="a restore drill: into a throwaway target, checked, then removed")
 @click.option("--replace", is_flag=True,
               help="overwrite a target that is not empty (an old SQLite file is then not kept)")
-def restore_command(execution_id, target, scratch, replace):
+@click.option("--identity-file", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE",
+              help="an age identity file (or SSH private key) that decrypts an encrypted backup; the restore "
+                   "then runs in this process, which alone reads the file, and nothing stores it")
+def restore_command(execution_id, target, scratch, replace, identity_file):
     """Restore a successful backup, as POST /api/executions/ID/restore does, and show its progress.
 
     Exits 0 on Success and 1 otherwise. The default target is the job's own
     source; a SQLite database it replaces is kept as
     <name>.before-restore-<UTC stamp> unless --replace.
+
+    \b
+    An age-encrypted backup needs an identity: --identity-file FILE runs the
+    restore in this process (not the worker's), so the identity never
+    leaves it; without it, the worker uses BACKHOOK_AGE_IDENTITY_FILE from
+    its own environment.
     """
     if target is not None and scratch:
         fail("--to SRC and --scratch contradict each other")
+    settings = current_app.config
+    holder = f"cli-{socket.gethostname()}-{os.getpid()}" if identity_file else None
+    lease_ms = int(settings["LEASE_SECONDS"] * 1000)
     try:
         execution = queue_restore(execution_id, SCRATCH if scratch else target, replace,
-                                  data_dir=current_app.config["DATA_DIR"])
+                                  data_dir=settings["DATA_DIR"], claimed_by=holder, lease_ms=lease_ms)
     except RestoreRefused as refused:
         fail(refused.message if refused.status != 404 else f"no execution with id {execution_id}")
-    click.echo(f"queued restore {execution.id} of backup {execution_id}")
-    execution = wait_until_finished(execution.id)
+    if identity_file:
+        click.echo(f"restoring {execution.id} of backup {execution_id} in this process")
+        progress = ProgressLines(execution.id)
+        try:
+            execution = run_in_this_process(execution, holder, lease_ms, os.path.abspath(identity_file),
+                                            progress.show)
+        except KeyboardInterrupt:
+            click.echo(f"\nrestore {execution.id} cancelled", err=True)
+            sys.exit(130)
+        progress.show()
+    else:
+        click.echo(f"queued restore {execution.id} of backup {execution_id}")
+        execution = wait_until_finished(execution.id)
     if execution.status == ExecutionStatus.SUCCESS:
         click.echo(f"Success in {execution.duration() / 1000:.1f} s: backup {execution_id} restored")
         sys.exit(0)

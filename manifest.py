@@ -8,13 +8,15 @@ gives the same lines per source kind with placeholders, and
 tests/test_restore_docs.py runs both, so the two cannot drift apart.
 
 The lines use three placeholders: `$ARTIFACT` (the artifact's path),
-`$SHA256` (its checksum) and `$TARGET` (where to restore). In a manifest the
+`$SHA256` (its checksum) and `$TARGET` (where to restore), and a fourth,
+`$IDENTITY` (the age identity file), for an encrypted artifact. In a manifest the
 first two are filled in with the artifact's file name, so its lines run in
 the artifact's directory, and only `TARGET` is left to set.
 """
 import json
 from importlib.metadata import version
 
+from encryption import EXTENSION
 from models import iso
 from sources import shown_source, source_kind
 
@@ -26,6 +28,12 @@ DECOMPRESS = {
     "gzip": 'gzip -dc "{artifact}"',
     "none": 'cat "{artifact}"',
 }
+
+# An encrypted artifact goes through `age -d` first; the decompressor then reads its stdin.
+DECRYPT = 'age -d -i "$IDENTITY" "{artifact}"'
+DECOMPRESS_STDIN = {"zstd": "zstd -dc", "gzip": "gzip -dc", "none": None}
+IDENTITY_LINE = ("# IDENTITY: the age identity file of one of the recipients (age-keygen's key.txt, or the SSH"
+                 " private key whose public key the job encrypts to).")
 
 CHECK = 'echo "{sha256}  {artifact}" | sha256sum -c -'
 
@@ -72,15 +80,22 @@ RESTORE = {
 }
 
 
-def restore_commands(kind, compression, artifact="$ARTIFACT", sha256="$SHA256"):
+def restore_commands(kind, compression, artifact="$ARTIFACT", sha256="$SHA256", encrypted=False):
     """The shell lines that restore an artifact of this source kind and compression, or [] for none.
 
     An artifact name never needs quoting (it is `<UTC stamp>-<id>.<ext>`), so it is written as given.
+    An encrypted artifact's lines start by naming the identity (`$IDENTITY`), and decrypt with `age -d`
+    in front of the decompressor, after the checksum check of the stored (encrypted) bytes.
     """
     if kind not in RESTORE:
         return []
-    decompress = DECOMPRESS[compression].format(artifact=artifact)
-    return [line.format(artifact=artifact, sha256=sha256, decompress=decompress) for line in RESTORE[kind]]
+    lines = RESTORE[kind]
+    if encrypted:
+        decompress = " | ".join(filter(None, [DECRYPT.format(artifact=artifact), DECOMPRESS_STDIN[compression]]))
+        lines = [IDENTITY_LINE, *lines]
+    else:
+        decompress = DECOMPRESS[compression].format(artifact=artifact)
+    return [line.format(artifact=artifact, sha256=sha256, decompress=decompress) for line in lines]
 
 
 def manifest(job, execution_id, name, created_ms, raw_size, size, sha256, destinations=()):
@@ -89,6 +104,7 @@ def manifest(job, execution_id, name, created_ms, raw_size, size, sha256, destin
     `destinations`: where its copies are stored, as users see them (describe(): no credentials).
     """
     kind = source_kind(job.source)
+    recipients = job.recipient_keys() if name.endswith(EXTENSION) else []
     return {
         "format": FORMAT,
         "artifact": name,
@@ -103,9 +119,10 @@ def manifest(job, execution_id, name, created_ms, raw_size, size, sha256, destin
         "size": size,
         "sha256": sha256,
         "compression": job.compression,
-        "encryption": None,  # issue 15: the age recipients, public keys only
+        # The age recipients, public keys only: who can decrypt this artifact; None when it is not encrypted.
+        "encryption": {"format": "age", "recipients": recipients} if recipients else None,
         "backhookVersion": version("backhook"),
-        "restore": restore_commands(kind, job.compression, artifact=name, sha256=sha256),
+        "restore": restore_commands(kind, job.compression, artifact=name, sha256=sha256, encrypted=bool(recipients)),
     }
 
 

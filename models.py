@@ -190,9 +190,14 @@ class Job(BaseModel):
     one_file_system = BooleanField(default=False)  # files:// only: tar --one-file-system
     restore_command = TextField(null=True)  # command: only: reads a backup on stdin; set on the command line only
     allow_partial_destinations = BooleanField(default=False)  # a backup succeeds with the copies that verified
+    recipients = TextField(null=True)  # age public keys, a JSON list (encryption.py); None: not encrypted
 
     def exclude_patterns(self):
         return json.loads(self.excludes)
+
+    def recipient_keys(self):
+        """The age recipients the job's backups are encrypted to; [] when they are not."""
+        return json.loads(self.recipients) if self.recipients else []
 
     @classmethod
     def listing(cls):

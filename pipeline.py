@@ -171,6 +171,9 @@ class Pipeline:
 
     def abort(self):
         """Remove whatever this artifact left on any sink, partial or committed."""
-        self.stages, self.head = [], None  # ends zstd's threads now, not at collection
+        stages, self.stages, self.head = self.stages, [], None  # ends zstd's threads now, not at collection
+        for stage in stages:
+            if hasattr(stage, "abort"):
+                stage.abort()  # an encryptor's child process (encryption.py) ends with the artifact
         for artifact in self.artifacts:
             artifact.abort()

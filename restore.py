@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import destinations
+import encryption
 from attempt import Attempt, Stopped
 from compression import COMPRESSORS
 from database import database
@@ -110,10 +111,12 @@ def holds(path, artifact):
     return artifact == path or path in artifact.parents
 
 
-def queue_restore(execution_id, target=None, replace=False, data_dir=None):
+def queue_restore(execution_id, target=None, replace=False, data_dir=None, claimed_by=None, lease_ms=None):
     """Queue a Restore of the Backup `execution_id` and wake the workers; RestoreRefused says why not.
 
     The route and `backhook restore` both come through here, so both refuse alike.
+    With `claimed_by`, the Restore is created already Running under that
+    holder's lease, for `run_in_this_process`: no worker can claim it.
     """
     backup = restorable_backup(execution_id)
     if target == SCRATCH and job_kind(backup.job) == "command":  # see drills.py: no drill runs a restore command
@@ -122,24 +125,64 @@ def queue_restore(execution_id, target=None, replace=False, data_dir=None):
     problem = target_problem(backup, target)
     if problem:
         raise RestoreRefused(problem, 400)
+    held = {}
+    if claimed_by:
+        now = now_ms()
+        held = dict(status=ExecutionStatus.RUNNING, stage=Stage.INITIALIZING, started_at=now, attempts=1,
+                    worker_id=claimed_by, lease_expires_at=now + lease_ms)
     with database.atomic():
         restore = Execution.create(job=backup.job_id, type=ExecutionType.RESTORE, restores=backup.id,
-                                   restore_target=target, restore_replace=bool(replace))
-    if data_dir is not None:
+                                   restore_target=target, restore_replace=bool(replace), **held)
+    if data_dir is not None and not claimed_by:
         wake_workers(data_dir)
     return restore
 
 
 # --- running -------------------------------------------------------------------------
 
+def run_in_this_process(restore, holder, lease_ms, identity_file, on_tick):
+    """Run the Restore `restore` (created held by `holder`) here, renewing its lease, until it ends.
+
+    `backhook restore --identity-file` comes through here, so that the
+    identity is read only by this process and never has to travel to a
+    worker through the database or its environment. A cancel request stops
+    it as it stops a worker's run; `on_tick()` is called between renewals
+    (the CLI shows progress there). Returns the finished execution.
+    """
+    from leases import renew  # the worker's own renewal: the same guarded write
+    restore = Execution.select(Execution, Job).join(Job).where(Execution.id == restore.id).get()
+    run = Restore(restore, restore.job, holder, time.monotonic() + restore.job.timeout_seconds, identity_file)
+    thread = threading.Thread(target=run.execute, name=f"restore-{restore.id}", daemon=True)
+    thread.start()
+    renewed = time.monotonic()
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+            on_tick()
+            if time.monotonic() - renewed > lease_ms / 3000:
+                if renew(holder, [restore.id], lease_ms):
+                    run.stop("lost")
+                renewed = time.monotonic()
+            if Execution.select().where((Execution.id == restore.id) & Execution.cancel_requested).exists():
+                run.stop("cancel")
+    except BaseException:  # Ctrl-C: this process is the restore's only worker, so it stops it
+        run.stop("cancel")
+        thread.join()
+        raise
+    return Execution.get_by_id(restore.id)
+
+
 class Restore(Attempt):
     what = "restore"
     bands = RESTORE_BANDS
 
-    def __init__(self, execution, job, worker_id, deadline):
+    def __init__(self, execution, job, worker_id, deadline, identity_file=None):
         secrets = source_secrets(job.source) + source_secrets(execution.restore_target or "")
         super().__init__(execution, job, worker_id, deadline, sorted(set(secrets), key=len, reverse=True))
         self.artifact_size = None
+        # The age identity's file, held only in this process: the CLI's --identity-file, else the
+        # worker's BACKHOOK_AGE_IDENTITY_FILE (encryption.identity_file); never stored anywhere.
+        self.identity_file = identity_file
 
     def perform(self):
         execution, job = self.execution, self.job
@@ -189,11 +232,14 @@ class Restore(Attempt):
         target = target_class(source, replace, self)
         with self.stored_artifact(backup) as (artifact, location):
             self.verify(artifact, backup, location)
+            identity = encryption.identity_file(self.identity_file) if encryption.is_encrypted(location) else None
             target.prepare()
             self.enter(Stage.RESTORING)
             artifact.seek(0)
             started = time.monotonic()
-            with ReadAhead(decompressed(location, ProgressReader(artifact, self))) as stream:
+            stored = ProgressReader(artifact, self)
+            plain = encryption.Decrypting(identity, self.spawn, stored) if identity else stored
+            with ReadAhead(decompressed(location, plain)) as stream:
                 target.restore(stream)
             self.log(f"restored {stream.count:,} bytes of the dump in {time.monotonic() - started:.1f} s")
         self.enter(Stage.CHECKING)
@@ -368,6 +414,7 @@ class ReadAhead:
 
 def decompressed(path, stream):
     """The dump's own bytes from a stored artifact, by its file name's extension (the job may have changed since)."""
+    path = path.removesuffix(encryption.EXTENSION)  # decrypted in front (encryption.Decrypting)
     for compressor in COMPRESSORS.values():
         if compressor.extension and path.endswith(compressor.extension):
             return compressor.reader(stream)

@@ -221,3 +221,10 @@ INSERT INTO artifact_copy (execution_id, position, destination, location)
     SELECT execution.id, 0, job.destination, execution.path
     FROM execution JOIN job ON job.id = execution.job_id
     WHERE execution.type = 'Backup' AND execution.status = 'Success' AND execution.path IS NOT NULL;
+
+-- version 7
+
+-- age encryption: the job's recipients, a JSON list of public keys (age1…,
+-- ssh-ed25519 …, ssh-rsa …); NULL when its backups are not encrypted. Public
+-- keys only: no private key is ever stored.
+ALTER TABLE job ADD COLUMN recipients TEXT;

@@ -24,6 +24,7 @@ def job_to_api(job, texts):
         "destinations": shown,
         "allowPartialDestinations": job.allow_partial_destinations,
         "compression": job.compression,
+        "encryptTo": job.recipient_keys(),  # age public keys; [] when the backups are not encrypted
         "keep": job.keep,
         "enabled": job.enabled,
         "lastExecution": job.last_id and {"id": job.last_id, "status": job.last_status,

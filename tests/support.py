@@ -48,6 +48,31 @@ def require_service(name, host, port):
         pytest.skip(message)
 
 
+def require_tool(*names):
+    """Skip (fail under BACKHOOK_REQUIRE_SERVICES=1) when a tool the test runs is not installed."""
+    missing = [name for name in names if shutil.which(name) is None]
+    if missing:
+        message = f"{', '.join(missing)} not installed (Debian: apt-get install age openssh-client)"
+        if REQUIRE_SERVICES:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def age_keys(directory):
+    """A fresh age identity and an SSH ed25519 key pair in `directory`: {"age": (key.txt, age1…),
+    "ssh": (id_ed25519, "ssh-ed25519 …")}, made by the stock age-keygen and ssh-keygen."""
+    require_tool("age", "age-keygen", "ssh-keygen")
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    identity = Path(directory) / "key.txt"
+    subprocess.run(["age-keygen", "-o", str(identity)], check=True, capture_output=True)
+    public = subprocess.run(["age-keygen", "-y", str(identity)], check=True, capture_output=True,
+                            text=True).stdout.strip()
+    ssh = Path(directory) / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "restorer@example", "-f", str(ssh)],
+                   check=True, capture_output=True)
+    return {"age": (identity, public), "ssh": (ssh, Path(f"{ssh}.pub").read_text().strip())}
+
+
 # The server whose scratch databases the tests use (--backend=postgresql, migrate-db).
 POSTGRES_SERVER = os.environ.get("BACKHOOK_TEST_POSTGRES_SERVER", "postgresql://postgres@127.0.0.1:5432")
 

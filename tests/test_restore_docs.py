@@ -21,10 +21,10 @@ import manifest
 from sinks import manifest_location
 from sources import DUMPERS
 from statuses import ExecutionStatus
-from support import PROJECT, run_in_process, scratch_postgres_database
+from support import PROJECT, age_keys, run_in_process, scratch_postgres_database
 
 DOCS = PROJECT / "docs" / "restore.md"
-BLOCK = re.compile(r"<!-- (restore|decompress): (\w+) -->\n```sh\n(.*?)\n```", re.S)
+BLOCK = re.compile(r"<!-- (restore|decompress|decrypt): (\w+) -->\n```sh\n(.*?)\n```", re.S)
 PG_ENV = {"PGHOST": "127.0.0.1", "PGPORT": "5432", "PGUSER": "postgres"}
 
 
@@ -32,10 +32,11 @@ def documented_blocks():
     return {(role, name): text for role, name, text in BLOCK.findall(DOCS.read_text())}
 
 
-def documented_commands(kind, compression):
-    """The page's block for `kind`, with its zstd line replaced by the page's line for `compression`."""
+def documented_commands(kind, compression, encrypted=False):
+    """The page's block for `kind`, with its zstd line replaced by the page's line for `compression`
+    (its age line, for an encrypted artifact)."""
     blocks = documented_blocks()
-    zstd, other = blocks[("decompress", "zstd")], blocks[("decompress", compression)]
+    zstd, other = blocks[("decompress", "zstd")], blocks[("decrypt" if encrypted else "decompress", compression)]
     assert zstd in blocks[("restore", kind)]
     return blocks[("restore", kind)].replace(zstd, other)
 
@@ -49,7 +50,8 @@ def restore(how, execution, target, **env):
     """Restore the backup `execution` into `target`, by the page's block or by its manifest's lines."""
     document = json.loads(Path(manifest_location(execution.path)).read_text())
     if how == "docs":
-        script = documented_commands(document["sourceKind"], document["compression"])
+        script = documented_commands(document["sourceKind"], document["compression"],
+                                     encrypted=bool(document["encryption"]))
         result = run_bash(script, ARTIFACT=execution.path, SHA256=execution.sha256, TARGET=str(target), **env)
     else:
         result = run_bash("\n".join(document["restore"]), cwd=Path(execution.path).parent, TARGET=str(target),
@@ -58,8 +60,8 @@ def restore(how, execution, target, **env):
     return result
 
 
-def backed_up(make_job, name, source, compression):
-    execution = run_in_process(make_job(name=name, source=source, compression=compression))
+def backed_up(make_job, name, source, compression, **fields):
+    execution = run_in_process(make_job(name=name, source=source, compression=compression, **fields))
     assert execution.status == ExecutionStatus.SUCCESS, execution.error
     return execution
 
@@ -70,12 +72,21 @@ def test_the_page_has_a_block_for_every_kind_backhook_dumps_and_every_compressio
     blocks = documented_blocks()
     assert {name for role, name in blocks if role == "restore"} == set(DUMPERS) == set(manifest.RESTORE)
     assert {name for role, name in blocks if role == "decompress"} == set(manifest.DECOMPRESS)
+    assert {name for role, name in blocks if role == "decrypt"} == set(manifest.DECOMPRESS)
 
 
 @pytest.mark.parametrize("compression", sorted(manifest.DECOMPRESS))
 @pytest.mark.parametrize("kind", sorted(manifest.RESTORE))
 def test_the_manifests_commands_are_the_pages_text(kind, compression):
     assert "\n".join(manifest.restore_commands(kind, compression)) == documented_commands(kind, compression)
+
+
+@pytest.mark.parametrize("compression", sorted(manifest.DECOMPRESS))
+@pytest.mark.parametrize("kind", sorted(manifest.RESTORE))
+def test_an_encrypted_manifests_commands_are_the_pages_age_text_after_the_identity_line(kind, compression):
+    lines = manifest.restore_commands(kind, compression, encrypted=True)
+    assert lines[0] == manifest.IDENTITY_LINE
+    assert "\n".join(lines[1:]) == documented_commands(kind, compression, encrypted=True)
 
 
 def test_a_corrupted_artifact_fails_the_checksum_before_anything_is_written(make_job, tmp_path):
@@ -332,3 +343,33 @@ def test_the_command_block_never_overwrites_an_existing_file(make_job, tmp_path)
     result = run_bash(documented_commands("command", "zstd"), ARTIFACT=execution.path, SHA256=execution.sha256,
                       TARGET=str(target))
     assert result.returncode != 0 and target.read_bytes() == b"do not lose me"
+
+
+# --- encrypted artifacts --------------------------------------------------------------
+
+@pytest.mark.sqlite_only("the metadata backend plays no part in decrypting an artifact with the stock age")
+@pytest.mark.parametrize("how, compression, key", [("docs", "zstd", "age"), ("manifest", "zstd", "ssh"),
+                                                   ("docs", "gzip", "ssh"), ("manifest", "none", "age")])
+def test_an_encrypted_directory_backup_restores_with_age_and_either_identity(make_job, tmp_path, how,
+                                                                             compression, key):
+    keys = age_keys(tmp_path)
+    source = make_tree(tmp_path / "site")
+    execution = backed_up(make_job, "sealed-site", f"files://{source}", compression,
+                          recipients=json.dumps([keys["age"][1], keys["ssh"][1]]))
+    assert execution.path.endswith(".tar" + {"zstd": ".zst", "gzip": ".gz", "none": ""}[compression] + ".age")
+    target = tmp_path / "restored"
+    restore(how, execution, target, IDENTITY=str(keys[key][0]))
+    assert tree(target) == tree(source)
+
+
+@pytest.mark.sqlite_only("the metadata backend plays no part in decrypting an artifact with the stock age")
+def test_an_encrypted_block_with_a_wrong_identity_writes_nothing(make_job, tmp_path):
+    keys, stranger = age_keys(tmp_path), age_keys(tmp_path / "stranger" if (tmp_path / "stranger").mkdir() is None
+                                                  else None)
+    execution = backed_up(make_job, "sealed-output", f"command:{COMMAND}", "zstd",
+                          recipients=json.dumps([keys["age"][1]]))
+    target = tmp_path / "restored.out"
+    result = run_bash(documented_commands("command", "zstd", encrypted=True), ARTIFACT=execution.path,
+                      SHA256=execution.sha256, TARGET=str(target), IDENTITY=str(stranger["age"][0]))
+    assert result.returncode != 0 and "no identity matched" in result.stderr
+    assert not target.exists() or target.read_bytes() == b""
