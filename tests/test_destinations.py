@@ -15,7 +15,7 @@ import leases
 import migrations
 import models
 from backup import Run
-from models import ArtifactCopy, Execution, Job, JobDestination
+from models import ArtifactCopy, Execution, Job
 from restore import Restore, queue_restore
 from sinks import manifest_location
 from sources import SourceError
