@@ -351,6 +351,9 @@ def test_pending_restores_are_claimed_before_older_pending_backups(app, make_job
     backup = successful_backup()
     job = Job.get_by_id(backup.job_id)
     older_backups = [Execution.enqueue(job) for _ in range(3)]
+    for number, queued in enumerate(older_backups):  # one millisecond apart: creation order is the claim's order
+        Execution.update(created_at=Execution.created_at - len(older_backups) + number).where(
+            Execution.id == queued.id).execute()
     from restore import queue_restore
     first, second = queue_restore(backup.id), queue_restore(backup.id)
     claimed = leases.claim("w1", 30_000)
