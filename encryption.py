@@ -22,6 +22,7 @@ import struct
 import subprocess
 import threading
 
+from pipeline import Readable
 from sources import CHUNK, BackupError, SourceError
 from tools import end_tool, wait_for_tool
 
@@ -243,7 +244,7 @@ class AgeEncryptor:
 
 # --- the decryptor -----------------------------------------------------------------------
 
-class Decrypting(AgeStream):
+class Decrypting(AgeStream, Readable):
     """The age stream of `stream` decrypted, as a reader for the decompressor; `read()` raises what went wrong."""
 
     def __init__(self, identity_file, spawn, stream):
@@ -272,14 +273,6 @@ class Decrypting(AgeStream):
             raise self.failure
         self.ended()  # the end of age's output: its exit status says whether it was the whole backup
         return data
-
-    def readinto(self, buffer):
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
-
-    def readable(self):
-        return True
 
 
 def identity_file(given=None):

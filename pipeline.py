@@ -13,6 +13,18 @@ import hashlib
 from sources import BackupError
 
 
+class Readable:
+    """A file-like object built on `read(size)`: `readinto` and `readable` follow from it."""
+
+    def readinto(self, buffer):
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def readable(self):
+        return True
+
+
 class Digest:
     """Counts and hashes the stored bytes on their way to the sinks."""
 

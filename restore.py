@@ -34,6 +34,7 @@ from compression import COMPRESSORS
 from database import database
 from leases import MAX_ATTEMPTS
 from models import Execution, Job, now_ms
+from pipeline import Readable
 from reporter import RESTORE_BANDS, band_progress
 from sinks import READ_BACK_PIECE
 from sources import CHUNK, BackupError, Source, SourceError, parse_source, shown_source, source_secrets
@@ -319,7 +320,7 @@ class Restore(Attempt):
         self.report.advance(progress=band_progress(Stage.RESTORING, stored_bytes / max(self.artifact_size, 1), self.bands))
 
 
-class ProgressReader:
+class ProgressReader(Readable):
     """The stored artifact as the decompressor reads it: each read may stop the restore and moves progress."""
 
     def __init__(self, stream, run):
@@ -331,14 +332,6 @@ class ProgressReader:
         self.count += len(data)
         self.run.restored(self.count)
         return data
-
-    def readinto(self, buffer):
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
-
-    def readable(self):
-        return True
 
 
 class ReadAhead:
