@@ -28,12 +28,8 @@ def age_recipient(directory):
 
 def main(argv=()):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size-mb", type=int, default=1024, help="size of the source tree")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="8 MB source, 1 round: checks the harness only")
+    common.size_arguments(parser, "the source tree")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.size_mb, args.rounds = 8, 1
     common.require_tool("age")
     common.require_tool("age-keygen", "age")
 

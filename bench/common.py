@@ -10,6 +10,7 @@ schema.sql, never by importing its modules (tests/test_bench_smoke.py checks
 this), so that moving code inside backhook cannot change what they measure
 without failing them.
 """
+import argparse
 import contextlib
 import functools
 import importlib.metadata
@@ -62,6 +63,25 @@ def require_tool(command, package=None):
     """Stop the benchmark, naming the tool, when `command` is missing; .ci/run installs the packages."""
     if not shutil.which(command):
         sys.exit(f"bench: `{command}` is missing: install the Debian package {package or command} (.ci/run does)")
+
+
+def size_arguments(parser, what):
+    """Add the options of the benchmarks that move a source of some size in alternating rounds.
+
+    `what` names the source in the help (e.g. "each source"). --quick shrinks the run so that
+    `make bench-smoke` checks the harness without measuring anything.
+    """
+    parser.add_argument("--size-mb", type=int, default=1024, help=f"size of {what}")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action=_QuickSize, help="8 MB, 1 round: checks the harness only")
+
+
+class _QuickSize(argparse.Action):
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=False, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.quick, namespace.size_mb, namespace.rounds = True, 8, 1
 
 
 # --- databases and processes --------------------------------------------------------

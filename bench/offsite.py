@@ -129,12 +129,8 @@ class Backhook:
 
 def main(argv=()):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size-mb", type=int, default=1024, help="size of the directory backed up")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="8 MB source, 1 round: checks the harness only")
+    common.size_arguments(parser, "the directory backed up")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.size_mb, args.rounds = 8, 1
     for tool in ("zstd", "rclone"):
         common.require_tool(tool)
     _, source = backup_speed.sources(args.size_mb)

@@ -106,13 +106,9 @@ class Backhook:
 
 def main(argv=()):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size-mb", type=int, default=1024, help="size of each source")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="8 MB sources, 1 round: checks the harness only")
+    common.size_arguments(parser, "each source")
     parser.add_argument("--only", choices=("sqlite", "files"), help="measure one source kind")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.size_mb, args.rounds = 8, 1
     common.require_tool("zstd")
     common.require_tool("tar")
 
