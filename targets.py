@@ -26,7 +26,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from database_targets import MysqlTarget, PostgresqlTarget
+from database_targets import MysqlTarget, PostgresqlTarget, chunks_of, feed
 from sinks import Writeback, fsync_directory
 from sources import CHUNK, BackupError, shell_argv
 
@@ -44,24 +44,21 @@ def remove_tree(path):
 
 
 def feed_tool(run, argv, stream, env=None):
-    """Run a tool that reads the dump on its stdin (a restore command, psql); returns the bytes fed.
+    """Run a tool that reads the dump on its stdin (a restore command); returns the bytes fed.
 
-    A tool that exits early closes its end of the pipe: the bytes not fed
-    then no longer matter, and its exit status and stderr tell why.
+    database_targets.feed kills the tool before its stdin closes when the
+    stream fails, so a command that takes an end of input for a whole dump
+    never sees a truncated one end cleanly.
     """
-    import subprocess
-
-    child = run.spawn(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     fed = 0
-    try:
-        while chunk := stream.read(CHUNK):
-            run.check()
-            child.stdin.write(chunk)
+
+    def counted():
+        nonlocal fed
+        for chunk in chunks_of(stream):
             fed += len(chunk)
-        child.stdin.close()
-    except BrokenPipeError:
-        pass
-    run.wait_tool(child)
+            yield chunk
+
+    feed(run, argv, env, counted())
     return fed
 
 

@@ -15,6 +15,7 @@ from attempt import Stopped
 from sources import BackupError, Source
 from support import tree_listing
 from targets import DirectoryTarget, SqliteTarget
+from tools import start_tool, wait_for_tool
 
 
 class FakeRun:
@@ -408,3 +409,48 @@ def test_a_dump_that_is_no_tar_archive_fails_clearly_and_leaves_nothing(tmp_path
     with pytest.raises(BackupError, match="not a readable tar archive"):
         restore(directory_target(tmp_path / "restored"), io.BytesIO(b"not a tar" * 1000))
     assert list(tmp_path.iterdir()) == []
+
+
+# --- command -------------------------------------------------------------------------
+
+class ToolRun(FakeRun):
+    """FakeRun that also starts tools, as the Restore attempt does (tools.py), keeping them for the test."""
+
+    def __init__(self):
+        super().__init__()
+        self.children = []
+
+    def spawn(self, argv, env=None, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE):
+        child = start_tool(argv, env, stdin=stdin, stdout=stdout)
+        self.children.append(child)
+        return child
+
+    def wait_tool(self, child, warning_statuses=()):
+        status, stderr = wait_for_tool(child)
+        if status:
+            raise BackupError(f"exited with status {status}: {stderr}")
+
+
+def command_target(command):
+    return targets.CommandTarget(Source("command", command=command), False, ToolRun())
+
+
+def test_a_restore_command_reads_the_whole_dump_on_its_stdin(tmp_path):
+    data = os.urandom(3 * 1024 * 1024)
+    assert restore(command_target(f"cat > {tmp_path}/out"), io.BytesIO(data)) == {"bytes": len(data)}
+    assert (tmp_path / "out").read_bytes() == data
+
+
+@pytest.mark.parametrize("fault", [Stopped("cancel"), OSError(5, "Input/output error")])
+def test_a_restore_command_is_killed_before_its_stdin_closes_when_the_dump_breaks(tmp_path, fault):
+    # Like psql, this command takes the end of its input for the end of the dump: an end of input
+    # after half the dump would load half of it as if it were whole.
+    loaded = tmp_path / "loaded"
+    target = command_target(f"cat > {tmp_path}/part && mv {tmp_path}/part {loaded}")
+    with pytest.raises(type(fault)):
+        restore(target, Faulty(os.urandom(3 * 1024 * 1024), 1024 * 1024, fault))
+    (child,) = target.run.children
+    if not child.stdin.closed:
+        child.stdin.close()  # what the worker's exit would do to a pipe left open
+    assert child.wait(timeout=30) == -9
+    assert not loaded.exists()
