@@ -18,8 +18,8 @@ from flask import Blueprint, current_app, request
 from werkzeug.wsgi import wrap_file
 
 import destinations
-from models import Execution, Job
 from routes import error, require_permission
+from routes.executions import find_execution
 from sinks import is_artifact_name
 from sources import CHUNK, BackupError
 from statuses import ExecutionStatus, ExecutionType
@@ -30,9 +30,7 @@ bp = Blueprint("artifacts", __name__, url_prefix="/api/executions")
 @bp.get("/<execution_id>/artifact")
 @require_permission("storage:download")
 def download_artifact(execution_id):
-    execution = Execution.get_or_none(Execution.id == execution_id)
-    if execution is None:
-        error("Execution not found", 404)
+    execution = find_execution(execution_id)
     if execution.type != ExecutionType.BACKUP or execution.status != ExecutionStatus.SUCCESS:
         error(f"Execution {execution.id} is not a successful backup ({execution.type}, {execution.status})", 404)
     if execution.path is None:
@@ -40,7 +38,6 @@ def download_artifact(execution_id):
     if execution.sha256 is None or execution.size is None:
         error(f"Execution {execution.id} recorded no checksum for its artifact, so it cannot be sent as verified",
               409)
-    execution.job = Job.get_by_id(execution.job_id)
     copy, sink = destinations.readable_copy(execution)
     if copy is None:
         error(f"Execution {execution.id} has no artifact in its job's directory on any of its destinations: "

@@ -54,7 +54,8 @@ def log_to_api(entry):
 
 
 def find_execution(execution_id):
-    execution = Execution.with_job_name(execution_id)
+    """The execution, or a 404 answer; `execution.job` is read when first used (execution_to_api needs it)."""
+    execution = Execution.get_or_none(Execution.id == execution_id)
     if execution is None:
         error("Execution not found", 404)
     return execution
@@ -100,6 +101,7 @@ def enum_arg(name, enum):
 @require_permission("history:read")
 def show_execution(execution_id):
     execution = find_execution(execution_id)
+    execution.name = execution.job.name  # as Execution.with_job_name adds it
     return {"success": True, "data": execution_to_api(execution, include_logs=query_flag("includeLogs"))}
 
 

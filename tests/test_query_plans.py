@@ -18,7 +18,6 @@ import pytest
 import database
 import models
 from models import Backup, Execution, ExecutionLog, Job, Website
-from routes.executions import execution_to_api
 from statuses import ExecutionStatus, ExecutionType
 from support import PROJECT, TOKEN
 
@@ -80,17 +79,18 @@ def history(app, make_job):
     return job, execution
 
 
-def test_execution_by_id_uses_an_index(history, record_sql):
+def test_execution_by_id_uses_an_index(history, client, auth, record_sql):
     _job, execution = history
     record_sql.clear()
-    execution_to_api(Execution.with_job_name(execution.id))
-    assert record_sql and full_scans(record_sql) == []
+    assert client.get(f"/api/executions/{execution.id}", headers=auth).status_code == 200
+    assert any('"execution"' in sql for sql, _ in record_sql) and full_scans(record_sql) == []
 
 
-def test_execution_logs_by_execution_use_an_index(history, record_sql):
+def test_execution_logs_by_execution_use_an_index(history, client, auth, record_sql):
     _job, execution = history
     record_sql.clear()
-    assert len(execution_to_api(Execution.with_job_name(execution.id), include_logs=True)["logs"]) == 3
+    response = client.get(f"/api/executions/{execution.id}?includeLogs=true", headers=auth)
+    assert len(response.get_json()["data"]["logs"]) == 3
     assert full_scans(record_sql) == []
 
 
