@@ -25,6 +25,7 @@ to start runs them. Cancelled is reserved for what a person cancelled.
 """
 import logging
 import os
+import queue
 import select
 import signal
 import socket
@@ -109,6 +110,7 @@ class Worker:
         self.sightings = leases.Sightings(patience_seconds=renew_every)
         self.reclaims = Task("reclaim", RECLAIM_EVERY_SECONDS, self.reclaim_lapsed)
         self.renewals = Task("renewals", renew_every, self.renew_leases, retry_at_once=True)
+        self.abandoned = queue.SimpleQueue()  # reclaimed executions whose targets the chores remove
 
     # --- the leases: claim, renew, reclaim (leases.py) -----------------------------------
 
@@ -122,12 +124,34 @@ class Worker:
             self.runs[execution_id][0].stop("lost")
 
     def reclaim_lapsed(self):
-        """Take back executions whose worker died, and wake the workers to run them again."""
+        """Take back executions whose worker died, and wake the workers to run them again.
+
+        What their attempts left on database servers is removed by the chores
+        (remove_abandoned_targets): a server that does not answer must not hold
+        up the lease renewal that runs on this thread.
+        """
         taken = leases.reclaim(self.sightings, list(self.runs), destinations.leftovers)
         for execution in taken:
-            drills.remove_leftovers(execution)  # a dead drill's throwaway target, a restore's staging database
+            self.abandoned.put(execution)
         if taken:
             wake_workers(self.data_dir)
+
+    def remove_abandoned_targets(self):
+        """Remove a reclaimed drill's throwaway target, or a restore's staging database (drills.remove_leftovers).
+
+        Their names carry the dead attempt's number, so a later attempt that
+        already started keeps its own.
+        """
+        while True:
+            try:
+                execution = self.abandoned.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                drills.remove_leftovers(execution)
+            except Exception:
+                self.abandoned.put(execution)  # the database was unavailable: tried again at the next interval
+                raise
 
     # --- running ----------------------------------------------------------------------
 
@@ -171,7 +195,8 @@ class Worker:
 
         Each thread runs on its own: a slow WPSec site may take minutes to
         answer, and neither the claim loop nor the checkpoint may wait on it.
-        The chores also purge the Idempotency-Keys older than 24 hours.
+        The chores also purge the Idempotency-Keys older than 24 hours and drop
+        what reclaimed restores left on database servers.
         """
         threads = {"chores": [
             Task("spool replay", CHORES_EVERY_SECONDS, lambda: replay_spool(self.data_dir)),
@@ -179,6 +204,7 @@ class Worker:
             Task("silent backup poll", CHORES_EVERY_SECONDS,
                  lambda: wpsec.poll_silent_remote_backups(self.poll_after_seconds)),
             Task("idempotency key purge", PURGE_EVERY_SECONDS, IdempotencyKey.purge_expired),
+            Task("abandoned restore targets", CHORES_EVERY_SECONDS, self.remove_abandoned_targets),
         ]}
         if opened().needs_checkpoints:
             threads["checkpoints"] = [Task("checkpoint", CHECKPOINT_EVERY_SECONDS, opened().checkpoint)]

@@ -1,6 +1,7 @@
 """The worker's contract: claims, pickup, leases, stopping, cancel, timeout, progress, and its periodic tasks."""
 import os
 import signal
+import socket
 import statistics
 import time
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import models
+from leases import MAX_ATTEMPTS
 from models import Execution, Setting
 from sinks import job_directory
 from support import hold_write_lock, poll, run_to_end, trigger, wait_for_status, wait_until
@@ -132,6 +134,35 @@ def test_a_backup_running_while_the_database_is_locked_longer_than_the_lease_end
     assert data["status"] == "Success", data["error"]
     assert Execution.get_by_id(execution_id).attempts == 1
     assert not any("stopped renewing its lease" in line["message"] for line in data["logs"])
+
+
+def test_a_dead_drills_database_server_that_does_not_answer_never_holds_up_lease_renewal(
+        client, auth, make_job, start_worker, tmp_path):
+    silent = socket.create_server(("127.0.0.1", 0))  # connections queue in its backlog; nothing ever answers
+    silent.settimeout(30)
+    go = tmp_path / "go"
+    job = command_job(make_job, f"echo started; while [ ! -e {go} ]; do sleep 0.05; done; echo finished")
+    start_worker(BACKHOOK_LEASE_SECONDS="1")
+    execution_id = trigger(client, auth, job.id)
+    wait_for_status(client, auth, execution_id, statuses=("Running",))
+    # A drill whose worker died on its last attempt: the reclaim fails it, then its database is to be dropped.
+    server_job = make_job(name="silent-db", source=f"postgresql://app@127.0.0.1:{silent.getsockname()[1]}/app")
+    drill = Execution.create(job=server_job.id, type="Restore", status="Running", stage="Restoring",
+                             restore_target="scratch", worker_id="dead-worker", attempts=MAX_ATTEMPTS,
+                             lease_expires_at=models.now_ms() - 60_000)
+
+    dropping, _ = silent.accept()  # the drop of its database, stuck on a server that does not answer
+    stuck_at = models.now_ms()
+    wait_until(lambda: Execution.get_by_id(execution_id).lease_expires_at > stuck_at + 1000,
+               message="the running backup's lease to be renewed while the drop hangs")
+    assert Execution.get_by_id(drill.id).status == "Failed"
+    dropping.close()
+    silent.close()
+    go.touch()
+
+    data = wait_for_status(client, auth, execution_id)
+    assert data["status"] == "Success", data["error"]
+    assert Execution.get_by_id(execution_id).attempts == 1
 
 
 def test_an_execution_fails_when_its_last_attempt_loses_its_worker(
