@@ -6,11 +6,12 @@ location `s3://bucket/<key>`. Credentials come only from the standard AWS
 chain (the AWS_* environment variables, ~/.aws/credentials, the `profile`):
 a destination carrying any is refused, so none is ever stored or shown.
 
-Each artifact is one multipart upload of `part_size` parts, sent by a thread
-of its own while the dump streams on, and completed by `commit()` only: until
+Each artifact is one multipart upload of `part_size` parts, sent by threads
+of its own (PARTS_IN_FLIGHT at once) while the dump streams on, and completed by `commit()` only: until
 then no object exists under the artifact's name, and `abort()` (or a reclaim's
 `remove_leftovers`) throws the parts away.
 """
+import collections
 import hashlib
 import logging
 import re
@@ -25,9 +26,10 @@ from sources import BackupError, SourceError
 
 log = logging.getLogger("backhook.s3")
 
-# Two parts are in memory at most, one filling while the other uploads; S3
-# wants at least 5 MiB in each part but the last (bench/RESULTS.md, "Off-site speed and memory").
+# Two parts upload at once while a third fills, so the store takes in one part while it stores the
+# last (bench/RESULTS.md, "Off-site speed and memory"); S3 wants at least 5 MiB in each part but the last.
 PART_SIZE = 8 * 1024 * 1024
+PARTS_IN_FLIGHT = 2
 MAX_PARTS = 10_000  # S3's limit
 PARTS_PER_SIZE = 2_500  # parts grow by PART_SIZE every PARTS_PER_SIZE parts: 10,000 hold 195 GiB
 
@@ -257,15 +259,15 @@ class S3Artifact:
     def __init__(self, sink, name):
         self.sink, self.client, self.bucket = sink, sink.client, sink.bucket
         self.key, self.location = sink.key(name), sink.location(name)
-        # Two fixed buffers take turns, one filling while the other uploads: no growth, no copy of a full part.
-        self.buffer, self.spare, self.filled = bytearray(part_size(1)), None, 0
-        self.parts, self.pending = [], None
+        # Fixed buffers take turns, one filling while the others upload: no growth, no copy of a full part.
+        self.buffer, self.filled, self.free = bytearray(part_size(1)), 0, []
+        self.parts, self.pending = [], collections.deque()  # pending: (future, buffer) by part number
         self.committing = self.manifest_written = False
         storage = {"StorageClass": sink.destination.storage_class} if sink.destination.storage_class else {}
         with store_errors("start uploading", self.location):
             self.upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key,
                                                                  **storage)["UploadId"]
-        self.uploader = ThreadPoolExecutor(1, thread_name_prefix="s3-part")
+        self.uploader = ThreadPoolExecutor(PARTS_IN_FLIGHT, thread_name_prefix="s3-part")
 
     def write(self, data):
         view = memoryview(data)
@@ -282,20 +284,21 @@ class S3Artifact:
         pass  # parts leave as they fill; close() sends the last one
 
     def send_part(self):
-        """Hand the buffer to the uploader once the part before it is stored: two parts in memory at most."""
-        self.wait_for_part()
-        number = len(self.parts) + 1
+        """Hand the buffer to the uploader once a slot is free: PARTS_IN_FLIGHT + 1 parts in memory at most."""
+        while len(self.pending) >= PARTS_IN_FLIGHT:
+            self.wait_for_part()
+        number = len(self.parts) + len(self.pending) + 1
         if number > MAX_PARTS:
             raise S3Error(f"cannot upload {self.location}: it needs more than S3's {MAX_PARTS:,} parts "
                           f"({sum(map(part_size, range(1, MAX_PARTS + 1))) / 2**30:.0f} GiB)")
         if self.filled == len(self.buffer):
             body, size = self.buffer, part_size(number + 1)
-            reusable = self.spare is not None and len(self.spare) == size  # the spare's upload is done
-            self.buffer, self.spare = self.spare if reusable else bytearray(size), body
-        else:  # the last part: the spare goes before its copy is made
-            self.spare, body = None, bytes(memoryview(self.buffer)[:self.filled])
+            self.free = [buffer for buffer in self.free if len(buffer) == size]
+            self.buffer = self.free.pop() if self.free else bytearray(size)
+        else:  # the last part: the free buffers go before its copy is made
+            self.free, body = [], bytes(memoryview(self.buffer)[:self.filled])
         self.filled = 0
-        self.pending = self.uploader.submit(self.upload_part, number, body)
+        self.pending.append((self.uploader.submit(self.upload_part, number, body), body))
 
     def upload_part(self, number, body):
         with store_errors(f"upload part {number} of", self.location):
@@ -304,17 +307,21 @@ class S3Artifact:
         return {"PartNumber": number, "ETag": answer["ETag"]}
 
     def wait_for_part(self):
-        """Wait for the part being uploaded; raises its error."""
-        pending, self.pending = self.pending, None
-        if pending is not None:
+        """Wait for the oldest part being uploaded, and keep its buffer for a later part; raises its error."""
+        if self.pending:
+            pending, body = self.pending.popleft()
             self.parts.append(pending.result())
+            if isinstance(body, bytearray):
+                self.free.append(body)
 
     def close(self):
         """Send the last part (the only one, even empty, for a tiny artifact) and wait until every part is stored."""
         if self.filled or not (self.parts or self.pending):
             self.send_part()
-        self.buffer = self.spare = None
-        self.wait_for_part()
+        self.buffer = None
+        while self.pending:
+            self.wait_for_part()
+        self.free = []
         self.uploader.shutdown()
 
     def commit(self):
@@ -349,8 +356,9 @@ class S3Artifact:
         cannot be removed here is logged, and a reclaim's remove_leftovers, or
         the bucket's lifecycle rule for unfinished uploads, removes it later.
         """
-        self.buffer = self.spare = None
-        self.uploader.shutdown(cancel_futures=True)  # waits for a part in flight, which could outlive the abort
+        self.buffer, self.free = None, []
+        self.uploader.shutdown(cancel_futures=True)  # waits for the parts in flight, which could outlive the abort
+        self.pending.clear()
         steps = [("abort the upload of", lambda: self.client.abort_multipart_upload(
             Bucket=self.bucket, Key=self.key, UploadId=self.upload_id))]
         if self.committing:  # a completion can succeed even when its answer is lost

@@ -2,12 +2,13 @@
 import hashlib
 import os
 import re
+import threading
 import time
 
 import pytest
 
 import s3sink
-from s3sink import S3Error, S3Sink, parse_s3_destination
+from s3sink import S3Artifact, S3Error, S3Sink, parse_s3_destination
 from sources import BackupError, SourceError
 from support import free_port
 
@@ -120,6 +121,36 @@ def test_an_artifact_of_several_parts_is_stored_verified_and_read_back(s3, bucke
     assert sink.exists(artifact.location) and sink.size(artifact.location) == len(data)
     with sink.read(artifact.location + ".json") as stored:
         assert stored.read() == b'{"format": 1}'
+
+
+def test_parts_upload_side_by_side_in_a_fixed_set_of_buffers(s3, bucket, sink, small_parts, monkeypatch):
+    # Two parts in flight while a third fills: the store takes one in while it stores the other,
+    # and the memory an artifact takes never grows with its size.
+    lock, uploading, most, buffers = threading.Lock(), set(), [0], set()
+    both_in_flight = threading.Barrier(s3sink.PARTS_IN_FLIGHT, timeout=30)
+    send = S3Artifact.upload_part
+
+    def upload_part(artifact, number, body):
+        with lock:
+            uploading.add(number)
+            most[0] = max(most[0], len(uploading))
+            buffers.add(id(body))
+        if number <= s3sink.PARTS_IN_FLIGHT:
+            both_in_flight.wait()  # the first parts are uploading at the same time, or this times out
+        try:
+            return send(artifact, number, body)
+        finally:
+            with lock:
+                uploading.discard(number)
+
+    monkeypatch.setattr(S3Artifact, "upload_part", upload_part)
+    data = os.urandom(8 * small_parts + 12345)
+    artifact = store(sink, data)
+    assert [part["PartNumber"] for part in artifact.parts] == list(range(1, 10))
+    assert most[0] == s3sink.PARTS_IN_FLIGHT
+    assert len(buffers) <= s3sink.PARTS_IN_FLIGHT + 2  # the full parts' buffers, and the last part's copy
+    with sink.read(artifact.location) as stored:
+        assert stored.read() == data
 
 
 def test_no_object_is_visible_under_the_name_until_commit(s3, bucket, sink, small_parts):
