@@ -16,9 +16,12 @@ server. The baseline, in the same run, alternating:
 with rclone's S3 remote configured by RCLONE_CONFIG_BENCHS3_* variables.
 While backhook runs, the RSS of the worker and its children is sampled every 20 ms.
 
-Targets (SPEC.md, "Off-site speed"): throughput >= 0.8x the baseline; peak RSS < 150 MB.
+With --age, backhook's job also encrypts to an age key made here
+(bench/backup_age.py's); the baseline stays the same.
 
-    .venv/bin/python bench/offsite.py [--size-mb 1024] [--rounds 3] [--quick]
+Targets (SPEC.md, "Off-site speed"): throughput >= 0.8x the baseline, 0.7x with age; peak RSS < 150 MB.
+
+    .venv/bin/python bench/offsite.py [--size-mb 1024] [--rounds 3] [--age] [--quick]
 """
 import argparse
 import os
@@ -30,10 +33,11 @@ from pathlib import Path
 
 import requests
 
+import backup_age
 import backup_speed
 import common
 
-TARGET_RATIO, TARGET_RSS_MB = 0.8, 150
+TARGET_RATIO, TARGET_AGE_RATIO, TARGET_RSS_MB = 0.8, 0.7, 150
 BUCKET = "bench"
 
 
@@ -101,9 +105,10 @@ def plain(source, s3):
 class Backhook:
     """gunicorn + worker on one database, with one job whose destination is the loopback bucket."""
 
-    def __init__(self, data_dir, source, s3):
+    def __init__(self, data_dir, source, s3, age=False):
         common.init_database(data_dir)
-        job = common.add_job(data_dir, "bench-offsite", f"files://{source}", data_dir / "unused")
+        encryption = ("--encrypt-to", backup_age.age_recipient(data_dir)) if age else ()
+        job = common.add_job(data_dir, "bench-offsite", f"files://{source}", data_dir / "unused", *encryption)
         destination = f"s3://{BUCKET}/offsite?endpoint={s3.endpoint}&region=us-east-1"
         with common.transaction(data_dir) as db:
             db.execute("UPDATE job SET destination = ? WHERE id = ?", (destination, job))
@@ -130,14 +135,15 @@ class Backhook:
 def main(argv=()):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     common.size_arguments(parser, "the directory backed up")
+    parser.add_argument("--age", action="store_true", help="backhook's job encrypts to an age key too")
     args = parser.parse_args(argv)
-    for tool in ("zstd", "rclone"):
-        common.require_tool(tool)
+    for tool in ("zstd", "rclone") + (("age", "age-keygen") if args.age else ()):
+        common.require_tool(tool, "age" if tool.startswith("age") else None)
     _, source = backup_speed.sources(args.size_mb)
     data_dir = common.fresh_dir("offsite")
     s3 = LoopbackS3(data_dir)
     runs = {"plain": [], "backhook": []}
-    backhook = Backhook(data_dir, source, s3)
+    backhook = Backhook(data_dir, source, s3, age=args.age)
     web, worker = common.serve(backhook.env), common.worker(backhook.env)
     try:
         backhook.backup(web, worker)  # untimed: the worker's first S3 destination imports boto3, moto warms up
@@ -164,25 +170,26 @@ def report(runs, source_bytes, command, worker_hwm, args):
     plain_s = common.median([run[0] for run in runs["plain"]])
     own_s = common.median([run[0] for run in runs["backhook"]])
     ratio, peak = plain_s / own_s, max(run[2] for run in runs["backhook"])
+    target = TARGET_AGE_RATIO if args.age else TARGET_RATIO
     rss_met = max(peak, worker_hwm) < TARGET_RSS_MB
     row = [f"{source_bytes / 1e6:.0f}", f"{source_bytes / plain_s / 1e6:.1f}", f"{runs['plain'][0][1] / 1e6:.1f}",
            f"{source_bytes / own_s / 1e6:.1f}", f"{runs['backhook'][0][1] / 1e6:.1f}", f"**{ratio:.2f}×**",
-           common.verdict(ratio >= TARGET_RATIO)]
+           common.verdict(ratio >= target)]
     return "\n".join([
-        "## Off-site speed and memory (S3)",
+        "## Off-site speed and memory (S3" + (", age on)" if args.age else ")"),
         "",
         f"A directory of {args.size_mb} MB (bench/backup_speed.py's tree), read into the page cache before each "
         f"run, {args.rounds} alternating rounds, medians, to moto_server on loopback. backhook: trigger → Success "
-        "through `backhook serve` and `backhook worker`, zstd, one s3:// destination (upload and verifying "
-        "re-read).",
+        f"through `backhook serve` and `backhook worker`, zstd{' and age' if args.age else ''}, one s3:// "
+        "destination (upload and verifying re-read).",
         "",
         common.table(["MB", "plain MB/s", "plain stored MB", "backhook MB/s", "backhook stored MB", "ratio",
-                      f"≥ {TARGET_RATIO}×"], [row]),
+                      f"≥ {target}×"], [row]),
         "",
         f"- Plain: `{command}` (rclone's S3 remote from RCLONE_CONFIG_BENCHS3_* variables)",
         f"- Peak RSS of the worker's process tree (sampled every 20 ms): **{peak:.0f} MB**; the worker's own "
         f"VmHWM: **{worker_hwm:.0f} MB** (target < {TARGET_RSS_MB} MB): {common.verdict(rss_met)}",
-        f"- Verdict: {common.verdict(ratio >= TARGET_RATIO and rss_met)}",
+        f"- Verdict: {common.verdict(ratio >= target and rss_met)}",
     ])
 
 
