@@ -295,8 +295,9 @@ class S3Artifact:
             body, size = self.buffer, part_size(number + 1)
             self.free = [buffer for buffer in self.free if len(buffer) == size]
             self.buffer = self.free.pop() if self.free else bytearray(size)
-        else:  # the last part: the free buffers go before its copy is made
-            self.free, body = [], bytes(memoryview(self.buffer)[:self.filled])
+        else:  # the last part: cut to its size in place, never copied (nor joined to the request's headers)
+            del self.buffer[self.filled:]
+            self.free, body, self.buffer = [], self.buffer, None
         self.filled = 0
         self.pending.append((self.uploader.submit(self.upload_part, number, body), body))
 
@@ -311,7 +312,7 @@ class S3Artifact:
         if self.pending:
             pending, body = self.pending.popleft()
             self.parts.append(pending.result())
-            if isinstance(body, bytearray):
+            if self.buffer is not None:  # not after the last part
                 self.free.append(body)
 
     def close(self):
