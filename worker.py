@@ -297,8 +297,8 @@ def map_large_blocks():
     """Give the memory of large buffers (S3 parts, read-back pieces) back as soon as they are freed.
 
     Left to itself, glibc raises the threshold once such a block is freed, so
-    the next backup's buffers come from per-thread arenas, which keep them:
-    with age on, the worker's peak RSS grew by a third (bench/RESULTS.md,
+    the next backup's buffers come from per-thread arenas, which keep them
+    and raise the worker's peak RSS, with age on above all (bench/RESULTS.md,
     "Off-site speed and memory"). A fixed threshold also stops that raising.
     """
     try:
