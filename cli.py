@@ -456,8 +456,6 @@ def jobs_add(name, source, destination_list, allow_partial_destinations, compres
         recipients = parse_recipients(encrypt_to, encrypt_to_files)
     except SourceError as exc:
         fail(str(exc))
-    if recipients and parsed.kind == "wpsec":
-        fail("--encrypt-to does not apply to wpsec:// sources: the WordPress plugin makes those backups")
     job = create_unique(Job, f"a job named {name!r} already exists", name=name, source=source,
                         destination=texts[0], compression=compression, keep=keep,
                         timeout_seconds=int(timeout_hours * 3600), excludes=json.dumps(list(excludes)),
