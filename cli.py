@@ -476,7 +476,7 @@ def checked_destinations(given):
     for text in given:
         try:
             text = destinations.normalized(text)
-            destinations.parse_destination(text)
+            destinations.check_destination(text)
         except SourceError as exc:
             fail(str(exc))
         if text in texts:
