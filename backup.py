@@ -35,7 +35,7 @@ from models import ArtifactCopy, now_ms
 from pipeline import Pipeline
 from reporter import BANDS, WPSEC_BANDS, band_end, band_progress, band_start, dump_fraction
 from sinks import MANIFEST
-from sources import DUMPERS, BackupError, shown_source, source_kind, source_secrets
+from sources import DUMPERS, BackupError, SourceError, shown_source, source_kind, source_secrets
 from statuses import ExecutionStatus, Stage
 from wpsec import follow_remote_backup
 
@@ -48,7 +48,10 @@ class Run(Attempt):
     what = "backup"
 
     def __init__(self, execution, job, worker_id, deadline):
-        self.kind = source_kind(job.source)
+        try:
+            self.kind = source_kind(job.source)
+        except SourceError:
+            self.kind = None  # perform() raises it again, where the attempt's ending reports it
         self.bands = WPSEC_BANDS if self.kind == "wpsec" else BANDS  # the reporter's, from Attempt.__init__ on
         # A wpsec:// backup's file is downloaded where any other backup is dumped (homecopy.py).
         self.dump_stage = Stage.DOWNLOADING if self.kind == "wpsec" else Stage.DUMPING
@@ -66,7 +69,7 @@ class Run(Attempt):
     # --- the stages
 
     def perform(self):
-        job, execution, kind = self.job, self.execution, self.kind
+        job, execution, kind = self.job, self.execution, self.kind or source_kind(self.job.source)
         if kind == "wpsec":
             ending = follow_remote_backup(self)
             if ending and ending[0] != "home":

@@ -13,6 +13,7 @@ A download_url may be signed: messages show its scheme, host and path only
 The site's x-api-key goes only to the site's own origin.
 """
 import re
+import socket
 from urllib.parse import unquote, urlsplit
 
 import requests
@@ -40,25 +41,24 @@ def dumper(run):
     url = download_url(entry)
     if url is None:
         raise BackupError(f"the site's backup list no longer offers backup {backup.backup_id} for download")
-    parts = urlsplit(url)
-    run.report.hide(*secrets_of(url))
     try:
+        parts = urlsplit(url)
         usable = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
-    except ValueError:  # a port that is not a number from 0 to 65535
-        usable = False
+    except ValueError:  # an unclosed [ of an IPv6 address, a port that is not a number from 0 to 65535
+        parts, usable = None, False
     if not usable:
         raise BackupError(f"the plugin's download_url for backup {backup.backup_id} is not an http:// or https:// "
                           f"URL ({shown_url(url)}): nothing was copied home")
+    run.report.hide(*secrets_of(parts))
     size = listed_size(entry)
     run.log(f"copying backup {backup.backup_id} of {website.domain} home from {shown_url(url)}"
             + (f" ({size:,} bytes listed)" if size is not None else ""))
-    return Dumper(suffix(parts.path), lambda _source, _run, out: download(url, size, website, out),
+    return Dumper(suffix(parts.path), lambda _source, attempt, out: download(url, size, website, attempt, out),
                   lambda _source: size)
 
 
-def secrets_of(url):
-    """What of a download URL must never be shown: its query, as written and decoded, and any password."""
-    parts = urlsplit(url)
+def secrets_of(parts):
+    """What of a download URL (split) must never be shown: its query, as written and decoded, and any password."""
     found = [parts.query, unquote(parts.query)] if parts.query else []
     if parts.password:
         found += [parts.password, unquote(parts.password)]
@@ -86,11 +86,13 @@ def same_origin(url, other):
         return False
 
 
-def download(url, size, website, out):
+def download(url, size, website, run, out):
     """Stream the file at `url` into `out` in CHUNK pieces; BackupError unless every listed byte arrived.
 
     A connection that fails, or an answer in RETRY_STATUSES, is retried as a
-    WPSec call is, before any byte is written; a body cut short fails.
+    WPSec call is, before any byte is written; a body cut short fails. A
+    stop of the attempt `run` (a cancel, the timeout) cuts the connection, so
+    that a site gone silent cannot hold the attempt for a read timeout.
     """
     where = shown_url(url)
     headers = {"Accept-Encoding": "identity"}  # the file's own bytes, as the plugin listed their size
@@ -102,15 +104,35 @@ def download(url, size, website, out):
                                                 timeout=(wpsec.CONNECT_TIMEOUT, wpsec.READ_TIMEOUT)) as response:
             if response.status_code != 200:
                 raise BackupError(f"downloading {where} failed: HTTP {response.status_code}; nothing was copied home")
-            for piece in response.iter_content(CHUNK):
-                out.write(piece)
-                received += len(piece)
+            with run.interrupting(lambda: cut(response)):
+                for piece in response.iter_content(CHUNK):
+                    out.write(piece)
+                    received += len(piece)
     except requests.RequestException as exc:
+        run.check()  # a connection cut by a stop is the stop, not a failed download
         reason = QUERY.sub("?…", str(exc))
         raise BackupError(f"downloading {where} failed: {type(exc).__name__}: {reason}; nothing was copied home") \
             from None
+    run.check()  # a stop that cut the connection may look like the end of the file
     if size is not None and received != size:
         raise BackupError(f"downloading {where} ended after {received:,} of the {size:,} bytes the plugin lists: "
                           "the file is cut short; nothing was copied home")
     if received == 0:
         raise BackupError(f"downloading {where} gave an empty file; nothing was copied home")
+
+
+def cut(response):
+    """End a download blocked in a read, from another thread: closing its socket would not wake the read.
+
+    The socket is the connection's, or, once http.client has let go of it
+    (an answer with `Connection: close`), the one its reader still holds.
+    """
+    sock = getattr(getattr(response.raw, "connection", None), "sock", None)
+    if sock is None:
+        reader = getattr(getattr(response.raw, "_fp", None), "fp", None)
+        sock = getattr(getattr(reader, "raw", None), "_sock", None)
+    try:
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed: the read has ended

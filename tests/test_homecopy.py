@@ -73,6 +73,14 @@ def copy_home(client, job, stand_in, data=ARCHIVE):
     """One backup of the wpsec:// `job` as a worker runs it, in this process: the attempt in a thread of its
     own, the site's complete webhook, then the chores' sync of the backup list. `data`: the site's file, or None
     for a backup listed without a download_url. Returns the execution's final row."""
+    run, thread = start_site_backup(client, job, stand_in, data)
+    thread.join(60)
+    assert not thread.is_alive()
+    return Execution.get_by_id(run.execution.id)
+
+
+def start_site_backup(client, job, stand_in, data):
+    """copy_home's first steps: returns the attempt and its thread once the list is synced."""
     queued = Execution.enqueue(job)
     (execution,) = [claimed for claimed in leases.claim("test-worker", 60_000) if claimed.id == queued.id]
     run = Run(execution, job, "test-worker", time.monotonic() + 60)
@@ -93,9 +101,7 @@ def copy_home(client, job, stand_in, data=ARCHIVE):
     complete(client, backup.backup_id)
     assert len(stand_in.file_server.requests) == downloads_before  # the webhook downloads nothing
     wpsec.sync_requested_websites()
-    thread.join(60)
-    assert not thread.is_alive()
-    return Execution.get_by_id(queued.id)
+    return run, thread
 
 
 def messages(execution):
@@ -194,6 +200,31 @@ def test_a_failed_download_fails_the_copy_leaving_nothing_and_keeping_the_last_g
     assert hashlib.sha256(Path(good.path).read_bytes()).hexdigest() == good.sha256
 
 
+@pytest.mark.parametrize("url", [f"ftp://files.example/wp-1.zip?{SIGNATURE}", f"http://[::1/wp-1.zip?{SIGNATURE}",
+                                 f"https://files.example:99999/wp-1.zip?{SIGNATURE}"])
+def test_a_download_url_that_is_no_http_url_fails_the_copy_clearly(site, make_job, stand_in, client, url):
+    stand_in.download_urls["wp-1"] = url
+    done = copy_home(client, site_job(make_job), stand_in)
+    assert (done.status, done.path) == ("Failed", None)
+    assert "is not an http:// or https:// URL" in done.error and SIGNATURE not in done.error
+    assert stand_in.file_server.requests == []
+
+
+@pytest.mark.parametrize("send_length", [True, False], ids=["with-length", "without-length"])
+def test_a_cancel_cuts_a_stalled_download_and_leaves_nothing(site, make_job, stand_in, files, client, tmp_path,
+                                                             monkeypatch, send_length):
+    monkeypatch.setattr(wpsec, "READ_TIMEOUT", 120)  # only the cancel can end the stalled read in this test
+    files.faults = [("stall", 5000, send_length)]
+    run, thread = start_site_backup(client, site_job(make_job), stand_in, ARCHIVE)
+    assert files.stalled.wait(20)
+    run.stop("cancel")  # as the worker does when the execution's cancel is asked for
+    thread.join(20)
+    assert not thread.is_alive(), "the stalled read held the attempt"
+    done = Execution.get_by_id(run.execution.id)
+    assert (done.status, done.path) == ("Cancelled", None), done.error
+    assert list((tmp_path / "backups" / "wp").glob(f"*{done.id}*")) == []
+
+
 def test_retention_prunes_site_backups_like_any_other(site, make_job, stand_in, client, tmp_path):
     job = site_job(make_job, keep=1)
     first = copy_home(client, job, stand_in)
@@ -212,6 +243,14 @@ def test_the_sites_key_goes_to_the_sites_own_download_link_only(site, make_job, 
     assert [(route, key) for _method, route, key, _body in stand_in.requests if route == "download"] == [
         ("download", SITE_KEY)]
     assert [(path, key) for path, _query, key in files.requests] == [("/files/wp-1.zip", None)]
+
+
+def test_jobs_add_encrypts_a_site_jobs_backups_now_that_they_come_home(runner, site, tmp_path):
+    _identity, public = age_keys(tmp_path / "keys")["age"]
+    added = runner("jobs", "add", "wp", "--source", "wpsec://example.com", "--destination", tmp_path / "backups",
+                   "--encrypt-to", public)
+    assert added.exit_code == 0, added.output
+    assert Job.get(Job.name == "wp").recipient_keys() == [public]
 
 
 def test_a_worker_copies_a_site_backup_home_once_the_list_is_synced(

@@ -25,11 +25,14 @@ class FileServer:
     `files` maps a path (`/files/wp-1.zip`) to its bytes; a request without
     the SIGNATURE query gets 403. `faults`, per request in order:
     ("status", code) | ("cut", bytes, send_length): the body stops after
-    `bytes`, with the whole file's Content-Length when `send_length`.
+    `bytes`, with the whole file's Content-Length when `send_length` |
+    ("stall", bytes, send_length): the same, then nothing until `released`
+    is set (`stalled` is set once the bytes are sent).
     """
 
     def __init__(self):
         self.files, self.faults, self.requests = {}, [], []  # requests: (path, query, x-api-key)
+        self.stalled, self.released = threading.Event(), threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self.handler())
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -65,6 +68,10 @@ class FileServer:
                 self.send_header("Connection", "close")
                 self.end_headers()
                 self.wfile.write(data[:fault[1]] if fault else data)
+                if fault and fault[0] == "stall":
+                    self.wfile.flush()
+                    files.stalled.set()
+                    files.released.wait(60)
 
         return Handler
 
@@ -72,6 +79,7 @@ class FileServer:
         return f"{self.url}{path}?{SIGNATURE}"
 
     def stop(self):
+        self.released.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -88,6 +96,7 @@ class StandInSite:
         self.backups = {}
         self.file_server = file_server
         self.download_on_site = False
+        self.download_urls = {}  # backup id -> a download_url listed as it is, whatever the files
         self.requests = []      # (method, route, x-api-key, body)
         self.faults = []        # per request, in order: ("status", code) | ("slow", seconds) | ("malformed",)
         self.wrapped_list = False
@@ -127,6 +136,8 @@ class StandInSite:
             entry["size"] = len(self.file_server.files[path])
             entry["download_url"] = (f"{self.url}/download{path}?{SIGNATURE}" if self.download_on_site
                                      else self.file_server.download_url(path))
+        if backup["id"] in self.download_urls:
+            entry["download_url"] = self.download_urls[backup["id"]]
         return entry
 
     def handler(self):
