@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 import traceback
+from contextlib import contextmanager
 
 from peewee import OperationalError
 
@@ -54,6 +55,7 @@ class Attempt:
         self.stop_reason = None
         self.stopped = threading.Event()
         self.children = []
+        self.interrupts = []  # what else stop() calls: it ends a blocking read no child process holds
         self.lock = threading.RLock()  # check() may stop() while spawn() holds it
         self.report = Reporter(execution, worker_id, secrets, on_lost=lambda: self.stop("lost"), bands=self.bands)
         self.started_ms = now_ms()
@@ -70,6 +72,8 @@ class Attempt:
             self.stopped.set()
             for child in self.children:
                 kill_group(child)
+            for interrupt in self.interrupts:
+                interrupt()
 
     # --- the interface sources and targets use (sources.py, targets.py)
 
@@ -85,6 +89,18 @@ class Attempt:
     def scratch_path(self, kind):
         """A file for this attempt's own use, in the job's directory: what reclaims and endings remove."""
         return str(self.directory / f"{self.stamp}-{self.execution.id}.{kind}.partial")
+
+    @contextmanager
+    def interrupting(self, interrupt):
+        """While inside, a stop() also calls `interrupt()`, as it kills the attempt's tools (a download's socket)."""
+        with self.lock:
+            self.check()
+            self.interrupts.append(interrupt)
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.interrupts.remove(interrupt)
 
     def spawn(self, argv, env=None, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE):
         """Start a tool (tools.py) that this attempt's stop() kills with its whole process group."""

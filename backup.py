@@ -24,6 +24,7 @@ import time
 from peewee import OperationalError
 
 import destinations
+import homecopy
 import manifest
 import retention
 from attempt import STOP_CAUSES, Attempt, Stopped, utc_stamp  # noqa: F401  (Stopped, utc_stamp: their old home)
@@ -32,9 +33,9 @@ from encryption import AgeEncryptor
 from leases import MAX_ATTEMPTS
 from models import ArtifactCopy, now_ms
 from pipeline import Pipeline
-from reporter import band_end, band_progress, band_start, dump_fraction
+from reporter import BANDS, WPSEC_BANDS, band_end, band_progress, band_start, dump_fraction
 from sinks import MANIFEST
-from sources import DUMPERS, BackupError, shown_source, source_kind, source_secrets
+from sources import DUMPERS, BackupError, SourceError, shown_source, source_kind, source_secrets
 from statuses import ExecutionStatus, Stage
 from wpsec import follow_remote_backup
 
@@ -47,6 +48,13 @@ class Run(Attempt):
     what = "backup"
 
     def __init__(self, execution, job, worker_id, deadline):
+        try:
+            self.kind = source_kind(job.source)
+        except SourceError:
+            self.kind = None  # perform() raises it again, where the attempt's ending reports it
+        self.bands = WPSEC_BANDS if self.kind == "wpsec" else BANDS  # the reporter's, from Attempt.__init__ on
+        # A wpsec:// backup's file is downloaded where any other backup is dumped (homecopy.py).
+        self.dump_stage = Stage.DOWNLOADING if self.kind == "wpsec" else Stage.DUMPING
         super().__init__(execution, job, worker_id, deadline, source_secrets(job.source))
         self.size_hint = None
         self.recorded = None  # the artifact's location, once the execution is recorded Success with it
@@ -55,22 +63,30 @@ class Run(Attempt):
 
     def dumped(self, raw_bytes):
         """Map dumped bytes onto the Dumping band; never reaches its end before the dump does."""
-        self.report.advance(progress=band_progress(Stage.DUMPING, dump_fraction(raw_bytes, self.size_hint)))
+        self.report.advance(progress=band_progress(self.dump_stage, dump_fraction(raw_bytes, self.size_hint),
+                                                   self.bands))
 
     # --- the stages
 
     def perform(self):
-        job, execution = self.job, self.execution
-        kind = source_kind(job.source)
+        job, execution, kind = self.job, self.execution, self.kind or source_kind(self.job.source)
         if kind == "wpsec":
             ending = follow_remote_backup(self)
-            if ending:
+            if ending and ending[0] != "home":
                 raise Stopped(*ending)
+            if ending:  # the plugin lists the finished backup for download: it comes home like any artifact
+                self.enter(Stage.DOWNLOADING)
+                self.store(homecopy.dumper(self), "storing the site's backup")
             return
         self.enter(Stage.INITIALIZING, f"attempt {execution.attempts} of {MAX_ATTEMPTS}")
         dumper = DUMPERS.get(kind)
         if dumper is None:
             raise BackupError(f"{kind}:// backups are not supported by this worker yet")
+        self.store(dumper, f"backing up {'a command' if kind == 'command' else shown_source(job.source)}")
+
+    def store(self, dumper, what):
+        """From the dumper's stream to retention: store on every destination, verify, manifest, Success, prune."""
+        job, execution = self.job, self.execution
         self.directory.mkdir(parents=True, exist_ok=True)  # the attempt's scratch files (Attempt.scratch_path)
         self.destinations = destinations.destination_texts(job)
         sinks = [destinations.sink_for(text, job, attempt=self) for text in self.destinations]
@@ -81,9 +97,8 @@ class Run(Attempt):
                             dropped=self.destination_failed if job.allow_partial_destinations else None)
         name = f"{self.stamp}-{execution.id}.{dumper.suffix}{pipeline.extension}"
         self.size_hint = dumper.estimate(job.source)
-        source_text = "a command" if kind == "command" else shown_source(job.source)
         encrypted = f", age-encrypted to {len(recipients)} recipient(s)" if recipients else ""
-        self.log(f"backing up {source_text} to {', '.join(self.shown)} ({job.compression}{encrypted})")
+        self.log(f"{what} to {', '.join(self.shown)} ({job.compression}{encrypted})")
 
         self.dump_and_store(dumper, pipeline, name)
         try:
@@ -104,13 +119,14 @@ class Run(Attempt):
     def dump_and_store(self, dumper, pipeline, name):
         """Dumping and Uploading: stream the dump through the pipeline, make it durable, put it in place."""
         compression = self.job.compression
-        self.enter(Stage.DUMPING)
+        self.enter(self.dump_stage)
         started = time.monotonic()
         pipeline.open(name, self)
         try:
             dumper.dump(self.job.source, self, pipeline)
             self.check()
-            self.log(f"dumped {pipeline.raw_bytes:,} bytes in {time.monotonic() - started:.1f} s")
+            done = "downloaded" if self.dump_stage == Stage.DOWNLOADING else "dumped"
+            self.log(f"{done} {pipeline.raw_bytes:,} bytes in {time.monotonic() - started:.1f} s")
             self.enter(Stage.UPLOADING)
             started = time.monotonic()
             size, _sha256 = pipeline.seal()
@@ -120,12 +136,12 @@ class Run(Attempt):
             raise
         self.log(f"stored {size:,} bytes ({compression}, {size / max(pipeline.raw_bytes, 1):.0%} of the dump); "
                  f"flushed to disk in {time.monotonic() - started:.1f} s")
-        self.report.advance(progress=band_end(Stage.UPLOADING))
+        self.report.advance(progress=band_end(Stage.UPLOADING, self.bands))
 
     def verify(self, pipeline):
         def read_so_far(fraction):
             self.check()
-            self.report.advance(progress=band_progress(Stage.VERIFYING, fraction))
+            self.report.advance(progress=band_progress(Stage.VERIFYING, fraction, self.bands))
 
         size, sha256 = pipeline.verify(read_so_far)
         self.log(f"verified {size:,} bytes, sha256 {sha256}")
@@ -153,7 +169,7 @@ class Run(Attempt):
                        location=artifact.location) for position, artifact in kept]
         self.log(f"backup complete: {name}, {size:,} bytes, on {', '.join(self.shown[at] for at, _ in kept)}")
         if not self.report.record(status=ExecutionStatus.SUCCESS, stage=Stage.APPLYING_RETENTION,
-                                  progress=band_start(Stage.APPLYING_RETENTION), ended_at=now_ms(),
+                                  progress=band_start(Stage.APPLYING_RETENTION, self.bands), ended_at=now_ms(),
                                   size=size, path=pipeline.location, sha256=sha256,
                                   also=lambda: ArtifactCopy.insert_many(copies).execute()):
             raise Stopped("lost")  # our lease lapsed and another worker owns the execution now

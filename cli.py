@@ -456,8 +456,6 @@ def jobs_add(name, source, destination_list, allow_partial_destinations, compres
         recipients = parse_recipients(encrypt_to, encrypt_to_files)
     except SourceError as exc:
         fail(str(exc))
-    if recipients and parsed.kind == "wpsec":
-        fail("--encrypt-to does not apply to wpsec:// sources: the WordPress plugin makes those backups")
     job = create_unique(Job, f"a job named {name!r} already exists", name=name, source=source,
                         destination=texts[0], compression=compression, keep=keep,
                         timeout_seconds=int(timeout_hours * 3600), excludes=json.dumps(list(excludes)),
@@ -478,7 +476,7 @@ def checked_destinations(given):
     for text in given:
         try:
             text = destinations.normalized(text)
-            destinations.parse_destination(text)
+            destinations.check_destination(text)
         except SourceError as exc:
             fail(str(exc))
         if text in texts:
@@ -620,16 +618,30 @@ def shown_value(name, value):
               help="stop storing backups there (the backups already there are not deleted); repeatable")
 @click.option("--allow-partial-destinations/--no-allow-partial-destinations", "allow_partial", default=None,
               help="whether a backup succeeds with the destinations that stored it when others fail")
-def jobs_set(reference, keep, keep_all, timeout_hours, compression, destination, added, removed, allow_partial):
-    """Change a job's keep, timeout, compression or destinations; prints old → new."""
+@click.option("--encrypt-to", "encrypt_to", multiple=True, metavar="RECIPIENT",
+              help="encrypt the next backups with age to these public keys instead (repeatable; as for jobs add)")
+@click.option("--encrypt-to-file", "encrypt_to_files", multiple=True, type=click.Path(dir_okay=False),
+              metavar="FILE", help="encrypt the next backups to every public key in this recipients file instead")
+@click.option("--no-encryption", is_flag=True, default=False, help="stop encrypting the next backups")
+def jobs_set(reference, keep, keep_all, timeout_hours, compression, destination, added, removed, allow_partial,
+             encrypt_to, encrypt_to_files, no_encryption):
+    """Change a job's keep, timeout, compression, destinations or age recipients; prints old → new.
+
+    \b
+    --encrypt-to / --encrypt-to-file replace the job's recipients, checked as
+    jobs add checks them; --no-encryption removes them. The backups already
+    stored keep the encryption they were made with.
+    """
     job = find_job(reference)
+    if no_encryption and (encrypt_to or encrypt_to_files):
+        fail("--no-encryption and --encrypt-to / --encrypt-to-file contradict each other")
+    if keep is not None and keep_all:
+        fail("--keep N and --keep-all contradict each other")
     if destination is not None or added or removed:
         change_destinations(job, destination, added, removed)
         if not any(value is not None for value in (keep, timeout_hours, compression, allow_partial)) \
-                and not keep_all:
+                and not (keep_all or encrypt_to or encrypt_to_files or no_encryption):
             return
-    if keep is not None and keep_all:
-        fail("--keep N and --keep-all contradict each other")
     wanted = {}
     if keep is not None or keep_all:
         wanted["keep"] = keep  # None keeps every backup
@@ -639,15 +651,26 @@ def jobs_set(reference, keep, keep_all, timeout_hours, compression, destination,
         wanted["compression"] = compression
     if allow_partial is not None:
         wanted["allow_partial_destinations"] = allow_partial
+    if encrypt_to or encrypt_to_files:
+        try:
+            wanted["recipients"] = json.dumps(parse_recipients(encrypt_to, encrypt_to_files))
+        except SourceError as exc:
+            fail(str(exc))
+    elif no_encryption:
+        wanted["recipients"] = None
     if not wanted:
         fail("nothing to change: give --keep N, --keep-all, --timeout-hours H, --compression, --destination, "
-             "--add-destination, --remove-destination or --allow-partial-destinations")
+             "--add-destination, --remove-destination, --allow-partial-destinations, --encrypt-to, "
+             "--encrypt-to-file or --no-encryption")
     changes = {name: (getattr(job, name), value) for name, value in wanted.items() if getattr(job, name) != value}
     if changes:
         with database.atomic():
             Job.update(**{name: new for name, (_old, new) in changes.items()}).where(Job.id == job.id).execute()
     for name, (old, new) in changes.items():
         click.echo(f"job {job.name}: {name} {shown_value(name, old)} → {shown_value(name, new)}")
+    if "recipients" in changes:
+        click.echo("the backups already stored keep the encryption they were made with (restoring an encrypted one "
+                   "still needs an identity of its own recipients)")
     if not changes:
         click.echo(f"job {job.name}: nothing changed")
 

@@ -7,13 +7,14 @@ also `job.destination`). Each is one of:
 - `s3://bucket/prefix?endpoint=…&region=…&profile=…&storage_class=…` (s3sink.py);
 - `rclone:<remote>:<path>`, a remote of rclone's own configuration (rclonesink.py).
 
-`parse_destination` checks a destination's form when a job is added or
-changed, without contacting the store; `sink_for` builds its sink, whose
+`check_destination` checks a destination when a job is added or changed,
+without contacting the store; `sink_for` builds its sink, whose
 class lives in the module named in SINK_CLASSES, imported only when a job
 uses that form. Credentials never belong in a destination (an S3 profile or
 rclone's configuration holds them), so the text can be shown and logged.
 """
 import importlib
+import ipaddress
 import logging
 import re
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ log = logging.getLogger("backhook.destinations")
 
 SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+IPV4 = re.compile(r"\d+\.\d+\.\d+\.\d+")
+HOST = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)(\.(?!-)[a-z0-9_-]{1,63}(?<!-))*\.?")  # urlsplit lowercases it
 RCLONE_REMOTE = re.compile(r"[\w.][\w. -]*", re.ASCII)
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -64,26 +67,38 @@ def parse_destination(text):
     if text.startswith("rclone:"):
         return parse_rclone(text)
     if SCHEME.match(text):
-        refuse(text, f"{text.split(':', 1)[0]}: is not a destination this version knows")
+        scheme = text.split(":", 1)[0]
+        hint = " (an S3 destination is written s3://BUCKET/PREFIX, in lowercase)" if scheme.lower() == "s3" else ""
+        refuse(text, f"{scheme}: is not a destination this version knows{hint}")
     if not Path(text).is_absolute():
         refuse(text, "a local directory must be given as an absolute path")
     return Destination("local", text, path=text)
 
 
 def parse_s3(text):
-    parts = urlsplit(text)
     shown = text.split("?", 1)[0].split("@", 1)[-1] + ("?…" if "?" in text else "")  # an option may hold a secret
+    try:
+        parts = urlsplit(text)
+    except ValueError as exc:  # an unclosed [ of an IPv6 address
+        refuse(shown, f"it is not a valid URL ({exc})")
     if "@" in parts.netloc:
         refuse("s3://…", "credentials never go into a destination: name an AWS profile with ?profile=")
     if parts.fragment:
         refuse(shown, "it cannot have a #fragment")
     if not BUCKET.fullmatch(parts.netloc) or ".." in parts.netloc:
         refuse(shown, "the bucket must be 3 to 63 lowercase letters, digits, dots or hyphens")
+    if IPV4.fullmatch(parts.netloc):
+        refuse(shown, "a bucket cannot be named like an IP address; an S3-compatible server's address goes "
+                      "in ?endpoint=http://HOST:PORT")
     prefix = parts.path.strip("/")
     if "//" in prefix or any(piece in (".", "..") for piece in prefix.split("/")):
         refuse(shown, "the prefix cannot hold empty, '.' or '..' segments")
     options = {}
-    for name, value in parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query)):
+    try:
+        pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError:
+        refuse(shown, "its options must be NAME=VALUE pairs joined by '&'")
+    for name, value in pairs:
         if name not in S3_OPTIONS:
             refuse(shown, f"unknown option {name!r} (known: {', '.join(S3_OPTIONS)})")
         if name in options:
@@ -91,14 +106,40 @@ def parse_s3(text):
         if not value:
             refuse(shown, f"option {name!r} is empty")
         options[name] = value
-    endpoint = options.get("endpoint")
-    if endpoint is not None:
-        url = urlsplit(endpoint)
-        if url.scheme not in ("http", "https") or not url.hostname:
-            refuse(shown, "endpoint must be an http:// or https:// URL")
-        if url.username is not None or url.password is not None:
-            refuse("s3://…", "credentials never go into a destination: name an AWS profile with ?profile=")
+    if "endpoint" in options:
+        check_endpoint(shown, options["endpoint"])
     return Destination("s3", text, path=prefix, bucket=parts.netloc, options=options)
+
+
+def check_endpoint(shown, endpoint):
+    """An S3 endpoint is http(s)://HOST[:PORT][/PATH], where boto3 sends every request; refuse what it cannot use."""
+    try:
+        url = urlsplit(endpoint)
+    except ValueError:  # an unclosed [ of an IPv6 address
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.hostname:
+        refuse(shown, "endpoint must be an http:// or https:// URL")
+    try:
+        port = url.port
+    except ValueError:  # not a number from 0 to 65535
+        port = 0
+    if url.username is not None or url.password is not None:
+        refuse("s3://…", "credentials never go into a destination: name an AWS profile with ?profile=")
+    if not HOST.fullmatch(url.hostname) and not is_ip_address(url.hostname):
+        refuse(shown, f"the endpoint's host {url.hostname!r} is not a host name or an IP address")
+    if port == 0 or (url.netloc.endswith(":") and port is None):
+        refuse(shown, "the endpoint's port must be a number from 1 to 65535")
+    if url.query or url.fragment or "?" in endpoint:
+        refuse(shown, "the endpoint cannot have a query string or a #fragment: percent-encode a '?' or '&' "
+                      "that belongs to it (%3F, %26)")
+
+
+def is_ip_address(text):
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
 
 
 def parse_rclone(text):
@@ -112,6 +153,27 @@ def parse_rclone(text):
     if any(piece == ".." for piece in path.split("/")):
         refuse(text, "the path cannot hold '..'")
     return Destination("rclone", text, path=path, remote=remote)
+
+
+# What a form's own module refuses beyond its shape: s3sink, an option's value and storage
+# classes whose objects cannot be read back to verify them.
+FORM_CHECKS = {"s3": ("s3sink", "parse_s3_destination")}
+
+
+def check_destination(text):
+    """All that `jobs add` and `jobs set` can know of a destination without contacting its store: a Destination,
+    or SourceError naming the problem.
+
+    That is its form (parse_destination), then what its own module refuses.
+    A missing bucket, wrong credentials or an unreachable store only show
+    when a backup runs: they fail it with the store's own message, leaving
+    no partial object.
+    """
+    destination = parse_destination(text)
+    if destination.kind in FORM_CHECKS:
+        module, name = FORM_CHECKS[destination.kind]
+        getattr(importlib.import_module(module), name)(text)
+    return destination
 
 
 def normalized(text):

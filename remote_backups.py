@@ -7,11 +7,12 @@ from the webhook route, the spool replay and the status poll alike.
 """
 import json
 from decimal import ROUND_HALF_UP, Decimal
+from urllib.parse import urlsplit
 
 from peewee import Case
 
 from database import database, opened, run_sql
-from models import Backup, BackupEvent, Execution, new_id, now_ms
+from models import Backup, BackupEvent, Execution, Website, new_id, now_ms
 from statuses import TERMINAL_BACKUP_STATUSES, BackupStatus, EventKind, ExecutionStatus, Stage
 
 DEFAULT_FAILURE = "Backup failed"
@@ -170,15 +171,74 @@ def link_execution(website_id, backup_id, execution_id):
 
 
 def finish_synced_executions(website_id, note):
-    """End as Success the executions whose remote backup completed and whose sync has run; return their ids."""
+    """Move on the executions whose remote backup completed and whose sync has run; return their ids.
+
+    When the synced list gives the backup a `download_url`, the execution
+    goes on to Downloading, where its attempt copies the file home
+    (homecopy.py); otherwise it ends Success with no artifact, and its logs
+    say why. `note` says how the sync went.
+    """
     now = now_ms()
     running = ExecutionStatus.RUNNING
     with database.atomic():
-        waiting = [row.id for row in Execution.select(Execution.id).join(
+        listing = Website.select(Website.remote_backups).where(Website.id == website_id).scalar()
+        waiting = [(row.id, row.backup_id) for row in Execution.select(Execution.id, Backup.backup_id).join(
             Backup, on=(Backup.execution == Execution.id)).where(
             (Backup.website == website_id) & (Backup.status == BackupStatus.COMPLETED)
-            & (Execution.status == running) & (Execution.stage == Stage.SYNCING))]
-        return [execution_id for execution_id in waiting if Execution.transition(
-            execution_id, running, dict(status=ExecutionStatus.SUCCESS, stage=Stage.COMPLETED, progress=100,
-                                        ended_at=now, lease_expires_at=None),
-            where=Execution.stage == Stage.SYNCING, logs=[dict(stage=Stage.SYNCING, message=note)])]
+            & (Execution.status == running) & (Execution.stage == Stage.SYNCING)).objects()]
+        moved = []
+        for execution_id, backup_id in waiting:
+            url = download_url(listed_backup(listing, backup_id))
+            if url:
+                fields = dict(stage=Stage.DOWNLOADING)
+                why = f"the plugin lists backup {backup_id} for download at {shown_url(url)}: copying it home"
+            else:
+                fields = dict(status=ExecutionStatus.SUCCESS, stage=Stage.COMPLETED, progress=100, ended_at=now,
+                              lease_expires_at=None)
+                why = (f"the plugin lists no download_url for backup {backup_id}: it stays on the site, and this "
+                       "execution stores no artifact (path is null)")
+            if Execution.transition(execution_id, running, fields, where=Execution.stage == Stage.SYNCING,
+                                    logs=[dict(stage=Stage.SYNCING, message=note),
+                                          dict(stage=fields["stage"], message=why)]):
+                moved.append(execution_id)
+        return moved
+
+
+# --- the site's backup list ----------------------------------------------------------
+
+def listed_backup(listing, backup_id):
+    """The entry of `backup_id` in a site's stored backup list (JSON text, as synced), or None."""
+    try:
+        entries = json.loads(listing) if listing else []
+    except ValueError:
+        return None
+    return next((entry for entry in entries if isinstance(entry, dict) and entry.get("id") is not None
+                 and str(entry["id"]) == backup_id), None) if isinstance(entries, list) else None
+
+
+def download_url(entry):
+    """The entry's download_url when it gives one (a non-empty string), else None."""
+    url = entry.get("download_url") if isinstance(entry, dict) else None
+    return url.strip() if isinstance(url, str) and url.strip() else None
+
+
+def shown_url(url):
+    """A download URL as logs and the API show it: scheme, host, port and path, never a signed query or a password."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(a malformed URL)"
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}{port}{parts.path}" + ("?…" if parts.query else "")
+
+
+def public_listing(listing):
+    """A site's stored backup list as the API shows it: each download_url without its query (it may be signed)."""
+    entries = json.loads(listing) if listing else []
+    if not isinstance(entries, list):
+        return entries
+    return [dict(entry, download_url=shown_url(entry["download_url"]))
+            if isinstance(entry, dict) and isinstance(entry.get("download_url"), str) else entry
+            for entry in entries]

@@ -27,6 +27,17 @@ RESTORE_BANDS = {
     Stage.RESTORING: (40, 90),
     Stage.CHECKING: (90, 100),
 }
+# A wpsec:// run's: the plugin's backup takes it to 95 (remote_backups.REMOTE_BAND), and copying that
+# backup home (homecopy.py), when the plugin lists it for download, the rest.
+WPSEC_BANDS = {
+    Stage.REQUESTING: (0, 5),
+    Stage.REMOTE_BACKUP: (5, 95),
+    Stage.SYNCING: (95, 95),
+    Stage.DOWNLOADING: (95, 98),
+    Stage.UPLOADING: (98, 98),
+    Stage.VERIFYING: (98, 99),
+    Stage.APPLYING_RETENTION: (99, 100),
+}
 FLUSH_INTERVAL = 1.0        # seconds between progress/log writes of one execution
 UNKNOWN_SIZE_SCALE = 256 * 1024 * 1024  # bytes at which an unsized dump shows half its band
 FINISH_PATIENCE_SECONDS = 300  # how long a locked database may delay an attempt's final state
@@ -83,6 +94,10 @@ class Reporter:
         for secret in self.secrets:
             text = text.replace(secret, "***")
         return text
+
+    def hide(self, *secrets):
+        """Scrub these too from every message from now on (a signed download URL's query)."""
+        self.secrets = sorted({*self.secrets, *filter(None, secrets)}, key=len, reverse=True)
 
     def log(self, message, level="info"):
         message = self.scrub(message)

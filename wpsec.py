@@ -10,7 +10,8 @@ raised as WpsecError to the worker; no webhook response ever waits on them.
 The worker calls, once per loop iteration and in any order:
 `replay_spool(data_dir)` (spool.py), `sync_requested_websites()` and
 `poll_silent_remote_backups(poll_after_seconds)`; and an attempt at a claimed
-wpsec:// execution runs `follow_remote_backup(run)`.
+wpsec:// execution runs `follow_remote_backup(run)`, then copies the backup
+home when the plugin lists it for download (homecopy.py).
 """
 import json
 import logging
@@ -24,7 +25,7 @@ from events import polled_event
 from models import Backup, Execution, Job, Website, database, now_ms
 from remote_backups import apply, finish_synced_executions, link_execution
 from sources import wpsec_domain
-from statuses import OPEN_BACKUP_STATUSES, ExecutionStatus, Stage
+from statuses import OPEN_BACKUP_STATUSES, BackupStatus, ExecutionStatus, Stage
 
 log = logging.getLogger("backhook.wpsec")
 
@@ -44,17 +45,29 @@ class WpsecError(Exception):
     """A WPSec call that failed after its retries; the message names the site and the route."""
 
 
-def _session():
+class KeySession(requests.Session):
+    """A session that, like the Authorization header requests strips, never follows a redirect to another
+    host with the site's x-api-key."""
+
+    def rebuild_auth(self, prepared_request, response):
+        if "x-api-key" in prepared_request.headers and self.should_strip_auth(response.request.url,
+                                                                               prepared_request.url):
+            del prepared_request.headers["x-api-key"]
+        super().rebuild_auth(prepared_request, response)
+
+
+def session():
+    """A session for calls to a site: RETRIES with backoff and jitter, on connections and RETRY_STATUSES."""
     retry = Retry(total=RETRIES, connect=RETRIES, read=RETRIES, status=RETRIES, other=0, redirect=3,
                   backoff_factor=BACKOFF_FACTOR, backoff_jitter=BACKOFF_JITTER, backoff_max=30,
                   status_forcelist=RETRY_STATUSES, allowed_methods=Retry.DEFAULT_ALLOWED_METHODS,
                   retry_after_max=RETRY_AFTER_MAX,
                   raise_on_status=False)
-    session = requests.Session()
+    opened = KeySession()
     adapter = HTTPAdapter(max_retries=retry)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
+    opened.mount("http://", adapter)
+    opened.mount("https://", adapter)
+    return opened
 
 
 def call(website, method, route, body=None):
@@ -64,10 +77,10 @@ def call(website, method, route, body=None):
         raise _failed(where, "the website has no WPSec URL")
     headers = {"x-api-key": website.wpsec_api_key or "", "Accept": "application/json"}
     try:
-        with _session() as session:
-            response = session.request(method, website.wpsec_url.rstrip("/") + "/",
-                                       params={"wpsec_endpoint": route}, json=body, headers=headers,
-                                       timeout=(CONNECT_TIMEOUT, READ_TIMEOUT), allow_redirects=True)
+        with session() as site:
+            response = site.request(method, website.wpsec_url.rstrip("/") + "/",
+                                    params={"wpsec_endpoint": route}, json=body, headers=headers,
+                                    timeout=(CONNECT_TIMEOUT, READ_TIMEOUT), allow_redirects=True)
     except requests.RequestException as exc:
         raise _failed(where, f"{type(exc).__name__}: {exc}") from None
     if not response.ok:
@@ -142,7 +155,9 @@ def sync_requested_websites(limit=10):
 
     A request renewed while the sync ran stays for the next call. A failing
     site is retried after SYNC_RETRY_DELAYS_MS, then its request is dropped.
-    The wpsec:// executions waiting in Syncing end after the first attempt.
+    The wpsec:// executions waiting in Syncing move on once their site's list
+    is fetched (to copy their backup home when it lists a download_url), or
+    once its retries are given up.
     """
     now = now_ms()
     candidates = (Website.select().where(Website.sync_requested_at.is_null(False))
@@ -159,12 +174,12 @@ def sync_requested_websites(limit=10):
                     (Website.id == site.id) & (Website.sync_requested_at == site.sync_requested_at)).execute()
             if not ok:
                 log.error("giving up syncing the backup list of %s after %d attempts", site.domain, failures)
+            finish_synced_executions(
+                site.id, "Backup list synced" if ok else f"Remote backup completed; the backup list could not be "
+                                                         f"fetched after {failures} attempts")
         else:
             _sync_failures[site.id] = (failures, now_ms() + SYNC_RETRY_DELAYS_MS[failures - 1])
         synced += ok
-        finish_synced_executions(
-            site.id, "Backup list synced" if ok else "Remote backup completed; the backup list could not be "
-                                                     "fetched yet and will be synced later")
     return synced
 
 
@@ -176,14 +191,16 @@ def follow_remote_backup(run):
     can cancel or time it out (`run.check()` raises then). Returns None when
     the start failed (the execution is Failed already), ("lost", None) when
     another attempt took the execution over, ("ended", status) when an
-    event ended it: the caller stops the attempt with that reason.
+    event ended it: the caller stops the attempt with that reason; and
+    ("home", None) when the synced list offers the backup for download
+    (remote_backups.finish_synced_executions): the caller copies it home.
     """
     execution = run.execution
     if start_remote_backup(execution) is None:
         return None
     while True:
         try:
-            row = (Execution.select(Execution.status, Execution.worker_id, Execution.attempts)
+            row = (Execution.select(Execution.status, Execution.stage, Execution.worker_id, Execution.attempts)
                    .where(Execution.id == execution.id).first())
         except OperationalError as exc:  # a database that cannot answer only delays the news
             log.warning("%s: state not read, database unavailable: %s", execution.id, exc)
@@ -192,6 +209,8 @@ def follow_remote_backup(run):
                 return "lost", None
             if row.status != ExecutionStatus.RUNNING:  # its webhook (or a status poll) ended it
                 return "ended", row.status
+            if row.stage == Stage.DOWNLOADING:
+                return "home", None
         run.stopped.wait(REMOTE_CHECK_SECONDS)
         run.check()
 
@@ -212,6 +231,9 @@ def start_remote_backup(execution):
     earlier = Backup.get_or_none(Backup.execution == execution.id)
     if earlier is not None:  # reclaimed after a worker died: that attempt's backup is still ours
         link_execution(website.id, earlier.backup_id, execution.id)
+        if earlier.status == BackupStatus.COMPLETED:  # its sync ran for the dead attempt: one more moves this one on
+            with database.atomic():
+                Website.update(sync_requested_at=now_ms()).where(Website.id == website.id).execute()
         return earlier.backup_id
     with database.atomic():
         Execution.transition(execution.id, ExecutionStatus.RUNNING, dict(stage=Stage.REQUESTING),

@@ -1,8 +1,7 @@
-import json
-
 from flask import Blueprint
 
 from models import Backup, Website, iso
+from remote_backups import public_listing
 from routes import error, newest_first, page_cursor, page_limit, require_permission
 
 bp = Blueprint("websites", __name__, url_prefix="/api/websites")
@@ -25,7 +24,7 @@ def list_backups(domain):
         "domain": website.domain,
         "backups": [backup_to_api(backup) for backup in backups],
         "syncedAt": iso(website.synced_at),
-        "remoteBackups": json.loads(website.remote_backups) if website.remote_backups else [],
+        "remoteBackups": public_listing(website.remote_backups),
     }}
 
 

@@ -34,6 +34,11 @@ GOOD = [
                                                      "profile": "backup", "storage_class": "STANDARD_IA"}}),
     ("rclone:offsite:backups/db", "rclone", {"remote": "offsite", "path": "backups/db"}),
     ("rclone:my remote:", "rclone", {"remote": "my remote", "path": ""}),
+    ("s3://b-1?endpoint=http://[::1]:9000", "s3", {"options": {"endpoint": "http://[::1]:9000"}}),
+    ("s3://b-1?endpoint=https://s3.eu-central-003.backblazeb2.com/", "s3",
+     {"options": {"endpoint": "https://s3.eu-central-003.backblazeb2.com/"}}),
+    ("s3://b-1?endpoint=http://garage_1:3900&region=garage", "s3",
+     {"options": {"endpoint": "http://garage_1:3900", "region": "garage"}}),
 ]
 
 BAD = [
@@ -56,6 +61,19 @@ BAD = [
     ("rclone:-flag:path", "not a connection string"),
     ("rclone:offsite:../up", "'..'"),
     ("/srv/back\nups", "control characters"),
+    ("S3://bucket/x", "written s3://BUCKET/PREFIX, in lowercase"),
+    ("s3:/bucket/x", "written s3://BUCKET/PREFIX, in lowercase"),
+    ("s3://192.168.1.10/x", "named like an IP address"),
+    ("s3://bucket/x?endpoint", "NAME=VALUE pairs"),
+    ("s3://bucket/x?region=a&&profile=b", "NAME=VALUE pairs"),
+    ("s3://bucket/x?endpoint=http://[::1", "http:// or https://"),
+    ("s3://bucket/x?endpoint=127.0.0.1:9000", "http:// or https://"),
+    ("s3://bucket/x?endpoint=http://127.0.0.1:99999", "port must be a number from 1 to 65535"),
+    ("s3://bucket/x?endpoint=http://127.0.0.1:nine", "port must be a number from 1 to 65535"),
+    ("s3://bucket/x?endpoint=http://127.0.0.1:", "port must be a number from 1 to 65535"),
+    ("s3://bucket/x?endpoint=http://s3 host:9000", "is not a host name or an IP address"),
+    ("s3://bucket/x?endpoint=http://-s3.example.com", "is not a host name or an IP address"),
+    ("s3://bucket/x?endpoint=https://s3.example.com/?x-id=1", "cannot have a query string"),
 ]
 
 
@@ -93,6 +111,28 @@ def test_jobs_add_takes_several_destinations_and_refuses_an_unknown_scheme(runne
     twice = runner("jobs", "add", "twice", "--source", "command:echo hi", "--destination", first,
                    "--destination", first)
     assert twice.exit_code != 0 and "given twice" in twice.output
+
+
+@pytest.mark.parametrize("destination, why", [
+    ("gopher://host/x", "gopher: is not a destination"),
+    ("s3:///backups", "the bucket must be"),
+    ("s3://bucket/x?acl=public-read", "unknown option 'acl'"),
+    ("s3://bucket/x?endpoint=http://127.0.0.1:99999", "port must be a number"),
+    ("s3://bucket/x?endpoint=s3.example.com", "http:// or https://"),
+    ("s3://bucket/x?region=eu west", "region= has an unexpected character"),
+    ("s3://bucket/x?storage_class=DEEP_ARCHIVE", "cannot be read back"),
+    ("s3://bucket/x?endpoint", "NAME=VALUE pairs"),
+])
+def test_jobs_add_and_jobs_set_refuse_what_a_run_would_only_find_later(runner, make_job, tmp_path, destination,
+                                                                       why):
+    added = runner("jobs", "add", "later", "--source", "command:echo hi", "--destination", destination)
+    assert added.exit_code != 0 and why in added.output and "Traceback" not in added.output
+    assert Job.get_or_none(Job.name == "later") is None
+    job = make_job(name="kept", source="command:echo hi")
+    before = destinations.destination_texts(job)
+    changed = runner("jobs", "set", "kept", "--add-destination", destination)
+    assert changed.exit_code != 0 and why in changed.output and "Traceback" not in changed.output
+    assert destinations.destination_texts(job) == before
 
 
 def test_jobs_set_adds_and_removes_destinations_but_never_the_last_and_deletes_nothing(runner, make_job, tmp_path):

@@ -115,6 +115,49 @@ def test_a_recipients_file_names_its_bad_line(tmp_path, keys):
         encryption.parse_recipients(files=[recipients])
 
 
+# --- recipients at jobs set -------------------------------------------------------------
+
+def test_jobs_set_replaces_and_removes_the_recipients_and_the_next_backup_follows(runner, make_job, keys, tmp_path):
+    job = make_job(name="later", source=f"command:{COMMAND}")
+    recipients = tmp_path / "recipients.txt"
+    recipients.write_text(f"# the laptop\n{keys['ssh'][1]}\n")
+    result = runner("jobs", "set", "later", "--encrypt-to", keys["age"][1], "--encrypt-to-file", recipients)
+    assert result.exit_code == 0, result.output
+    assert "recipients none (not encrypted) → " in result.output and "keep the encryption" in result.output
+    assert Job.get_by_id(job.id).recipient_keys() == [keys["age"][1], keys["ssh"][1]]
+    sealed = run_in_process(Job.get_by_id(job.id))
+    assert sealed.status == ExecutionStatus.SUCCESS and sealed.path.endswith(".out.zst.age"), sealed.error
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(
+        age_decrypt(sealed.path, keys["ssh"][0]).stdout) == plain_output()
+
+    assert runner("jobs", "set", "later", "--encrypt-to", keys["ssh"][1]).exit_code == 0
+    assert Job.get_by_id(job.id).recipient_keys() == [keys["ssh"][1]]  # replaced, not added to
+    again = runner("jobs", "set", "later", "--encrypt-to", keys["ssh"][1])
+    assert again.exit_code == 0 and "nothing changed" in again.output
+
+    cleared = runner("jobs", "set", job.id, "--no-encryption")
+    assert cleared.exit_code == 0 and "→ none (not encrypted)" in cleared.output
+    assert Job.get_by_id(job.id).recipients is None
+    plain = run_in_process(Job.get_by_id(job.id))
+    assert plain.status == ExecutionStatus.SUCCESS and plain.path.endswith(".out.zst"), plain.error
+    assert age_decrypt(sealed.path, keys["age"][0]).returncode == 0  # the older backup stays as it was made
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--encrypt-to", "AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ"], "only public keys"),
+    (["--encrypt-to", "ssh-dss AAAAB3NzaC1kc3MAAACBAP"], "neither an age1"),
+    (["--encrypt-to-file", "/nonexistent/recipients.txt"], "cannot read it"),
+    (["--no-encryption", "--encrypt-to", "AGE"], "contradict"),
+])
+def test_jobs_set_refuses_bad_recipients_as_jobs_add_does_and_changes_nothing(runner, make_job, keys, options,
+                                                                               message):
+    job = make_job(name="kept", source="command:echo hi", recipients=json.dumps([keys["age"][1]]))
+    result = runner("jobs", "set", "kept", *options)
+    assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
+    assert "AGE-SECRET-KEY" not in result.output
+    assert Job.get_by_id(job.id).recipient_keys() == [keys["age"][1]]
+
+
 # --- encrypted backups ---------------------------------------------------------------------
 
 def sealed_backup(make_job, keys, name="sealed", compression="zstd", source=f"command:{COMMAND}"):

@@ -8,7 +8,7 @@ import models
 from events import webhook_event
 from models import Backup, BackupEvent, Execution, ExecutionLog, Website
 from remote_backups import (NEW_STATE, advanced, apply, failure_message, finish_synced_executions, has_event,
-                            link_execution, remote_progress)
+                            link_execution, listed_backup, public_listing, remote_progress)
 from statuses import BackupStatus, ExecutionStatus, Stage
 
 AT = 1_700_000_000_000
@@ -181,9 +181,39 @@ def test_the_execution_follows_its_backup_to_syncing_then_success_once_synced(si
     assert execution_state(execution) == (ExecutionStatus.RUNNING, Stage.SYNCING, 95)
     assert finish_synced_executions(site.id, "Backup list synced") == [execution]
     assert execution_state(execution) == (ExecutionStatus.SUCCESS, Stage.COMPLETED, 100)
-    assert ExecutionLog.select().where(ExecutionLog.execution == execution).order_by(
-        ExecutionLog.id.desc()).first().message == "Backup list synced"
+    said = [row.message for row in ExecutionLog.select().where(ExecutionLog.execution == execution).order_by(
+        ExecutionLog.id.desc()).limit(2)]
+    assert said[1] == "Backup list synced" and "lists no download_url for backup backup_1" in said[0]
     assert finish_synced_executions(site.id, "Backup list synced") == []
+
+
+def test_a_synced_list_offering_the_backup_for_download_sends_the_execution_on_to_downloading(site, execution):
+    link_execution(site.id, "backup_1", execution)
+    apply(event("complete"))
+    Website.update(remote_backups=json.dumps([
+        {"id": "backup_1", "size": 10, "download_url": "https://cdn.example.com/b/backup_1.zip?sig=s3cr3t"}])).execute()
+    assert finish_synced_executions(site.id, "Backup list synced") == [execution]
+    assert execution_state(execution) == (ExecutionStatus.RUNNING, Stage.DOWNLOADING, 95)
+    said = [row.message for row in ExecutionLog.select().where(ExecutionLog.execution == execution)]
+    assert "at https://cdn.example.com/b/backup_1.zip?…: copying it home" in said[-1]
+    assert "s3cr3t" not in json.dumps(said)
+    assert finish_synced_executions(site.id, "Backup list synced") == []  # its attempt copies it now
+
+
+@pytest.mark.parametrize("listing, shown", [
+    ('[{"id": "b", "download_url": "https://u:pw@h.example:8443/x.zip?sig=1#f"}]', "https://h.example:8443/x.zip?…"),
+    ('[{"id": "b", "download_url": "http://[::1]/x"}]', "http://[::1]/x"),
+    ('[{"id": "b", "download_url": "http://h:notaport/x"}]', "(a malformed URL)"),
+    ('[{"id": "b"}, 3, null]', None),
+])
+def test_the_api_shows_a_listed_download_url_without_its_query_or_password(listing, shown):
+    assert public_listing(listing)[0].get("download_url") == shown
+
+
+def test_a_listed_backup_is_found_by_its_id_whatever_its_type(site):
+    assert listed_backup('[{"id": 7, "size": 1}, {"id": "8"}]', "7") == {"id": 7, "size": 1}
+    assert listed_backup('[{"id": "8"}]', "7") is None
+    assert listed_backup("not json", "7") is None and listed_backup(None, "7") is None
 
 
 def test_a_failed_backup_fails_its_execution_with_the_message(site, execution):

@@ -104,6 +104,23 @@ def test_a_store_that_refuses_fails_the_run_leaving_nothing_and_no_secret(s3, bu
     assert s3.secret_key not in said and "wrong-secret-0123456789abcdef" not in said
 
 
+def test_a_store_refusing_a_later_run_fails_it_with_its_message_and_keeps_the_last_good_backup(
+        s3, bucket, make_job, tmp_path, monkeypatch):
+    job = s3_job(make_job, tmp_path, s3.destination(bucket), keep=1)
+    good = run_in_process(job)
+    assert good.status == "Success", good.error
+    stored = (objects(s3, bucket), sorted((tmp_path / "backups" / "nightly").iterdir()))
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "rotated-wrong-0123456789abcdef")
+    monkeypatch.setattr("s3sink.CLIENTS", {})  # as a worker restarted with the wrong key
+    failed = run_in_process(job)
+    assert failed.status == "Failed" and "SignatureDoesNotMatch" in failed.error
+    assert "rotated-wrong-0123456789abcdef" not in failed.error
+    assert (objects(s3, bucket), sorted((tmp_path / "backups" / "nightly").iterdir())) == stored
+    assert uploads(s3, bucket) == []
+    good = Execution.get_by_id(good.id)
+    assert good.status == "Success" and len(list(ArtifactCopy.select().where(ArtifactCopy.execution == good.id))) == 2
+
+
 def test_the_reclaim_aborts_the_upload_and_deletes_the_objects_a_dead_worker_left(s3, bucket, make_job, tmp_path,
                                                                                   client, auth, start_worker):
     job = make_job(name="died-late", source="command:echo payload")

@@ -16,13 +16,87 @@ from spool import replay_spool
 from support import TOKEN, wait_until
 
 SITE_KEY = "site-key-0123456789abcdef"
+SIGNATURE = "X-Signature=sig-0123456789abcdef-secret"  # a download_url's signed query, never to be shown
+
+
+class FileServer:
+    """Serves the site's backup files on loopback, as a store behind a signed download_url does.
+
+    `files` maps a path (`/files/wp-1.zip`) to its bytes; a request without
+    the SIGNATURE query gets 403. `faults`, per request in order:
+    ("status", code) | ("cut", bytes, send_length): the body stops after
+    `bytes`, with the whole file's Content-Length when `send_length` |
+    ("stall", bytes, send_length): the same, then nothing until `released`
+    is set (`stalled` is set once the bytes are sent).
+    """
+
+    def __init__(self):
+        self.files, self.faults, self.requests = {}, [], []  # requests: (path, query, x-api-key)
+        self.stalled, self.released = threading.Event(), threading.Event()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self.handler())
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
+
+    def handler(self):
+        files = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                url = urlparse(self.path)
+                files.requests.append((url.path, url.query, self.headers.get("x-api-key")))
+                fault = files.faults.pop(0) if files.faults else None
+                data = files.files.get(url.path)
+                if fault and fault[0] == "status":
+                    code = fault[1]
+                elif data is None:
+                    code = 404
+                else:
+                    code = 200 if url.query == SIGNATURE else 403
+                if code != 200:
+                    self.send_response(code)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/zip")
+                if not fault or fault[2]:
+                    self.send_header("Content-Length", str(len(data)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(data[:fault[1]] if fault else data)
+                if fault and fault[0] == "stall":
+                    self.wfile.flush()
+                    files.stalled.set()
+                    files.released.wait(60)
+
+        return Handler
+
+    def download_url(self, path):
+        return f"{self.url}{path}?{SIGNATURE}"
+
+    def stop(self):
+        self.released.set()
+        self.server.shutdown()
+        self.server.server_close()
 
 
 class StandInSite:
-    """A WPSec plugin as documented: backup/start, backup/status/<id>, backup/list; scriptable faults."""
+    """A WPSec plugin as documented: backup/start, backup/status/<id>, backup/list; scriptable faults.
 
-    def __init__(self):
+    A backup given a file (`give_file`) is listed with its size and a
+    download_url on `file_server` (a FileServer), or on the site itself
+    (`download_on_site`), which redirects to the file server.
+    """
+
+    def __init__(self, file_server=None):
         self.backups = {}
+        self.file_server = file_server
+        self.download_on_site = False
+        self.download_urls = {}  # backup id -> a download_url listed as it is, whatever the files
         self.requests = []      # (method, route, x-api-key, body)
         self.faults = []        # per request, in order: ("status", code) | ("slow", seconds) | ("malformed",)
         self.wrapped_list = False
@@ -46,10 +120,25 @@ class StandInSite:
             found = self.backups.get(route.split("/", 2)[2])
             return (200, found) if found else (404, {"error": "not found"})
         if route == "backup/list" and method == "GET":
-            listing = [{"id": b["id"], "type": "full", "size": 1024, "created_at": b["started_at"],
-                        "status": b["status"]} for b in self.backups.values()]
+            listing = [self.listed(b) for b in self.backups.values()]
             return 200, ({"success": True, "data": {"backups": listing}} if self.wrapped_list else listing)
         return 404, {"error": "unknown endpoint"}
+
+    def give_file(self, backup_id, data):
+        """The backup's archive, listed with its size and a download_url from now on."""
+        self.file_server.files[f"/files/{backup_id}.zip"] = data
+
+    def listed(self, backup):
+        entry = {"id": backup["id"], "type": "full", "size": 1024, "created_at": backup["started_at"],
+                 "status": backup["status"]}
+        path = f"/files/{backup['id']}.zip"
+        if self.file_server and path in self.file_server.files:
+            entry["size"] = len(self.file_server.files[path])
+            entry["download_url"] = (f"{self.url}/download{path}?{SIGNATURE}" if self.download_on_site
+                                     else self.file_server.download_url(path))
+        if backup["id"] in self.download_urls:
+            entry["download_url"] = self.download_urls[backup["id"]]
+        return entry
 
     def handler(self):
         site = self
@@ -86,6 +175,13 @@ class StandInSite:
                 self.wfile.write(data)
 
             def do_GET(self):
+                if self.path.startswith("/download/"):  # the site's own download link, to its store
+                    site.requests.append(("GET", "download", self.headers.get("x-api-key"), None))
+                    self.send_response(302)
+                    self.send_header("Location", site.file_server.url + self.path.removeprefix("/download"))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 self.respond("GET")
 
             def do_POST(self):
@@ -267,6 +363,30 @@ def test_a_failing_site_is_retried_later_not_every_call(client, site, stand_in):
     assert wpsec.sync_requested_websites() == 0
     assert len(stand_in.requests) == 1 + wpsec.RETRIES  # the second call waited for its backoff
     assert Website.get_by_id(site.id).sync_requested_at is not None
+
+
+def test_an_execution_waits_in_syncing_while_its_sites_list_is_retried_and_ends_when_given_up(
+        client, claimed, stand_in, monkeypatch):
+    monkeypatch.setattr(wpsec, "SYNC_RETRY_DELAYS_MS", (0,))
+    wpsec.start_remote_backup(claimed)
+    complete(client)
+    stand_in.faults = [("status", 500)] * (1 + wpsec.RETRIES)
+    assert wpsec.sync_requested_websites() == 0
+    assert state(claimed.id) == ("Running", "Syncing", 95)  # the list may still offer a download
+    stand_in.faults = [("status", 500)] * (1 + wpsec.RETRIES)
+    assert wpsec.sync_requested_websites() == 0
+    assert state(claimed.id) == ("Success", "Completed", 100)
+    assert "could not be fetched after 2 attempts" in " ".join(
+        row.message for row in ExecutionLog.select().where(ExecutionLog.execution == claimed.id))
+
+
+def test_a_reclaimed_execution_whose_backup_completed_asks_for_its_sites_list_again(client, claimed, stand_in):
+    wpsec.start_remote_backup(claimed)
+    complete(client)
+    Website.update(sync_requested_at=None).execute()  # the dead attempt's sync ran, and its download died
+    assert wpsec.start_remote_backup(Execution.get_by_id(claimed.id)) == "wp-1"
+    assert Website.get().sync_requested_at is not None
+    assert state(claimed.id)[1] == "Syncing"
 
 
 def test_sync_work_per_call_is_bounded(app, stand_in):
