@@ -84,6 +84,8 @@ def check(expression, zone_name):
 
 def next_run(expression, zone_name, after_ms):
     """The first instant (ms, UTC) after `after_ms` at which `expression` is due in `zone_name`."""
+    if not expression:  # a next_run_at written without a schedule, by hand
+        raise ScheduleError("the job has no schedule")
     local = datetime.datetime.fromtimestamp(after_ms / 1000, zone(zone_name))
     try:
         due = croniter(expression, local).get_next(datetime.datetime)
@@ -140,7 +142,7 @@ def claim_due_run(job, at):
     """Move the job's next_run_at on from the due time this worker read; True if this worker moved it."""
     try:
         following = next_run(job.schedule, job.timezone, at)
-    except ScheduleError as exc:  # a zone the machine no longer knows: stop, rather than fire at each tick
+    except ScheduleError as exc:  # a zone this machine does not know: this run is the last, not one per tick
         log.error("job %s: schedule %r stopped: %s", job.name, job.schedule, exc)
         following = None
     moved = Job.update(next_run_at=following).where((Job.id == job.id) & (Job.next_run_at == job.next_run_at))

@@ -205,6 +205,14 @@ def test_a_disabled_jobs_due_run_is_skipped_and_its_schedule_goes_on(make_job):
     assert runs_of(job) == [] and utc(Job.get_by_id(job.id).next_run_at) == "2026-06-03T03:00:00.000Z"
 
 
+def test_a_schedule_this_machine_cannot_read_runs_once_more_and_stops_saying_why(make_job, caplog):
+    job = scheduled(make_job, "0 3 * * *")
+    Job.update(timezone="Atlantis/Capital").where(Job.id == job.id).execute()  # a zone this tzdata lacks
+    ((_job, execution),) = enqueue_due(now=job.next_run_at)
+    assert execution is not None and Job.get_by_id(job.id).next_run_at is None
+    assert "job nightly: schedule '0 3 * * *' stopped: unknown timezone 'Atlantis/Capital'" in caplog.text
+    assert enqueue_due(now=job.next_run_at + 86_400_000) == []
+
 def test_next_due_is_the_earliest_of_every_jobs_next_run(make_job):
     assert schedules.next_due() is None
     scheduled(make_job, "0 3 * * *", name="late")
