@@ -1,4 +1,5 @@
 """The `backhook` command line, built on Flask's CLI."""
+import datetime
 import ipaddress
 import json
 import os
@@ -31,6 +32,8 @@ import config  # noqa: E402  (the project's own modules need HERE on sys.path)
 import dbcopy  # noqa: E402
 import destinations  # noqa: E402
 import models  # noqa: E402
+import retention  # noqa: E402
+import schedules  # noqa: E402
 from compression import COMPRESSORS  # noqa: E402
 from database import connect_database, database, is_postgresql_url, opened  # noqa: E402
 from migrations import latest_version, migrate  # noqa: E402
@@ -40,7 +43,7 @@ from sources import SourceError, describe_source, parse_source, shown_source  # 
 from encryption import parse_recipients  # noqa: E402
 from restore import SCRATCH, RestoreRefused, queue_restore, run_in_this_process  # noqa: E402
 from statuses import FINISHED, ExecutionStatus, ExecutionType  # noqa: E402
-from wakeup import trigger  # noqa: E402
+from wakeup import trigger, wake_workers  # noqa: E402
 
 DEFAULT_BIND = "127.0.0.1:8000"
 DEFAULT_PROCESSES = max(2, os.cpu_count() or 1)
@@ -383,6 +386,18 @@ def jobs():
     """Create, run, inspect and change backup jobs (by name or id)."""
 
 
+RETENTION_RULES = (("daily", "days"), ("weekly", "ISO weeks (Monday to Sunday)"), ("monthly", "months"))
+
+
+def retention_options(command):
+    """--keep-daily, --keep-weekly and --keep-monthly, of `jobs add` and `jobs set`."""
+    for rule, buckets in reversed(RETENTION_RULES):
+        command = click.option(f"--keep-{rule}", type=click.IntRange(min=0), default=None, metavar="N",
+                               help=f"keep the newest backup of each of the last N {buckets} that have one, "
+                                    "in the job's timezone (0: no such rule)")(command)
+    return command
+
+
 @jobs.command("add")
 @click.argument("name")
 @click.option("--source", required=True, metavar="SRC",
@@ -396,6 +411,12 @@ def jobs():
               help="a backup succeeds with the destinations that stored it when others fail (logged)")
 @click.option("--compression", type=click.Choice(list(COMPRESSORS)), default="zstd", show_default=True)
 @click.option("--keep", type=click.IntRange(min=1), default=None, help="keep the N newest successful backups")
+@retention_options
+@click.option("--schedule", default=None, metavar="CRON",
+              help="run on this schedule: five cron fields (minute hour day month weekday, \"0 3 * * *\") or "
+                   "@hourly, @daily, @weekly, @monthly, @yearly")
+@click.option("--timezone", "zone_name", default="UTC", show_default=True, metavar="TZ",
+              help="the IANA timezone (Europe/Berlin) the schedule and the retention's days are read in")
 @click.option("--timeout-hours", type=click.FloatRange(min=0, min_open=True), default=6, show_default=True)
 @click.option("--exclude", "excludes", multiple=True, metavar="PATTERN",
               help="files:// only: leave out what matches this tar pattern (*.log, ./cache); repeatable")
@@ -409,8 +430,9 @@ def jobs():
 @click.option("--encrypt-to-file", "encrypt_to_files", multiple=True, type=click.Path(dir_okay=False),
               metavar="FILE", help="encrypt to every public key in this recipients file (as age -R reads it: "
                                    "one per line, # comments); repeatable")
-def jobs_add(name, source, destination_list, allow_partial_destinations, compression, keep, timeout_hours,
-             excludes, one_file_system, restore_command, encrypt_to, encrypt_to_files):
+def jobs_add(name, source, destination_list, allow_partial_destinations, compression, keep, keep_daily,
+             keep_weekly, keep_monthly, schedule, zone_name, timeout_hours, excludes, one_file_system,
+             restore_command, encrypt_to, encrypt_to_files):
     """Add a job; its id is printed alone on the last line.
 
     \b
@@ -435,6 +457,13 @@ def jobs_add(name, source, destination_list, allow_partial_destinations, compres
     --encrypt-to / --encrypt-to-file: each artifact is age-encrypted
     (<name>.<ext>.zst.age) to every recipient; only public keys are accepted.
     Restoring needs a matching identity (`backhook restore --identity-file`).
+
+    \b
+    --schedule: the workers queue each due run once; a run due while the job
+    still has one Pending or Running is skipped (and logged), and after
+    downtime one missed run is caught up. --keep-daily/--keep-weekly/
+    --keep-monthly keep the newest backup of each of the last D days, W ISO
+    weeks and M months that have one, in --timezone, besides the --keep newest.
     """
     problem = models.job_name_problem(name)
     if problem:
@@ -456,8 +485,12 @@ def jobs_add(name, source, destination_list, allow_partial_destinations, compres
         recipients = parse_recipients(encrypt_to, encrypt_to_files)
     except SourceError as exc:
         fail(str(exc))
+    schedule, next_run_at = checked_schedule(schedule, zone_name)
     job = create_unique(Job, f"a job named {name!r} already exists", name=name, source=source,
                         destination=texts[0], compression=compression, keep=keep,
+                        keep_daily=keep_daily or None, keep_weekly=keep_weekly or None,
+                        keep_monthly=keep_monthly or None,
+                        schedule=schedule, timezone=zone_name, next_run_at=next_run_at,
                         timeout_seconds=int(timeout_hours * 3600), excludes=json.dumps(list(excludes)),
                         one_file_system=one_file_system, restore_command=restore_command,
                         allow_partial_destinations=allow_partial_destinations,
@@ -467,7 +500,32 @@ def jobs_add(name, source, destination_list, allow_partial_destinations, compres
     shown = ", ".join(destinations.describe(text, job) for text in texts)
     encrypted = f", age-encrypted to {len(recipients)} recipient{'s' if len(recipients) > 1 else ''}" if recipients else ""
     click.echo(f"created job {name} ({shown_source(source)} → {shown}, {compression}{encrypted})")
+    if schedule:
+        click.echo(f"scheduled {schedule} ({zone_name}); next run {shown_time(next_run_at, zone_name)}")
+        wake_workers(current_app.config["DATA_DIR"])  # a sleeping worker looks again when the first run is due
     click.echo(job.id)
+
+
+def checked_schedule(schedule, zone_name):
+    """(the schedule as stored, its first due time) for `jobs add`, (None, None) without one; else fail."""
+    try:
+        schedules.zone(zone_name)
+        if schedule is None:
+            return None, None
+        schedule = schedules.check(schedule, zone_name)
+        return schedule, schedules.next_run(schedule, zone_name, models.now_ms())
+    except schedules.ScheduleError as exc:
+        fail(str(exc))
+
+
+def shown_time(ms, zone_name):
+    """An instant as ISO 8601 UTC and, in another timezone, as its wall clock there too."""
+    if ms is None:
+        return "-"
+    if zone_name == "UTC":
+        return iso(ms)
+    local = datetime.datetime.fromtimestamp(ms / 1000, schedules.zone(zone_name))
+    return f"{iso(ms)} ({local:%Y-%m-%d %H:%M %Z})"
 
 
 def checked_destinations(given):
@@ -492,8 +550,9 @@ def jobs_list():
         state = "enabled" if job.enabled else "disabled"
         keys = job.recipient_keys()
         encrypted = f"  encrypt_to={'; '.join(keys)}" if keys else ""  # public keys: nothing secret
+        scheduled = f"  schedule={job.schedule!r} ({job.timezone}) next={iso(job.next_run_at)}" if job.schedule else ""
         click.echo(f"{job.id}  {job.name}  {shown_source(job.source)}  {job.destination}"
-                   f"  {job.compression}  {state}  last={job.last_status or 'never'}{encrypted}")
+                   f"  {job.compression}  {state}  last={job.last_status or 'never'}{scheduled}{encrypted}")
 
 
 EXIT_STATUS = {ExecutionStatus.SUCCESS: 0, ExecutionStatus.FAILED: 1, ExecutionStatus.CANCELLED: 2}
@@ -594,6 +653,10 @@ def jobs_show(reference):
 def shown_value(name, value):
     if name == "keep" and value is None:
         return "all"
+    if name.startswith("keep_") and value is None:
+        return "none"
+    if name == "schedule" and value is None:
+        return "none (runs only when triggered)"
     if name == "timeout_seconds":
         return f"{value} ({value / 3600:g} h)"
     if name == "recipients":
@@ -606,7 +669,9 @@ def shown_value(name, value):
 @jobs.command("set")
 @click.argument("reference", metavar="NAME|ID")
 @click.option("--keep", type=click.IntRange(min=1), default=None, help="keep the N newest successful backups")
-@click.option("--keep-all", is_flag=True, help="keep every backup (no retention)")
+@click.option("--keep-all", is_flag=True, help="keep every backup (no retention: clears --keep and --keep-daily/"
+                                              "weekly/monthly)")
+@retention_options
 @click.option("--timeout-hours", type=click.FloatRange(min=0, min_open=True), default=None,
               help="stop a run that takes longer")
 @click.option("--compression", type=click.Choice(list(COMPRESSORS)), default=None, help="for the next backups")
@@ -623,28 +688,34 @@ def shown_value(name, value):
 @click.option("--encrypt-to-file", "encrypt_to_files", multiple=True, type=click.Path(dir_okay=False),
               metavar="FILE", help="encrypt the next backups to every public key in this recipients file instead")
 @click.option("--no-encryption", is_flag=True, default=False, help="stop encrypting the next backups")
-def jobs_set(reference, keep, keep_all, timeout_hours, compression, destination, added, removed, allow_partial,
-             encrypt_to, encrypt_to_files, no_encryption):
-    """Change a job's keep, timeout, compression, destinations or age recipients; prints old → new.
+def jobs_set(reference, keep, keep_all, keep_daily, keep_weekly, keep_monthly, timeout_hours, compression,
+             destination, added, removed, allow_partial, encrypt_to, encrypt_to_files, no_encryption):
+    """Change a job's retention, timeout, compression, destinations or age recipients; prints old → new.
 
     \b
     --encrypt-to / --encrypt-to-file replace the job's recipients, checked as
     jobs add checks them; --no-encryption removes them. The backups already
-    stored keep the encryption they were made with.
+    stored keep the encryption they were made with. The schedule and timezone
+    change with `backhook jobs schedule`.
     """
     job = find_job(reference)
+    rules = {"keep_daily": keep_daily, "keep_weekly": keep_weekly, "keep_monthly": keep_monthly}
     if no_encryption and (encrypt_to or encrypt_to_files):
         fail("--no-encryption and --encrypt-to / --encrypt-to-file contradict each other")
-    if keep is not None and keep_all:
-        fail("--keep N and --keep-all contradict each other")
+    if keep_all and (keep is not None or any(value is not None for value in rules.values())):
+        fail("--keep-all contradicts --keep and --keep-daily/--keep-weekly/--keep-monthly")
     if destination is not None or added or removed:
         change_destinations(job, destination, added, removed)
-        if not any(value is not None for value in (keep, timeout_hours, compression, allow_partial)) \
+        if not any(value is not None for value in (keep, timeout_hours, compression, allow_partial,
+                                                   *rules.values())) \
                 and not (keep_all or encrypt_to or encrypt_to_files or no_encryption):
             return
     wanted = {}
     if keep is not None or keep_all:
         wanted["keep"] = keep  # None keeps every backup
+    for name, value in rules.items():
+        if value is not None or keep_all:
+            wanted[name] = value or None  # 0 (or --keep-all): no such rule
     if timeout_hours is not None:
         wanted["timeout_seconds"] = int(timeout_hours * 3600)
     if compression is not None:
@@ -659,9 +730,9 @@ def jobs_set(reference, keep, keep_all, timeout_hours, compression, destination,
     elif no_encryption:
         wanted["recipients"] = None
     if not wanted:
-        fail("nothing to change: give --keep N, --keep-all, --timeout-hours H, --compression, --destination, "
-             "--add-destination, --remove-destination, --allow-partial-destinations, --encrypt-to, "
-             "--encrypt-to-file or --no-encryption")
+        fail("nothing to change: give --keep N, --keep-all, --keep-daily/--keep-weekly/--keep-monthly N, "
+             "--timeout-hours H, --compression, --destination, --add-destination, --remove-destination, "
+             "--allow-partial-destinations, --encrypt-to, --encrypt-to-file or --no-encryption")
     changes = {name: (getattr(job, name), value) for name, value in wanted.items() if getattr(job, name) != value}
     if changes:
         with database.atomic():
@@ -705,6 +776,65 @@ def change_destinations(job, first, added, removed):
         click.echo(f"the backups already stored on {destinations.describe(text, job)} stay there: removing a "
                    "destination deletes nothing (retention still prunes those copies once the job's --keep "
                    "expires them, and restores can still read them)")
+
+
+@jobs.command("schedule")
+@click.argument("reference", metavar="NAME|ID")
+@click.argument("expression", metavar="CRON", required=False)
+@click.option("--timezone", "zone_name", default=None, metavar="TZ",
+              help="the IANA timezone (Europe/Berlin) the schedule and retention are read in; default: unchanged")
+@click.option("--no-schedule", is_flag=True, help="remove the schedule: the job runs only when triggered")
+def jobs_schedule(reference, expression, zone_name, no_schedule):
+    """Set, change or remove a job's schedule; prints the next due run.
+
+    \b
+    CRON is five fields (minute hour day-of-month month day-of-week, as in
+    "0 3 * * *") or @hourly, @daily (= @midnight), @weekly, @monthly,
+    @yearly (= @annually). Without CRON, --timezone alone changes the
+    timezone and keeps the schedule.
+    """
+    job = find_job(reference)
+    if no_schedule and expression is not None:
+        fail("CRON and --no-schedule contradict each other")
+    if expression is None and not no_schedule and zone_name is None:
+        fail("give CRON, --no-schedule or --timezone TZ")
+    old = (job.schedule, job.timezone)
+    keep_current = expression is None and not no_schedule
+    try:
+        next_at = schedules.set_schedule(job, job.schedule if keep_current else expression, zone_name)
+    except schedules.ScheduleError as exc:
+        fail(str(exc))
+    click.echo(f"job {job.name}: schedule {old[0] or 'none'} ({old[1]}) → {job.schedule or 'none'} ({job.timezone})")
+    if next_at is not None:
+        click.echo(f"next run {shown_time(next_at, job.timezone)}")
+        wake_workers(current_app.config["DATA_DIR"])  # a sleeping worker looks again when it is due
+
+
+@jobs.command("prune")
+@click.argument("reference", metavar="NAME|ID")
+@click.option("--dry-run", is_flag=True, help="print what would be deleted and why the rest stays; delete nothing")
+def jobs_prune(reference, dry_run):
+    """Apply the job's retention now, as after each backup: each backup kept (and why) or deleted.
+
+    The newest successful backup always stays. Every copy of a pruned backup
+    goes, each forgotten in the database before its file is deleted.
+    """
+    job = find_job(reference)
+    policy = retention.Policy.of(job)
+    planned = retention.plan(job)
+    for holder, reasons in planned:
+        when = shown_time(retention.artifact_time(holder), job.timezone)
+        verdict = f"keep    ({', '.join(reasons)})" if reasons else ("would delete" if dry_run else "delete")
+        click.echo(f"{holder.id}  {when}  {holder.path}  {verdict}")
+    going = sum(1 for _holder, reasons in planned if not reasons)
+    if dry_run:
+        click.echo(f"dry run: {going} of {len(planned)} backups would be deleted ({policy.describe()}); "
+                   "nothing was deleted")
+        return
+    problems = retention.prune(job, None, lambda: None,
+                               lambda message, level="info": click.echo(message, err=level != "info"))
+    if problems:
+        fail(problems)
 
 
 add_lifecycle_commands(jobs, find_job, "job", "NAME|ID", " and its history (stored artifacts stay on disk)")

@@ -191,6 +191,12 @@ class Job(BaseModel):
     restore_command = TextField(null=True)  # command: only: reads a backup on stdin; set on the command line only
     allow_partial_destinations = BooleanField(default=False)  # a backup succeeds with the copies that verified
     recipients = TextField(null=True)  # age public keys, a JSON list (encryption.py); None: not encrypted
+    schedule = TextField(null=True)  # a cron expression (schedules.py); None: runs only when triggered
+    timezone = TextField(default="UTC")  # IANA name: where the schedule and retention's days are read
+    next_run_at = BigIntegerField(null=True)  # when the schedule is next due; None without a schedule
+    keep_daily = IntegerField(null=True)  # GFS retention (retention.py): None keeps nothing by that rule
+    keep_weekly = IntegerField(null=True)
+    keep_monthly = IntegerField(null=True)
 
     def exclude_patterns(self):
         return json.loads(self.excludes)

@@ -228,3 +228,24 @@ INSERT INTO artifact_copy (execution_id, position, destination, location)
 -- ssh-ed25519 …, ssh-rsa …); NULL when its backups are not encrypted. Public
 -- keys only: no private key is ever stored.
 ALTER TABLE job ADD COLUMN recipients TEXT;
+
+-- version 9
+
+-- Schedules (schedules.py): a five-field cron expression or an alias such as
+-- @daily, read in the job's IANA timezone, which also places its artifacts in
+-- days, weeks and months for retention; NULL: the job runs only when
+-- triggered. next_run_at is the UTC instant of the next due run: the worker
+-- that moves it on with a conditional UPDATE is the one that queues the run,
+-- so each due run is queued once however many workers look.
+ALTER TABLE job ADD COLUMN schedule TEXT;
+ALTER TABLE job ADD COLUMN timezone TEXT NOT NULL DEFAULT 'UTC';
+ALTER TABLE job ADD COLUMN next_run_at BIGINT;
+-- Every worker reads the earliest next_run_at at each tick and the due ones
+-- at their time, so only the scheduled jobs are in the index.
+CREATE INDEX job_next_run ON job (next_run_at) WHERE next_run_at IS NOT NULL;
+-- Grandfather-father-son retention (retention.py), beside keep: the newest
+-- artifact of each of the last N days, ISO weeks and months that have one;
+-- NULL: that rule keeps nothing.
+ALTER TABLE job ADD COLUMN keep_daily INTEGER;
+ALTER TABLE job ADD COLUMN keep_weekly INTEGER;
+ALTER TABLE job ADD COLUMN keep_monthly INTEGER;

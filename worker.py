@@ -3,6 +3,8 @@
 One loop in the main thread does the worker's part of the lease protocol
 (leases.py) at each tick:
 
+- enqueue_due_runs: queues the runs that the jobs' schedules are due for
+  (schedules.py), each once however many workers run;
 - claim_pending: takes Pending executions, never more than the global limit;
 - renewals: a Task that keeps this worker's executions alive;
 - watch_runs: stops runs that were cancelled or ran past their timeout;
@@ -15,7 +17,8 @@ and SQLite's checkpoint are Tasks on background threads.
 Each claimed execution runs in a thread of its own (backup.Run, or
 restore.Restore for a Restore). The loop
 sleeps on a wake-up socket (wakeup.py) so that a trigger starts a backup
-within milliseconds, with a slow fallback poll in case a datagram is lost.
+within milliseconds, with a slow fallback poll in case a datagram is lost,
+and never longer than until the next scheduled run is due.
 
 SIGTERM (or SIGINT) stops claiming and lets running executions finish for
 BACKHOOK_WORKER_GRACE_SECONDS. Executions still running then are interrupted:
@@ -40,10 +43,11 @@ import config
 import destinations
 import drills
 import leases
+import schedules
 import wpsec
 from backup import Run
 from database import database, open_database, opened
-from models import Execution, IdempotencyKey, new_id
+from models import Execution, IdempotencyKey, new_id, now_ms
 from restore import Restore
 from statuses import ExecutionType
 from spool import replay_spool
@@ -60,6 +64,9 @@ PURGE_EVERY_SECONDS = 60.0   # expired Idempotency-Keys no longer match; droppin
 # stall less (bench/RESULTS.md, "Figures behind the code: leases and worker").
 CHECKPOINT_EVERY_SECONDS = 0.25
 STOP_TIMEOUT_SECONDS = 10.0  # after the grace period, for interrupted runs to clean up
+# The shortest wait for a due run: one that another worker is queueing at that
+# moment is still due in the database for a few milliseconds.
+DUE_RETRY_SECONDS = 0.05
 
 
 class Task:
@@ -107,6 +114,7 @@ class Worker:
         self.grace_seconds = settings["WORKER_GRACE_SECONDS"]
         self.poll_after_seconds = settings["WPSEC_POLL_AFTER"]
         self.runs = {}          # execution id -> (Run, thread)
+        self.next_due_ms = None  # the earliest next_run_at of any job at the last look (schedules.py)
         self.stopping_since = None
         self.sightings = leases.Sightings(patience_seconds=renew_every)
         self.reclaims = Task("reclaim", RECLAIM_EVERY_SECONDS, self.reclaim_lapsed)
@@ -153,6 +161,20 @@ class Worker:
             except Exception:
                 self.abandoned.put(execution)  # the database was unavailable: tried again at the next interval
                 raise
+
+    # --- schedules (schedules.py) -------------------------------------------------------
+
+    def enqueue_due_runs(self):
+        """Queue the scheduled runs that are due, and note when the next one is."""
+        if any(execution for _job, execution in schedules.enqueue_due()):
+            wake_workers(self.data_dir)  # this worker claims next, within its limit; the others may take the rest
+        self.next_due_ms = schedules.next_due()
+
+    def until_next_due(self):
+        """Seconds until the next scheduled run is due (wall clock), None when no job has a schedule."""
+        if self.next_due_ms is None:
+            return None
+        return max(DUE_RETRY_SECONDS, (self.next_due_ms - now_ms()) / 1000)
 
     # --- running ----------------------------------------------------------------------
 
@@ -259,6 +281,8 @@ class Worker:
             while not self.done_stopping():
                 self.tick()
                 timeout = BUSY_POLL_SECONDS if self.runs or self.stopping_since else IDLE_POLL_SECONDS
+                due = None if self.stopping_since else self.until_next_due()
+                timeout = timeout if due is None else min(timeout, due)
                 for ready in select.select([wake, signal_pipe], [], [], timeout)[0]:
                     drain(ready)
         finally:
@@ -274,7 +298,7 @@ class Worker:
         self.reap_finished()
         duties = [lambda: self.renewals.run(now), self.watch_runs]
         if self.stopping_since is None:
-            duties = [lambda: self.reclaims.run(now), self.claim_and_start, *duties]
+            duties = [lambda: self.reclaims.run(now), self.enqueue_due_runs, self.claim_and_start, *duties]
         elif now - self.stopping_since > self.grace_seconds:
             for run, _thread in self.runs.values():
                 run.stop("shutdown")

@@ -26,6 +26,12 @@ def job_to_api(job, texts):
         "compression": job.compression,
         "encryptTo": job.recipient_keys(),  # age public keys; [] when the backups are not encrypted
         "keep": job.keep,
+        "keepDaily": job.keep_daily,
+        "keepWeekly": job.keep_weekly,
+        "keepMonthly": job.keep_monthly,
+        "schedule": job.schedule,
+        "timezone": job.timezone,
+        "nextRunAt": iso(job.next_run_at),
         "enabled": job.enabled,
         "lastExecution": job.last_id and {"id": job.last_id, "status": job.last_status,
                                           "endedAt": iso(job.last_ended_at)},

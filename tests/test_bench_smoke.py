@@ -13,7 +13,7 @@ import pytest
 from support import PROJECT
 
 TARGETS = ("webhooks", "pickup", "scale", "backup_speed", "backup_age", "restore_speed",
-           "restore_postgresql", "offsite")  # each ends with its verdict
+           "restore_postgresql", "offsite", "schedule_latency")  # each ends with its verdict
 SCRIPTS = TARGETS + ("webhook_floor",)
 BENCH = PROJECT / "bench"
 

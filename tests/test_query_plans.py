@@ -219,6 +219,23 @@ def test_reclaim_reads_only_the_leased_executions(history, data_dir, record_sql)
     assert full_scans(record_sql) == []
 
 
+def test_the_due_scheduled_runs_are_found_through_the_next_run_index(history, data_dir, record_sql):
+    import config
+    import worker
+    job, _execution = history
+    Job.update(schedule="0 3 * * *", next_run_at=1).where(Job.id == job.id).execute()
+    scheduler = worker.Worker(config.load({"BACKHOOK_DATA_DIR": str(data_dir)}))
+    record_sql.clear()
+    scheduler.enqueue_due_runs()
+    assert Execution.select().where(Execution.job == job.id).count() == 4  # the history's three and the due run
+    assert full_scans(record_sql) == []
+    connection = database.opened().connection()
+    reads = [detail for sql, params in record_sql if '"next_run_at"' in sql and sql.lstrip().startswith("SELECT")
+             for *_ids, detail in connection.execute("EXPLAIN QUERY PLAN " + sql, params)
+             if re.match(r"(SEARCH|SCAN) t1\b", detail)]
+    # Through the index of scheduled jobs, not through every job.
+    assert reads and all("job_next_run" in detail for detail in reads), reads
+
 # --- the history listing: each filter combination along an index of its own -----------
 
 HISTORY_FILTERS = [dict(combination) for size in range(4) for combination in itertools.combinations(
