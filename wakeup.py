@@ -81,8 +81,8 @@ def trigger(job, data_dir, idempotency_key=None):
     else:
         execution, queued = models.Execution.enqueue_once(job, idempotency_key)
     if queued:
+        heartbeats.note_if_unattended(execution.id)  # first: a worker woken now could claim it before the look
         wake_workers(data_dir)
-        heartbeats.note_if_unattended(execution.id)
     return execution
 
 

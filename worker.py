@@ -233,6 +233,10 @@ class Worker:
         return not self.runs or overdue
 
     def serve(self):
+        try:  # before it can be woken: a run triggered from then on finds it counted
+            self.heartbeat.run()
+        except OperationalError as exc:  # the first tick tries again
+            log.warning("database unavailable: %s", exc)
         wake = listen(self.data_dir, self.id)
         # A signal writes a byte to this pair, so it ends the wait at once.
         signal_pipe, signal_wakeup = socket.socketpair()

@@ -23,7 +23,7 @@ from models import Backup, BackupTally, Execution, RunTally, Website, WorkerHear
 from remote_backups import apply, link_execution
 from spool import REJECTED_NAME, spool_event
 from statuses import ExecutionStatus, ExecutionType, Stage
-from support import PROJECT, TOKEN, poll, trigger, wait_for_status, wait_until
+from support import PROJECT, TOKEN, poll, wait_for_status, wait_until
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
