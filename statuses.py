@@ -73,4 +73,4 @@ class WebhookOutcome(StrEnum):
     IGNORED = "ignored"  # its backup had already ended: kept in the history, nothing changed
     DUPLICATE = "duplicate"  # a spool replay of an event applied before
     UNKNOWN_WEBSITE = "unknown_website"  # no website has its domain (404)
-    INVALID = "invalid"  # its body breaks the contract (400)
+    INVALID = "invalid"  # its body breaks the contract, or is over 1 MiB (400, 413)
