@@ -11,8 +11,8 @@ from werkzeug.wsgi import get_content_length
 import config
 from database import open_database
 from ratelimit import init_limiter, limit_api, limiter, retry_after_seconds
-from routes import (API_HEADERS, MAX_BODY_BYTES, ApiError, artifacts, error, executions, health, jobs, openapi,
-                    webhooks, websites)
+from routes import (API_HEADERS, MAX_BODY_BYTES, ApiError, artifacts, error, executions, health, jobs, metrics,
+                    openapi, webhooks, websites)
 
 log = logging.getLogger("backhook")
 
@@ -46,6 +46,7 @@ def create_app(overrides=None):
         limit_api(blueprint)
         app.register_blueprint(blueprint)
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)  # not under /api/: Prometheus scrapes at its own steady pace
     app.register_blueprint(limiter.exempt(webhooks.bp))  # not under /api/: never rate limited
     init_limiter(app)
     return app

@@ -933,8 +933,7 @@ def websites_remove(domain):
     site = Website.by_domain(domain)
     if site is None:
         fail(f"no website {normalize_domain(domain)}")
-    with database.atomic():
-        site.delete_instance(recursive=True)
+    site.remove()
     click.echo(f"removed website {site.domain}")
 
 

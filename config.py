@@ -77,4 +77,6 @@ def load(environ=None):
         "ARTIFACT_GROUP": _group_id(env, "BACKHOOK_ARTIFACT_GROUP"),
         # rclone's own config file, where an rclone: destination's remote is defined (rclone's default if unset).
         "RCLONE_CONFIG": env.get("RCLONE_CONFIG") or None,
+        # GET /metrics without an API key, for a Prometheus that reaches backhook only over a private network.
+        "METRICS_PUBLIC": _flag(env.get("BACKHOOK_METRICS_PUBLIC", "false")),
     }

@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import re
 import secrets
 import time
@@ -23,9 +24,11 @@ from peewee import (
     Model,
     OperationalError,
     TextField,
+    Value,
+    fn,
 )
 
-from database import database, opened
+from database import database, opened, run_sql
 from statuses import FINISHED, ExecutionStatus, ExecutionType, Stage
 
 log = logging.getLogger("backhook.models")
@@ -58,7 +61,8 @@ class BaseModel(Model):
         legacy_table_names = False
 
 
-PERMISSIONS = ("jobs:read", "jobs:execute", "history:read", "websites:read", "storage:restore", "storage:download")
+PERMISSIONS = ("jobs:read", "jobs:execute", "history:read", "websites:read", "storage:restore", "storage:download",
+               "metrics:read")
 KEY_PATTERN = re.compile(r"dbm_[A-Za-z0-9_-]{32,}")
 KEY_TOUCH_INTERVAL_MS = 60_000
 _last_touched = {}  # key id -> ms; spares the database a write per request
@@ -272,6 +276,8 @@ class Execution(BaseModel):
         if where is not None:
             condition &= where
         changed = cls.update(**fields).where(condition).execute() == 1
+        if changed and fields.get("status") in FINISHED and expected not in FINISHED:
+            RunTally.count_end(execution_id, fields["status"])
         if changed and logs:
             ExecutionLog.insert_many([{"execution": execution_id, **line} for line in logs]).execute()
         return changed
@@ -399,6 +405,14 @@ class Website(BaseModel):
     def by_domain(cls, domain):
         return cls.get_or_none(cls.domain == normalize_domain(domain))
 
+    def remove(self):
+        """Delete the website with its backups and their events, and take its backups off the tally."""
+        with database.atomic():
+            for status, count in (Backup.select(Backup.status, fn.COUNT(Backup.id)).where(Backup.website == self.id)
+                                  .group_by(Backup.status).tuples()):
+                BackupTally.move(status, None, count)
+            self.delete_instance(recursive=True)
+
 
 class Backup(BaseModel):
     id = TextField(primary_key=True, default=new_id)
@@ -481,6 +495,121 @@ class IdempotencyKey(BaseModel):
             return cls.delete().where(expired).execute()
 
 
+# --- worker health (heartbeats.py) ------------------------------------------------------
+
+class WorkerHeartbeat(BaseModel):
+    """A worker's last sign of life, stamped by its claim loop."""
+    id = TextField(primary_key=True)  # the worker's id, as in execution.worker_id
+    host = TextField()
+    pid = IntegerField()
+    started_at = BigIntegerField(default=now_ms)
+    last_seen = BigIntegerField(default=now_ms)
+
+    @classmethod
+    def beat(cls, worker_id, host, pid, started_at, now=None):
+        """Record that the worker is alive now: one UPSERT."""
+        now = now_ms() if now is None else now
+        with database.atomic():
+            cls.insert(id=worker_id, host=host, pid=pid, started_at=started_at, last_seen=now).on_conflict(
+                conflict_target=[cls.id], update={cls.last_seen: now}).execute()
+
+    @classmethod
+    def seen_since(cls, since):
+        """How many workers beat at or after `since` (ms)."""
+        return cls.select().where(cls.last_seen >= since).count()
+
+    @classmethod
+    def newest(cls):
+        """When any worker last beat (ms), or None when none has since the last purge."""
+        return cls.select(fn.MAX(cls.last_seen)).scalar()
+
+    @classmethod
+    def forget(cls, worker_id):
+        with database.atomic():
+            cls.delete().where(cls.id == worker_id).execute()
+
+    @classmethod
+    def purge_older_than(cls, cutoff):
+        """Drop the rows of workers unseen since `cutoff` (ms); the worker's chores call it. Returns how many went."""
+        stale = cls.last_seen < cutoff
+        if not cls.select().where(stale).exists():  # a read: the usual case takes no write lock
+            return 0
+        with database.atomic():
+            return cls.delete().where(stale).execute()
+
+
+# --- counters for /metrics (metrics.py), each kept in the transaction that changes what it counts ---
+
+class RunTally(BaseModel):
+    """How many of a job's executions of one type ended in one status."""
+    id = BigIntegerField(primary_key=True)
+    job = ForeignKeyField(Job, on_delete="CASCADE")
+    type = TextField()
+    status = TextField()
+    count = BigIntegerField()
+
+    class Meta:
+        indexes = ((("job", "type", "status"), True),)
+
+    @classmethod
+    def count_end(cls, execution_id, status):
+        """One more execution of the execution's job and type ended in `status`, in the caller's transaction."""
+        ended = Execution.select(Execution.job, Execution.type, Value(status), Value(1)).where(
+            Execution.id == execution_id)
+        cls.insert_from(ended, [cls.job, cls.type, cls.status, cls.count]).on_conflict(
+            conflict_target=[cls.job, cls.type, cls.status], update={cls.count: cls.count + 1}).execute()
+
+
+class BackupTally(BaseModel):
+    """How many of the websites' WPSec backups have one status."""
+    id = BigIntegerField(primary_key=True)
+    status = TextField(unique=True)
+    count = BigIntegerField()
+
+    MOVE = ("INSERT INTO backup_tally (status, count) VALUES (?, ?) "
+            "ON CONFLICT (status) DO UPDATE SET count = backup_tally.count + excluded.count")
+
+    @classmethod
+    def move(cls, old, new, count=1):
+        """`count` backups left status `old` (None: they are new) for `new` (None: they are gone).
+
+        Plain SQL, in the caller's transaction: it runs inside a webhook's
+        (remote_backups.apply), whenever the event changes a backup's status.
+        """
+        if old == new:
+            return
+        for status, change in ((old, -count), (new, count)):
+            if status is not None:
+                run_sql(cls.MOVE, (status, change))
+
+
+WEBHOOK_TALLY_SHARDS = 16
+
+
+class WebhookTally(BaseModel):
+    """How many webhook events of one kind had one outcome (statuses.WebhookOutcome), in one shard."""
+    id = BigIntegerField(primary_key=True)
+    kind = TextField()
+    outcome = TextField()
+    shard = IntegerField()
+    count = BigIntegerField()
+
+    class Meta:
+        indexes = ((("kind", "outcome", "shard"), True),)
+
+    ADD = ("INSERT INTO webhook_tally (kind, outcome, shard, count) VALUES (?, ?, ?, 1) "
+           "ON CONFLICT (kind, outcome, shard) DO UPDATE SET count = webhook_tally.count + 1")
+
+    @classmethod
+    def add(cls, kind, outcome):
+        """Count one event, in the caller's transaction: plain SQL, since every webhook runs it.
+
+        Each process adds to the shard of its pid, so on PostgreSQL two
+        processes' webhooks never wait on one row; a scrape sums the shards.
+        """
+        run_sql(cls.ADD, (kind, outcome, os.getpid() % WEBHOOK_TALLY_SHARDS))
+
+
 ALL_MODELS = (ApiKey, Job, Execution, ExecutionLog, Setting, Website, Backup, BackupEvent, IdempotencyKey,
-              JobDestination, ArtifactCopy)
+              JobDestination, ArtifactCopy, WorkerHeartbeat, RunTally, BackupTally, WebhookTally)
 

@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 from peewee import Case
 
 from database import database, opened, run_sql
-from models import Backup, BackupEvent, Execution, Website, new_id, now_ms
-from statuses import TERMINAL_BACKUP_STATUSES, BackupStatus, EventKind, ExecutionStatus, Stage
+from models import Backup, BackupEvent, BackupTally, Execution, WebhookTally, Website, new_id, now_ms
+from statuses import TERMINAL_BACKUP_STATUSES, BackupStatus, EventKind, ExecutionStatus, Stage, WebhookOutcome
 
 DEFAULT_FAILURE = "Backup failed"
 REMOTE_BAND = (5, 95)  # the global progress the Remote Backup stage owns (README.md, "Stages and progress")
@@ -28,6 +28,9 @@ INSERT_STATE = (f"INSERT INTO backup (website_id, backup_id, {', '.join(STATE)})
 CHANGING = ("status", "progress", "error_message", "updated_at", "completed_at")  # no indexed column
 UPDATE_STATE = f"UPDATE backup SET {', '.join(f'{name} = ?' for name in CHANGING)} WHERE id = ?"
 NEW_STATE = dict.fromkeys(STATE) | {"status": BackupStatus.PENDING, "progress": 0}
+# What apply() answers for each outcome: None for no such website, False for a replayed duplicate.
+APPLY_RESULT = {WebhookOutcome.APPLIED: True, WebhookOutcome.IGNORED: True, WebhookOutcome.DUPLICATE: False,
+                WebhookOutcome.UNKNOWN_WEBSITE: None}
 
 
 # --- the rule ------------------------------------------------------------------------
@@ -79,16 +82,20 @@ def apply(event):
     of the site's backup list. A replayed event carries its spool_id and
     applies once. The website is looked up inside the same transaction: with
     several processes writing, each transaction first finds its page cache
-    stale, so a separate read would pay for that twice.
+    stale, so a separate read would pay for that twice. The event's outcome
+    is counted for /metrics in the same transaction.
     """
     # On the database, not through the proxy, whose indirection every step
     # of the transaction would pay (bench/RESULTS.md, "Figures behind the code: events").
     with opened().atomic():
         row = run_sql("SELECT id FROM website WHERE domain = ?", (event.domain,)).fetchone()
-        return row and _apply_to_website(row[0], event)
+        outcome = _apply_to_website(row[0], event) if row else WebhookOutcome.UNKNOWN_WEBSITE
+        WebhookTally.add(event.kind, outcome)
+    return APPLY_RESULT[outcome]
 
 
 def _apply_to_website(website_id, event):
+    """Apply `event` to a backup of the website; returns its WebhookOutcome."""
     payload = dict(event.payload, spool_id=event.spool_id) if event.spool_id else dict(event.payload)
     # On SQLite BEGIN IMMEDIATE took the write lock up front. PostgreSQL
     # locks the row as it is read, so two events of one backup apply one
@@ -97,19 +104,21 @@ def _apply_to_website(website_id, event):
     if row is None:
         state = advanced(dict(NEW_STATE, id=new_id(), created_at=event.received_at), event)
         run_sql(INSERT_STATE, (website_id, event.backup_id, *(state[name] for name in STATE)))
+        BackupTally.move(None, state["status"])
     else:
         if event.spool_id is not None and has_event(row[0], event.spool_id):
-            return False
+            return WebhookOutcome.DUPLICATE
         state = advanced(dict(zip(STATE, row)), event)
         if state:
             run_sql(UPDATE_STATE, (*(state[name] for name in CHANGING), state["id"]))
+            BackupTally.move(row[1], state["status"])
     run_sql("INSERT INTO backup_event (backup_pk, kind, payload, received_at) VALUES (?, ?, ?, ?)",
             (row[0] if row else state["id"], event.kind, json.dumps(payload), event.received_at))
     if state and event.kind == EventKind.COMPLETE:
         run_sql("UPDATE website SET sync_requested_at = ? WHERE id = ?", (now_ms(), website_id))
     if state and state["execution_id"]:
         mirror(state, event.backup_id)
-    return True
+    return WebhookOutcome.APPLIED if state else WebhookOutcome.IGNORED
 
 
 def has_event(backup_pk, spool_id):
@@ -163,6 +172,7 @@ def link_execution(website_id, backup_id, execution_id):
         if backup is None:
             backup = Backup.create(website=website_id, backup_id=backup_id, status=BackupStatus.PENDING,
                                    execution=execution_id)
+            BackupTally.move(None, BackupStatus.PENDING)
         else:
             backup.execution = execution_id
             backup.save(only=[Backup.execution])

@@ -249,3 +249,57 @@ CREATE INDEX job_next_run ON job (next_run_at) WHERE next_run_at IS NOT NULL;
 ALTER TABLE job ADD COLUMN keep_daily INTEGER;
 ALTER TABLE job ADD COLUMN keep_weekly INTEGER;
 ALTER TABLE job ADD COLUMN keep_monthly INTEGER;
+
+-- version 11
+
+-- Worker health (issue 16): each worker's heartbeat, stamped by its claim loop
+-- every few seconds and deleted when it stops. /readyz, GET /api/jobs and
+-- /metrics count the workers seen in the last minute; the rows a dead worker
+-- leaves are purged after a day.
+CREATE TABLE worker_heartbeat (
+    id          TEXT PRIMARY KEY,
+    host        TEXT NOT NULL,
+    pid         INTEGER NOT NULL,
+    started_at  BIGINT NOT NULL,
+    last_seen   BIGINT NOT NULL
+);
+CREATE INDEX worker_heartbeat_last_seen ON worker_heartbeat (last_seen);
+
+-- Counters for /metrics, each changed in the transaction that changes what it
+-- counts, so that a scrape reads a few rows instead of grouping a history of
+-- millions (tests/test_query_plans.py, bench/scale.py).
+-- Finished executions per job, type and status (Execution.transition), counted
+-- from the history so far.
+CREATE TABLE run_tally (
+    id      INTEGER PRIMARY KEY,
+    job_id  TEXT NOT NULL REFERENCES job (id) ON DELETE CASCADE,
+    type    TEXT NOT NULL,
+    status  TEXT NOT NULL,
+    count   BIGINT NOT NULL,
+    UNIQUE (job_id, type, status)
+);
+INSERT INTO run_tally (job_id, type, status, count)
+    SELECT job_id, type, status, count(*) FROM execution
+    WHERE status IN ('Success', 'Failed', 'Cancelled') GROUP BY job_id, type, status;
+-- The websites' WPSec backups per status (remote_backups.py), counted from the
+-- backups so far.
+CREATE TABLE backup_tally (
+    id      INTEGER PRIMARY KEY,
+    status  TEXT NOT NULL UNIQUE,
+    count   BIGINT NOT NULL
+);
+INSERT INTO backup_tally (status, count) SELECT status, count(*) FROM backup GROUP BY status;
+-- Webhook events per kind and outcome, from this version on. Every webhook adds
+-- one, so each process adds to a shard of its own (its pid modulo 16): on
+-- PostgreSQL concurrent webhooks would otherwise all wait on one row.
+CREATE TABLE webhook_tally (
+    id       INTEGER PRIMARY KEY,
+    kind     TEXT NOT NULL,
+    outcome  TEXT NOT NULL,
+    shard    INTEGER NOT NULL,
+    count    BIGINT NOT NULL,
+    UNIQUE (kind, outcome, shard)
+);
+-- When a restore drill last proved one of a job's backups, read per job by /metrics.
+CREATE INDEX execution_job_proven ON execution (job_id, proven_restorable_at)
+    WHERE proven_restorable_at IS NOT NULL;

@@ -180,3 +180,19 @@ def _apply(event):
     if applied is None:
         log.warning("dropping spooled %s event for %r: no such website", event.kind, event.payload["domain"])
     return int(bool(applied))
+
+
+def counts(data_dir):
+    """(waiting, rejected): spooled events not replayed yet, those of a replay under way included, and
+    the lines the replay set aside in the rejected file. For /metrics; a missing spool counts 0."""
+    data_dir = Path(data_dir)
+    waiting = sum(_records(path) for path in [data_dir / SPOOL_NAME, *data_dir.glob(REPLAYING_GLOB)])
+    return waiting, _records(data_dir / REJECTED_NAME)
+
+
+def _records(path):
+    try:
+        with open(path, "rb") as spooled:
+            return sum(1 for line in spooled if line.strip())
+    except FileNotFoundError:  # none yet, or a replay just renamed or finished it
+        return 0

@@ -65,3 +65,12 @@ class ExecutionType(StrEnum):
     """What an execution does: the seed's `type`."""
     BACKUP = "Backup"
     RESTORE = "Restore"
+
+
+class WebhookOutcome(StrEnum):
+    """What became of a webhook event (webhook_tally, /metrics)."""
+    APPLIED = "applied"  # it moved its backup, or created it
+    IGNORED = "ignored"  # its backup had already ended: kept in the history, nothing changed
+    DUPLICATE = "duplicate"  # a spool replay of an event applied before
+    UNKNOWN_WEBSITE = "unknown_website"  # no website has its domain (404)
+    INVALID = "invalid"  # its body breaks the contract, or is over 1 MiB (400, 413)

@@ -22,6 +22,7 @@ from pathlib import Path
 import psycopg2
 from peewee import DatabaseError
 
+import heartbeats
 import models
 from database import opened
 
@@ -72,13 +73,15 @@ def trigger(job, data_dir, idempotency_key=None):
     """Queue an execution of `job` and wake the workers: how both the API and `backhook jobs run` start a run.
 
     With an `idempotency_key` that already queued a run of `job` in the last
-    24 hours, that run is returned and nothing is queued.
+    24 hours, that run is returned and nothing is queued. A run queued while
+    no worker is alive says so in its log (heartbeats.py).
     """
     if idempotency_key is None:
         execution, queued = models.Execution.enqueue(job), True
     else:
         execution, queued = models.Execution.enqueue_once(job, idempotency_key)
     if queued:
+        heartbeats.note_if_unattended(execution.id)  # first: a worker woken now could claim it before the look
         wake_workers(data_dir)
     return execution
 

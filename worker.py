@@ -8,7 +8,9 @@ One loop in the main thread does the worker's part of the lease protocol
 - claim_pending: takes Pending executions, never more than the global limit;
 - renewals: a Task that keeps this worker's executions alive;
 - watch_runs: stops runs that were cancelled or ran past their timeout;
-- reclaims: a Task that takes back executions whose worker died.
+- reclaims: a Task that takes back executions whose worker died;
+- heartbeat: a Task that stamps this worker's row, so that /readyz, the job
+  listing and /metrics can say how many workers are alive (heartbeats.py).
 
 Each duty meets a locked database on its own: one that fails never keeps the
 others, above all the lease renewal, from their turn. The webhook follow-ups
@@ -37,17 +39,18 @@ import sys
 import threading
 import time
 
-from peewee import OperationalError
+from peewee import InterfaceError, OperationalError
 
 import config
 import destinations
 import drills
+import heartbeats
 import leases
 import schedules
 import wpsec
 from backup import Run
 from database import database, open_database, opened
-from models import Execution, IdempotencyKey, new_id, now_ms
+from models import Execution, IdempotencyKey, WorkerHeartbeat, new_id, now_ms
 from restore import Restore
 from statuses import ExecutionType
 from spool import replay_spool
@@ -107,7 +110,8 @@ class Task:
 
 class Worker:
     def __init__(self, settings):
-        self.id = f"{socket.gethostname()}-{os.getpid()}-{new_id()[-8:]}"
+        self.host, self.pid, self.started_at = socket.gethostname(), os.getpid(), now_ms()
+        self.id = f"{self.host}-{self.pid}-{new_id()[-8:]}"
         self.data_dir = settings["DATA_DIR"]
         self.lease_ms = int(settings["LEASE_SECONDS"] * 1000)
         renew_every = settings["LEASE_SECONDS"] / 3  # also how long a lapse is watched before a reclaim
@@ -120,6 +124,7 @@ class Worker:
         self.reclaims = Task("reclaim", RECLAIM_EVERY_SECONDS, self.reclaim_lapsed)
         self.renewals = Task("renewals", renew_every, self.renew_leases, retry_at_once=True)
         self.abandoned = queue.SimpleQueue()  # reclaimed executions whose targets the chores remove
+        self.heartbeat = Task("heartbeat", heartbeats.BEAT_EVERY_SECONDS, self.beat, retry_at_once=True)
 
     # --- the leases: claim, renew, reclaim (leases.py) -----------------------------------
 
@@ -175,6 +180,15 @@ class Worker:
         if self.next_due_ms is None:
             return None
         return max(DUE_RETRY_SECONDS, (self.next_due_ms - now_ms()) / 1000)
+    def beat(self):
+        WorkerHeartbeat.beat(self.id, self.host, self.pid, self.started_at)
+
+    def forget_heartbeat(self):
+        """A worker that stops is no longer counted; a busy database leaves that to the minute's lapse."""
+        try:
+            WorkerHeartbeat.forget(self.id)
+        except (OperationalError, InterfaceError) as exc:
+            log.warning("could not remove this worker's heartbeat: %s", exc)
 
     # --- running ----------------------------------------------------------------------
 
@@ -218,8 +232,9 @@ class Worker:
 
         Each thread runs on its own: a slow WPSec site may take minutes to
         answer, and neither the claim loop nor the checkpoint may wait on it.
-        The chores also purge the Idempotency-Keys older than 24 hours and drop
-        what reclaimed restores left on database servers.
+        The chores also purge the Idempotency-Keys older than 24 hours and the
+        heartbeats of workers gone for as long, and drop what reclaimed restores
+        left on database servers.
         """
         threads = {"chores": [
             Task("spool replay", CHORES_EVERY_SECONDS, lambda: replay_spool(self.data_dir)),
@@ -228,6 +243,7 @@ class Worker:
                  lambda: wpsec.poll_silent_remote_backups(self.poll_after_seconds)),
             Task("idempotency key purge", PURGE_EVERY_SECONDS, IdempotencyKey.purge_expired),
             Task("abandoned restore targets", CHORES_EVERY_SECONDS, self.remove_abandoned_targets),
+            Task("heartbeat purge", PURGE_EVERY_SECONDS, heartbeats.purge_stale),
         ]}
         if opened().needs_checkpoints:
             threads["checkpoints"] = [Task("checkpoint", CHECKPOINT_EVERY_SECONDS, opened().checkpoint)]
@@ -265,6 +281,10 @@ class Worker:
         return not self.runs or overdue
 
     def serve(self):
+        try:  # before it can be woken: a run triggered from then on finds it counted
+            self.heartbeat.run()
+        except OperationalError as exc:  # the first tick tries again
+            log.warning("database unavailable: %s", exc)
         wake = listen(self.data_dir, self.id)
         # A signal writes a byte to this pair, so it ends the wait at once.
         signal_pipe, signal_wakeup = socket.socketpair()
@@ -287,6 +307,7 @@ class Worker:
                     drain(ready)
         finally:
             stopping.set()
+            self.forget_heartbeat()
             stop_listening(wake)
             signal.set_wakeup_fd(-1)
             signal_pipe.close()
@@ -296,7 +317,7 @@ class Worker:
     def tick(self, now=None):
         now = time.monotonic() if now is None else now
         self.reap_finished()
-        duties = [lambda: self.renewals.run(now), self.watch_runs]
+        duties = [lambda: self.renewals.run(now), self.watch_runs, lambda: self.heartbeat.run(now)]
         if self.stopping_since is None:
             duties = [lambda: self.reclaims.run(now), self.enqueue_due_runs, self.claim_and_start, *duties]
         elif now - self.stopping_since > self.grace_seconds:

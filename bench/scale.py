@@ -1,11 +1,12 @@
 """Scale: hot-path latency with 1,000,000 executions and 100,000 websites vs an empty database.
 
-Two databases with the same 20 jobs:
+Two databases with the same 1,000 jobs:
 
 - "empty": only what the requests need: a history page (20 executions) per
   job, 50 websites;
-- "full": 1,000,000 finished executions spread over the 20 jobs, each with
-  5 log lines; 100,000 websites with 5 backups each and 3 events per backup.
+- "full": 1,000,000 finished executions spread over the 1,000 jobs, each with
+  5 log lines, one success in a hundred proven restorable by a drill;
+  100,000 websites with 5 backups each and 3 events per backup.
 
 The full database is filled with bulk INSERT ... SELECT over recursive CTEs
 and cached under var/bench/ (keyed by schema.sql and the sizes); each run
@@ -17,11 +18,13 @@ in alternating rounds, both databases served by the same gunicorn settings:
 - GET /api/jobs
 - GET /api/executions, the history: pages of 20, unfiltered, by job, by
   status, by both, by type, and from a random `before` anywhere in it
+- GET /metrics, the whole scrape (every job's series)
 - the worker's claim: trigger over HTTP until `backhook worker` has claimed the execution
 
 Target (README.md, "Performance targets"): each within 1.3x of the empty database.
 
-    .venv/bin/python bench/scale.py [--executions 1000000] [--websites 100000] [--only history,poll] [--quick]
+    .venv/bin/python bench/scale.py [--executions 1000000] [--websites 100000] [--jobs 1000] [--only history,poll]
+        [--quick]
 """
 import argparse
 import hashlib
@@ -33,26 +36,25 @@ import requests
 
 import common
 
-JOBS = 20
 LOGS_PER_EXECUTION = 5
 BACKUPS_PER_SITE = 5
 EVENTS_PER_BACKUP = 3
 TARGET_RATIO = 1.3
-FILL_VERSION = 1  # bump when the fill below changes
+FILL_VERSION = 2  # bump when the fill below changes
 FINISHED = ("Success", "Failed", "Cancelled")
 HISTORY_PAGE = 20  # the listing's page size, and how many executions each job has in the empty database
-MEASURES = ["poll", "poll+logs", "jobs", "history", "webhook", "claim"]
+MEASURES = ["poll", "poll+logs", "jobs", "history", "webhook", "metrics", "claim"]
 
 
 # --- filling ---------------------------------------------------------------------------
 
-def create_database(data_dir, websites):
-    """A migrated database with the 20 jobs and `websites` sites."""
+def create_database(data_dir, jobs, websites):
+    """A migrated database with `jobs` jobs and `websites` sites."""
     common.init_database(data_dir)
     with common.transaction(data_dir) as db:
         db.executemany("INSERT INTO job (id, name, source, destination, keep, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                       [(common.new_id(), f"job-{number:02d}", f"files:///srv/site-{number}",
-                         "/var/backups/backhook", 7, common.now_ms()) for number in range(JOBS)])
+                       [(common.new_id(), f"job-{number:04d}", f"files:///srv/site-{number}",
+                         "/var/backups/backhook", 7, common.now_ms()) for number in range(jobs)])
     if websites:
         common.add_websites(data_dir, websites)
 
@@ -63,14 +65,15 @@ FILL_SQL = [
     """WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < :executions - 1),
        e AS (SELECT i, :start + i * 30000 AS t, i % 50 = 0 AS failed FROM n)
     INSERT INTO execution (id, job_id, type, status, progress, stage, created_at, started_at, ended_at,
-                           size, path, sha256, error, attempts, worker_id)
+                           size, path, sha256, error, attempts, worker_id, proven_restorable_at)
     SELECT printf('%012x', t) || lower(hex(randomblob(10))), j.id, 'Backup',
            iif(failed, 'Failed', 'Success'), iif(failed, 37, 100), iif(failed, 'Failed', 'Completed'),
            t, t + 150, t + 60000,
            iif(failed, NULL, 50000000 + abs(random() % 50000000)),
            iif(failed, NULL, '/var/backups/backhook/' || j.id || '/' || t || '.tar.zst'),
            iif(failed, NULL, lower(hex(randomblob(32)))),
-           iif(failed, 'tar: /srv/site: Cannot open: Permission denied', NULL), 1, 'bench-host-1'
+           iif(failed, 'tar: /srv/site: Cannot open: Permission denied', NULL), 1, 'bench-host-1',
+           iif(i % 100 = 1, t + 120000, NULL)
     FROM e JOIN bench_job j ON j.k = e.i % :jobs""",
     # Log lines, in execution order so the (execution_id, id) index grows at its end.
     """WITH RECURSIVE k(j) AS (SELECT 1 UNION ALL SELECT j + 1 FROM k WHERE j < :logs)
@@ -103,9 +106,27 @@ FILL_SQL = [
 ]
 
 
-def fill(path, executions, websites):
+# The counters /metrics reads (schema.sql version 11) hold what backhook would have counted while
+# the history was written; a schema before them has nothing to fill.
+TALLY_SQL = {
+    "run_tally": "INSERT INTO run_tally (job_id, type, status, count) SELECT job_id, type, status, count(*) "
+                 "FROM execution WHERE status IN ('Success', 'Failed', 'Cancelled') GROUP BY job_id, type, status",
+    "backup_tally": "INSERT INTO backup_tally (status, count) SELECT status, count(*) FROM backup GROUP BY status",
+}
+
+
+def count_tallies(db):
+    """Count the history into the tally tables this schema has, in the caller's transaction."""
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    for table, sql in TALLY_SQL.items():
+        if table in tables:
+            db.execute(f"DELETE FROM {table}")
+            db.execute(sql)
+
+
+def fill(path, executions, jobs, websites):
     """Bulk-insert the history into the migrated database at `path`."""
-    params = {"executions": executions, "websites": websites, "jobs": JOBS, "logs": LOGS_PER_EXECUTION,
+    params = {"executions": executions, "websites": websites, "jobs": jobs, "logs": LOGS_PER_EXECUTION,
               "backups": BACKUPS_PER_SITE, "events": EVENTS_PER_BACKUP,
               "now": common.now_ms(), "start": common.now_ms() - executions * 30000 - 86_400_000}
     db = sqlite3.connect(path, isolation_level=None)
@@ -117,15 +138,16 @@ def fill(path, executions, websites):
         db.execute(statement, {name: value for name, value in params.items() if f":{name}" in statement})
         print(f"  {statement.split('INSERT INTO ')[-1].split()[0] if 'INSERT' in statement else 'temp':14}"
               f" {time.monotonic() - started:6.1f} s", flush=True)
+    count_tallies(db)
     db.execute("COMMIT")
     db.execute("PRAGMA journal_mode=wal")
     db.close()
 
 
-def full_database(data_dir, executions, websites):
+def full_database(data_dir, executions, jobs, websites):
     """A copy of the cached full database in `data_dir`; fills the cache first if needed."""
     schema = (common.PROJECT / "schema.sql").read_bytes()
-    tag = hashlib.sha256(schema + f"{FILL_VERSION}-{executions}-{websites}".encode()).hexdigest()[:12]
+    tag = hashlib.sha256(schema + f"{FILL_VERSION}-{executions}-{jobs}-{websites}".encode()).hexdigest()[:12]
     cache = common.WORK / f"scale-{executions}-{websites}-{tag}.db"
     if not cache.exists():
         for stale in common.WORK.glob(f"scale-{executions}-{websites}-*.db"):
@@ -133,8 +155,8 @@ def full_database(data_dir, executions, websites):
         print(f"filling {cache.name} (cached for later runs) …", flush=True)
         started = time.monotonic()
         scratch = common.fresh_dir("scale-fill")
-        create_database(scratch, 0)
-        fill(scratch / "backhook.db", executions, websites)
+        create_database(scratch, jobs, 0)
+        fill(scratch / "backhook.db", executions, jobs, websites)
         (scratch / "backhook.db").rename(cache)
         print(f"filled in {time.monotonic() - started:.0f} s, {cache.stat().st_size / 1e9:.2f} GB", flush=True)
     shutil.copyfile(cache, data_dir / "backhook.db")
@@ -158,6 +180,7 @@ class Side:
             "poll": self.paths_file("poll", [f"/api/executions/{i}" for i in ids]),
             "poll+logs": self.paths_file("poll-logs", [f"/api/executions/{i}?includeLogs=true" for i in ids]),
             "jobs": self.paths_file("jobs", ["/api/jobs"]),
+            "metrics": self.paths_file("metrics", ["/metrics"]),
             "history": self.paths_file("history", self.history_paths),
         }
 
@@ -200,6 +223,12 @@ class Side:
             self.db.execute("SELECT sum(progress), max(id) FROM backup").fetchall()
         elif what == "jobs":
             self.db.execute("SELECT (SELECT max(created_at) FROM execution WHERE job_id = job.id) FROM job").fetchall()
+        elif what == "metrics":  # each job's newest success, its row, and its latest proof
+            self.db.execute(
+                "SELECT e.*, (SELECT max(proven_restorable_at) FROM execution WHERE job_id = job.id "
+                "AND proven_restorable_at IS NOT NULL) FROM job LEFT JOIN execution e ON e.id = "
+                "(SELECT id FROM execution WHERE job_id = job.id AND status = 'Success' AND type = 'Backup' "
+                "ORDER BY created_at DESC, id DESC LIMIT 1)").fetchall()
         elif what == "history":  # each page's index entries and rows, as the listing reads them
             for path in set(self.history_paths):
                 if "before=" in path:
@@ -254,6 +283,7 @@ def main(argv=()):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--executions", type=int, default=1_000_000)
     parser.add_argument("--websites", type=int, default=100_000)
+    parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=4)
     parser.add_argument("--claims", type=int, default=200)
@@ -265,10 +295,10 @@ def main(argv=()):
     if unknown:
         parser.error(f"--only: unknown {', '.join(sorted(unknown))}; choose from {', '.join(MEASURES)}")
     if args.quick:
-        args.executions, args.websites, args.rounds, args.seconds, args.claims = 2000, 200, 1, 1, 10
+        args.executions, args.websites, args.jobs, args.rounds, args.seconds, args.claims = 2000, 200, 20, 1, 1, 10
 
     empty_dir, full_dir = common.fresh_dir("scale-empty"), common.fresh_dir("scale-full")
-    create_database(empty_dir, 50)
+    create_database(empty_dir, args.jobs, 50)
     with common.transaction(empty_dir) as db:  # each job's history page, finished
         now = common.now_ms()
         db.executemany("INSERT INTO execution (id, job_id, status, stage, created_at, started_at, ended_at) "
@@ -276,8 +306,9 @@ def main(argv=()):
                        [(common.new_id(), job_id, now - age, now - age, now - age)
                         for (job_id,) in db.execute("SELECT id FROM job").fetchall()
                         for age in range(HISTORY_PAGE)])
+        count_tallies(db)
     empty_key = common.api_key(empty_dir)
-    full_key = full_database(full_dir, args.executions, args.websites)
+    full_key = full_database(full_dir, args.executions, args.jobs, args.websites)
     args.full_gb = (full_dir / "backhook.db").stat().st_size / 1e9
     sides = [Side("empty", empty_dir, empty_key, 50, 2000),
              Side("full", full_dir, full_key, args.websites, args.websites * BACKUPS_PER_SITE)]
@@ -323,10 +354,11 @@ def report(p50, measures, args):
     return "\n".join([
         "## Scale",
         "",
-        f"Full database: {args.executions:,} executions over {JOBS} jobs with {LOGS_PER_EXECUTION} log lines each, "
+        f"Full database: {args.executions:,} executions over {args.jobs:,} jobs with {LOGS_PER_EXECUTION} log lines "
+        "each (one success in 100 proven restorable), "
         f"{args.websites:,} websites with {BACKUPS_PER_SITE} backups and {EVENTS_PER_BACKUP} events per backup "
         f"({args.full_gb:.2f} GB; filled once with INSERT … SELECT in about a minute, cached under var/bench/). "
-        f"Empty database: the {JOBS} jobs, {HISTORY_PAGE} executions each, 50 websites. The history is "
+        f"Empty database: the {args.jobs:,} jobs, {HISTORY_PAGE} executions each, 50 websites. The history is "
         f"`GET /api/executions?limit={HISTORY_PAGE}` unfiltered, by job, by status, by both, by type and "
         "from a random `before`, one sixth each. Median latency over "
         f"{args.rounds} alternating rounds of {args.seconds:g} s, one connection (wrk -c 1 -t 1); "

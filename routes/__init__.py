@@ -3,7 +3,7 @@ import functools
 import json
 import re
 
-from flask import g, request
+from flask import current_app, g, request
 from peewee import Tuple
 from werkzeug.wsgi import get_content_length
 
@@ -27,13 +27,19 @@ def error(message, status, headers=None):
     raise ApiError(message, status, headers)
 
 
-def require_permission(permission):
-    """Let the view run only for a usable `Authorization: Bearer` key holding `permission`."""
+def require_permission(permission, open_when=None):
+    """Let the view run only for a usable `Authorization: Bearer` key holding `permission`.
+
+    `open_when` names a config flag that, when set, opens the view to every
+    caller (BACKHOOK_METRICS_PUBLIC for /metrics).
+    """
     from models import ApiKey
 
     def decorate(view):
         @functools.wraps(view)
         def guarded(*args, **kwargs):
+            if open_when is not None and current_app.config[open_when]:
+                return view(*args, **kwargs)
             scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not presented.strip():  # schemes ignore case (RFC 7235)
                 error("Missing API key: send 'Authorization: Bearer <key>'", 401)

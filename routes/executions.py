@@ -1,5 +1,6 @@
 from flask import Blueprint, current_app, request
 
+from heartbeats import note_if_unattended
 from models import Execution, ExecutionLog, iso
 from restore import RestoreRefused, queue_restore
 from routes import error, json_object, newest_first, page_cursor, page_limit, query_flag, require_permission
@@ -102,6 +103,8 @@ def enum_arg(name, enum):
 def show_execution(execution_id):
     execution = find_execution(execution_id)
     execution.name = execution.job.name  # as Execution.with_job_name adds it
+    if execution.status == ExecutionStatus.PENDING:
+        note_if_unattended(execution.id)  # before its logs are read, so this very answer shows the note
     return {"success": True, "data": execution_to_api(execution, include_logs=query_flag("includeLogs"))}
 
 

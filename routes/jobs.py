@@ -3,6 +3,7 @@ import re
 from flask import Blueprint, current_app, request
 
 import destinations
+from heartbeats import workers_seen
 from models import Job, JobDestination, iso
 from routes import error, require_permission
 from sources import describe_source
@@ -44,7 +45,8 @@ def list_jobs():
     texts = {}
     for row in JobDestination.select().order_by(JobDestination.job, JobDestination.position):  # one query for all
         texts.setdefault(row.job_id, []).append(row.destination)
-    return {"success": True, "data": [job_to_api(job, texts.get(job.id)) for job in Job.listing()]}
+    return {"success": True, "data": [job_to_api(job, texts.get(job.id)) for job in Job.listing()],
+            "workers": workers_seen()}  # beside the seed's fields: whether anyone will run what is triggered
 
 
 @bp.post("/<job_id>/run")

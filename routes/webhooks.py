@@ -9,11 +9,13 @@ import logging
 from flask import Blueprint, Response, current_app, request
 from peewee import DatabaseError
 
+from database import opened
 from events import InvalidEvent, webhook_event
+from models import WebhookTally
 from remote_backups import apply
-from routes import error, json_object
+from routes import ApiError, error, json_object
 from spool import spool_event
-from statuses import EventKind
+from statuses import EventKind, WebhookOutcome
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 log = logging.getLogger("backhook.webhooks")
@@ -42,7 +44,9 @@ def receive(kind):
     try:
         event = webhook_event(kind, json_object())
     except InvalidEvent as exc:
-        error(str(exc), 400)
+        refuse(kind, ApiError(str(exc), 400))
+    except ApiError as exc:  # not a JSON object, or too large
+        refuse(kind, exc)
     try:
         applied = apply(event)
     except DatabaseError as exc:
@@ -59,6 +63,16 @@ def check_token():
     presented = request.headers.get("x-wpfort-token", "")
     if not hmac.compare_digest(presented.encode(), expected.encode()):
         error("Missing or invalid x-wpfort-token", 401)
+
+
+def refuse(kind, answer):
+    """Count a refused body for /metrics, then raise its answer; a busy database costs only the count."""
+    try:
+        with opened().atomic():
+            WebhookTally.add(kind, WebhookOutcome.INVALID)
+    except DatabaseError as exc:
+        log.warning("webhook %s refused (%s); not counted: %s", kind, answer.message, exc)
+    raise answer
 
 
 def keep_for_later(event, exc):

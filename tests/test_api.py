@@ -6,7 +6,7 @@ from peewee import SqliteDatabase
 
 import models
 import test_sources
-from models import Execution, ExecutionLog
+from models import Execution, ExecutionLog, WorkerHeartbeat
 
 ISO_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 EXECUTION_FIELDS = ["id", "jobId", "jobName", "type", "status", "progress", "stage", "startedAt",
@@ -82,6 +82,7 @@ def test_poll_of_a_finished_execution_formats_times_and_duration(client, auth, m
 
 def test_poll_with_include_logs_lists_entries_in_order(client, auth, make_job):
     job = make_job()
+    WorkerHeartbeat.beat("worker-1", "host", 1, models.now_ms())  # a live worker: no note that none is there
     execution_id = trigger(client, auth, job.id).get_json()["executionId"]
     for number in range(3):
         ExecutionLog.create(execution=execution_id, stage="Dumping", message=f"line {number}")
@@ -144,7 +145,7 @@ def test_cancel_unknown_execution_is_404(client, auth):
 
 def test_livez_and_readyz_answer(client):
     assert client.get("/livez").status_code == 200
-    assert client.get("/readyz").get_json() == {"status": "ok"}
+    assert client.get("/readyz").get_json() == {"status": "ok", "workers": 0}
 
 
 def test_readyz_is_503_when_the_database_cannot_be_reached(app, client, tmp_path):

@@ -36,6 +36,10 @@ def populated(app, make_key, make_job):
         models.JobDestination.create(job=job.id, position=0, destination=job.destination)
         models.ArtifactCopy.create(execution=execution.id, position=0, destination=job.destination,
                                    location="/backups/x.tar.zst")
+        models.WorkerHeartbeat.create(id="worker-1", host="backup-host", pid=4242, started_at=1, last_seen=2)
+        models.RunTally.create(job=job.id, type="Backup", status="Success", count=1)
+        models.BackupTally.create(status="completed", count=1)
+        models.WebhookTally.create(kind="complete", outcome="applied", shard=3, count=1)
     Setting.write("max_concurrent_jobs", 3)
     return key, execution
 

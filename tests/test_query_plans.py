@@ -315,3 +315,47 @@ def test_a_postgresql_query_no_index_serves_is_caught(history, recorded):
     list(Execution.select().where(Execution.error == "disk full").order_by(Execution.size))
     assert sorted(problem.splitlines()[0] for problem in postgresql_plan_problems(recorded)) == [
         "Seq Scan execution", "Sort "]
+
+
+# --- /metrics: one query for every job, each job's rows through an index -------------------
+
+SMALL_BY_DESIGN = ("job", "run_tally", "webhook_tally", "backup_tally")  # one row per job, or a few
+
+
+def scrape_statements(client, make_key, recorded):
+    reader = {"Authorization": f"Bearer {make_key('metrics:read')}"}
+    client.get("/metrics", headers=reader)  # the key's first use records it; the scrape after reads only
+    recorded.clear()
+    assert client.get("/metrics", headers=reader).status_code == 200
+    return list(recorded)
+
+
+def test_a_scrape_reads_each_jobs_newest_rows_through_indexes_in_as_many_queries_for_any_number_of_jobs(
+        history, client, make_key, make_job, record_sql):
+    job, backup = history
+    Execution.update(proven_restorable_at=5).where(Execution.id == backup.id).execute()
+    with models.database.atomic():
+        Execution.create(job=job.id, type=ExecutionType.RESTORE, status=ExecutionStatus.SUCCESS, created_at=2000)
+        Execution.create(job=job.id, created_at=3000)
+    few = scrape_statements(client, make_key, record_sql)
+    assert full_scans(few, allowed=SMALL_BY_DESIGN) == []
+    assert temp_sorts(few) == []
+    # Not merely some index on job_id, which would read the job's whole history: the newest Success
+    # of each type straight from the end of its range, and the latest proof from the index of proofs.
+    connection = database.opened().connection()
+    plans = [detail for sql, params in few if "proven_restorable_at" in sql
+             for *_ids, detail in connection.execute("EXPLAIN QUERY PLAN " + sql, params)
+             if detail.startswith("SEARCH") and "execution" in detail]
+    assert sum("INDEX execution_job_status_type_created " in detail for detail in plans) == 2, plans
+    assert sum("INDEX execution_job_proven " in detail for detail in plans) == 1, plans
+    for number in range(5):
+        make_job(name=f"more-{number}")
+    assert len(scrape_statements(client, make_key, record_sql)) == len(few)  # no query per job
+
+
+@pytest.mark.postgresql_only("EXPLAIN of PostgreSQL's planner")
+def test_a_scrape_needs_no_sequential_scan_of_the_executions_or_sort_on_postgresql(
+        history, client, make_key, recorded):
+    statements = scrape_statements(client, make_key, recorded)
+    assert any("proven_restorable_at" in sql for sql, _params in statements)
+    assert postgresql_plan_problems(statements) == []
