@@ -30,13 +30,14 @@ if __package__:
 import config  # noqa: E402  (the project's own modules need HERE on sys.path)
 import dbcopy  # noqa: E402
 import destinations  # noqa: E402
+import job_definition  # noqa: E402
 import models  # noqa: E402
 from compression import COMPRESSORS  # noqa: E402
 from database import connect_database, database, is_postgresql_url, opened  # noqa: E402
 from migrations import latest_version, migrate  # noqa: E402
 from app import create_app  # noqa: E402
 from models import ApiKey, Execution, Job, Setting, Website, iso, normalize_domain  # noqa: E402
-from sources import SourceError, describe_source, parse_source, shown_source  # noqa: E402
+from sources import SourceError, describe_source, shown_source  # noqa: E402
 from encryption import parse_recipients  # noqa: E402
 from restore import SCRATCH, RestoreRefused, queue_restore, run_in_this_process  # noqa: E402
 from statuses import FINISHED, ExecutionStatus, ExecutionType  # noqa: E402
@@ -436,55 +437,23 @@ def jobs_add(name, source, destination_list, allow_partial_destinations, compres
     (<name>.<ext>.zst.age) to every recipient; only public keys are accepted.
     Restoring needs a matching identity (`backhook restore --identity-file`).
     """
-    problem = models.job_name_problem(name)
-    if problem:
-        fail(problem)
     try:
-        parsed = parse_source(source)
+        recipients = parse_recipients(encrypt_to, encrypt_to_files)  # the files are the command line's to read
     except SourceError as exc:
         fail(str(exc))
-    if parsed.kind != "files" and (excludes or one_file_system):
-        fail("--exclude and --one-file-system apply only to files:// sources")
-    if any(not pattern or models.CONTROL_CHARACTERS.search(pattern) for pattern in excludes):
-        fail("an --exclude pattern cannot be empty or hold control characters")
-    if restore_command is not None and (parsed.kind != "command" or not restore_command.strip()):
-        fail("--restore-command applies only to command: sources, and cannot be empty")
-    if parsed.kind == "wpsec" and Website.by_domain(parsed.domain) is None:
-        fail(f"no website {parsed.domain!r}: register it with `backhook websites add` first")
-    texts = checked_destinations(destination_list)
+    values = {"name": name, "source": source, "destinations": [destinations.normalized(t) for t in destination_list],
+              "allow_partial_destinations": allow_partial_destinations, "compression": compression, "keep": keep,
+              "timeout_seconds": int(timeout_hours * 3600), "excludes": list(excludes),
+              "one_file_system": one_file_system, "restore_command": restore_command, "recipients": recipients}
     try:
-        recipients = parse_recipients(encrypt_to, encrypt_to_files)
-    except SourceError as exc:
-        fail(str(exc))
-    if recipients and parsed.kind == "wpsec":
-        fail("--encrypt-to does not apply to wpsec:// sources: the WordPress plugin makes those backups")
-    job = create_unique(Job, f"a job named {name!r} already exists", name=name, source=source,
-                        destination=texts[0], compression=compression, keep=keep,
-                        timeout_seconds=int(timeout_hours * 3600), excludes=json.dumps(list(excludes)),
-                        one_file_system=one_file_system, restore_command=restore_command,
-                        allow_partial_destinations=allow_partial_destinations,
-                        recipients=json.dumps(recipients) if recipients else None)
-    with database.atomic():
-        destinations.set_destinations(job, texts)
+        job = job_definition.create(job_definition.define(values, on_command_line=True))
+    except job_definition.Invalid as invalid:
+        fail(invalid.for_command_line())
+    texts = destinations.destination_texts(job)
     shown = ", ".join(destinations.describe(text, job) for text in texts)
     encrypted = f", age-encrypted to {len(recipients)} recipient{'s' if len(recipients) > 1 else ''}" if recipients else ""
     click.echo(f"created job {name} ({shown_source(source)} → {shown}, {compression}{encrypted})")
     click.echo(job.id)
-
-
-def checked_destinations(given):
-    """The destinations as stored (a relative directory made absolute), each checked and given once; else fail."""
-    texts = []
-    for text in given:
-        try:
-            text = destinations.normalized(text)
-            destinations.parse_destination(text)
-        except SourceError as exc:
-            fail(str(exc))
-        if text in texts:
-            fail(f"destination {text} is given twice")
-        texts.append(text)
-    return texts
 
 
 @jobs.command("list")
@@ -623,14 +592,11 @@ def shown_value(name, value):
 def jobs_set(reference, keep, keep_all, timeout_hours, compression, destination, added, removed, allow_partial):
     """Change a job's keep, timeout, compression or destinations; prints old → new."""
     job = find_job(reference)
-    if destination is not None or added or removed:
-        change_destinations(job, destination, added, removed)
-        if not any(value is not None for value in (keep, timeout_hours, compression, allow_partial)) \
-                and not keep_all:
-            return
     if keep is not None and keep_all:
         fail("--keep N and --keep-all contradict each other")
     wanted = {}
+    if destination is not None or added or removed:
+        wanted["destinations"] = changed_destinations(job, destination, added, removed)
     if keep is not None or keep_all:
         wanted["keep"] = keep  # None keeps every backup
     if timeout_hours is not None:
@@ -642,23 +608,28 @@ def jobs_set(reference, keep, keep_all, timeout_hours, compression, destination,
     if not wanted:
         fail("nothing to change: give --keep N, --keep-all, --timeout-hours H, --compression, --destination, "
              "--add-destination, --remove-destination or --allow-partial-destinations")
-    changes = {name: (getattr(job, name), value) for name, value in wanted.items() if getattr(job, name) != value}
-    if changes:
-        with database.atomic():
-            Job.update(**{name: new for name, (_old, new) in changes.items()}).where(Job.id == job.id).execute()
-    for name, (old, new) in changes.items():
-        click.echo(f"job {job.name}: {name} {shown_value(name, old)} → {shown_value(name, new)}")
+    before = job_definition.current(job)
+    try:
+        changes = job_definition.revise(job, wanted, on_command_line=True)
+    except job_definition.Invalid as invalid:
+        fail(invalid.for_command_line())
+    job_definition.change(job, changes)
+    if "destinations" in wanted:
+        show_destination_change(job, before["destinations"], wanted["destinations"], removed)
+    for name, new in changes.items():
+        if name != "destinations":
+            click.echo(f"job {job.name}: {name} {shown_value(name, before[name])} → {shown_value(name, new)}")
     if not changes:
         click.echo(f"job {job.name}: nothing changed")
 
 
-def change_destinations(job, first, added, removed):
-    """`jobs set`'s destination options: replace the first, add, remove; never the last one, never a file."""
-    old = destinations.destination_texts(job)
-    texts = list(old)
+def changed_destinations(job, first, added, removed):
+    """`jobs set`'s destination options applied to the job's list: replace the first, add, remove."""
+    texts = destinations.destination_texts(job)
     if first is not None:
-        texts[0] = checked_destinations([first])[0]
-    for text in checked_destinations(added):
+        texts[0] = destinations.normalized(first)
+    for text in added:
+        text = destinations.normalized(text)
         if text in texts:
             fail(f"job {job.name} already stores backups on {text}")
         texts.append(text)
@@ -669,17 +640,17 @@ def change_destinations(job, first, added, removed):
         texts.remove(text)
     if not texts:
         fail(f"job {job.name} needs at least one destination: add another before removing {removed[-1]}")
-    if len(set(texts)) != len(texts):
-        fail("a destination is given twice")
-    if texts == old:
+    return texts
+
+
+def show_destination_change(job, old, new, removed):
+    if new == old:
         click.echo(f"job {job.name}: destinations unchanged")
         return
-    with database.atomic():
-        destinations.set_destinations(job, texts)
     click.echo(f"job {job.name}: destination {', '.join(destinations.describe(t, job) for t in old)} → "
-               f"{', '.join(destinations.describe(t, job) for t in texts)}")
+               f"{', '.join(destinations.describe(t, job) for t in new)}")
     for text in removed:
-        click.echo(f"the backups already stored on {destinations.describe(text, job)} stay there: removing a "
+        click.echo(f"the backups already stored on {destinations.describe(destinations.normalized(text), job)} stay there: removing a "
                    "destination deletes nothing (retention still prunes those copies once the job's --keep "
                    "expires them, and restores can still read them)")
 

@@ -228,3 +228,22 @@ INSERT INTO artifact_copy (execution_id, position, destination, location)
 -- ssh-ed25519 …, ssh-rsa …); NULL when its backups are not encrypted. Public
 -- keys only: no private key is ever stored.
 ALTER TABLE job ADD COLUMN recipients TEXT;
+
+-- version 12
+
+-- Idempotency-Key on POST /api/jobs (issue 17): the job the first call with this
+-- key created, per API key, and the SHA-256 of that call's body (the same key
+-- with another body is refused). Written in the job's transaction; it matches
+-- for 24 hours and the worker purges it after, as idempotency_key.
+CREATE TABLE job_creation_key (
+    id              INTEGER PRIMARY KEY,
+    api_key_id      TEXT NOT NULL REFERENCES api_key (id) ON DELETE CASCADE,
+    key             TEXT NOT NULL,
+    request_sha256  TEXT NOT NULL,
+    job_id          TEXT NOT NULL REFERENCES job (id) ON DELETE CASCADE,
+    created_at      BIGINT NOT NULL,
+    UNIQUE (api_key_id, key)
+);
+
+CREATE INDEX job_creation_key_created ON job_creation_key (created_at);
+CREATE INDEX job_creation_key_job ON job_creation_key (job_id);

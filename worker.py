@@ -41,7 +41,7 @@ import leases
 import wpsec
 from backup import Run
 from database import database, open_database, opened
-from models import Execution, IdempotencyKey, new_id
+from models import Execution, new_id, purge_idempotency_keys
 from restore import Restore
 from statuses import ExecutionType
 from spool import replay_spool
@@ -178,7 +178,7 @@ class Worker:
             Task("website sync", CHORES_EVERY_SECONDS, wpsec.sync_requested_websites),
             Task("silent backup poll", CHORES_EVERY_SECONDS,
                  lambda: wpsec.poll_silent_remote_backups(self.poll_after_seconds)),
-            Task("idempotency key purge", PURGE_EVERY_SECONDS, IdempotencyKey.purge_expired),
+            Task("idempotency key purge", PURGE_EVERY_SECONDS, purge_idempotency_keys),
         ]}
         if opened().needs_checkpoints:
             threads["checkpoints"] = [Task("checkpoint", CHECKPOINT_EVERY_SECONDS, opened().checkpoint)]
