@@ -177,8 +177,9 @@ def find_job(reference):
     return job
 
 
-def add_lifecycle_commands(group, find_row, what, metavar, delete_note=""):
-    """`enable`, `disable` and `delete` for keys and jobs alike; `find_row(reference)` finds the row."""
+def add_lifecycle_commands(group, find_row, what, metavar, with_delete=True):
+    """`enable`, `disable` and (unless told not to) `delete` for keys and jobs alike; `find_row(reference)` finds
+    the row."""
     for name, enabled in (("enable", True), ("disable", False)):
         @group.command(name, help=f"{name.capitalize()} a {what}.")
         @click.argument("reference", metavar=metavar)
@@ -189,7 +190,10 @@ def add_lifecycle_commands(group, find_row, what, metavar, delete_note=""):
             state = {True: "enabled", False: "disabled"}
             click.echo(f"{what} {row.name} ({row.id}): {state[row.enabled]} → {state[enabled]}")
 
-    @group.command("delete", help=f"Delete a {what}{delete_note}.")
+    if not with_delete:
+        return
+
+    @group.command("delete", help=f"Delete a {what}.")
     @click.argument("reference", metavar=metavar)
     def delete(reference):
         row = find_row(reference)
@@ -655,7 +659,30 @@ def show_destination_change(job, old, new, removed):
                    "expires them, and restores can still read them)")
 
 
-add_lifecycle_commands(jobs, find_job, "job", "NAME|ID", " and its history (stored artifacts stay on disk)")
+add_lifecycle_commands(jobs, find_job, "job", "NAME|ID", with_delete=False)
+
+
+@jobs.command("delete")
+@click.argument("reference", metavar="NAME|ID")
+@click.option("--keep-artifacts", is_flag=True,
+              help="delete a job that has stored backups too, leaving every artifact and its manifest where it is")
+def jobs_delete(reference, keep_artifacts):
+    """Delete a job and its history; never a stored backup (as DELETE /api/jobs/ID does).
+
+    A job with a Pending or Running execution is refused. So is one with
+    stored backups, unless --keep-artifacts: its artifacts then stay where they
+    are, each with its manifest and the stock commands that restore it, but
+    backhook no longer lists, prunes or restores them. To stop a job and keep
+    everything, `backhook jobs disable` it.
+    """
+    job = find_job(reference)
+    try:
+        deleted = job_definition.delete(job.id, keep_artifacts=keep_artifacts)
+    except job_definition.Refused as refused:
+        fail(refused.message)
+    if deleted is None:
+        fail(f"no job with the name or id {reference!r} (see `backhook jobs list`)")
+    click.echo(f"job {job.name} ({job.id}) deleted" + ("; its stored backups stay where they are" if keep_artifacts else ""))
 
 
 # --- restores -----------------------------------------------------------------

@@ -339,8 +339,9 @@ def delete(job_id, keep_artifacts=False):
                                  & Execution.path.is_null(False)).select(Execution.id, Execution.path))
         if stored and not keep_artifacts:
             raise Refused(f"job {job.name} has {len(stored)} stored backup(s), which would outlive it with no record "
-                          "in backhook: disable the job instead, or delete it with keepArtifacts=true to keep every "
-                          "artifact and its manifest where it is")
+                          "in backhook: disable the job instead, or delete it keeping its artifacts (keepArtifacts=true "
+                          "over HTTP, --keep-artifacts on the command line), which leaves each with its manifest where "
+                          "it is")
         job.delete_instance(recursive=True)
     for backup in stored:
         log.info("job %s (%s) deleted; its backup %s stays at %s", job.name, job.id, backup.id, backup.path)

@@ -385,3 +385,13 @@ def test_no_credential_of_a_source_is_in_any_answer_or_the_servers_log(start_ser
     logs = "".join(path.read_text() for path in data_dir.glob("process-*.log"))
     for text in [answer.text for answer in answers] + [logs]:
         assert PASSWORD not in text
+
+
+def test_jobs_delete_on_the_command_line_follows_the_same_rule(runner, make_job):
+    job = make_job()
+    backup = run_in_process(job)
+    refused = runner("jobs", "delete", "nightly")
+    assert refused.exit_code != 0 and "--keep-artifacts" in refused.output and Job.get_by_id(job.id)
+    done = runner("jobs", "delete", "nightly", "--keep-artifacts")
+    assert done.exit_code == 0, done.output
+    assert Job.get_or_none(Job.id == job.id) is None and Path(backup.path).is_file()
