@@ -653,8 +653,8 @@ def show_destination_change(job, old, new, removed):
         return
     click.echo(f"job {job.name}: destination {', '.join(destinations.describe(t, job) for t in old)} → "
                f"{', '.join(destinations.describe(t, job) for t in new)}")
-    for text in removed:
-        click.echo(f"the backups already stored on {destinations.describe(destinations.normalized(text), job)} stay there: removing a "
+    for text in map(destinations.normalized, removed):
+        click.echo(f"the backups already stored on {destinations.describe(text, job)} stay there: removing a "
                    "destination deletes nothing (retention still prunes those copies once the job's --keep "
                    "expires them, and restores can still read them)")
 
@@ -678,11 +678,12 @@ def jobs_delete(reference, keep_artifacts):
     job = find_job(reference)
     try:
         deleted = job_definition.delete(job.id, keep_artifacts=keep_artifacts)
-    except job_definition.Refused as refused:
-        fail(refused.message)
+    except job_definition.Invalid as refused:
+        fail(refused.for_command_line())
     if deleted is None:
         fail(f"no job with the name or id {reference!r} (see `backhook jobs list`)")
-    click.echo(f"job {job.name} ({job.id}) deleted" + ("; its stored backups stay where they are" if keep_artifacts else ""))
+    kept = "; its stored backups stay where they are" if keep_artifacts else ""
+    click.echo(f"job {job.name} ({job.id}) deleted{kept}")
 
 
 # --- restores -----------------------------------------------------------------

@@ -311,16 +311,10 @@ def change(job, changes):
     return True
 
 
-class Refused(Exception):
-    def __init__(self, message, status=409):
-        super().__init__(message)
-        self.message, self.status = message, status
-
-
 def delete(job_id, keep_artifacts=False):
     """Delete a job and its history; never a stored backup. Returns the deleted Job, None if there was none.
 
-    Refused (409) while one of its executions is Pending or Running, and while
+    Invalid (409) while one of its executions is Pending or Running, and while
     it has stored backups unless `keep_artifacts`: they then stay where they
     are, each with its manifest (which names the stock commands that restore
     it), and only backhook's record of them goes. The job's row is locked
@@ -333,15 +327,16 @@ def delete(job_id, keep_artifacts=False):
         ours = Execution.select().where(Execution.job == job.id)
         active = ours.where(Execution.status.in_([ExecutionStatus.PENDING, ExecutionStatus.RUNNING])).count()
         if active:
-            raise Refused(f"job {job.name} has {active} Pending or Running execution(s): cancel them or let them "
-                          "finish first")
-        stored = list(ours.where((Execution.type == ExecutionType.BACKUP) & (Execution.status == ExecutionStatus.SUCCESS)
-                                 & Execution.path.is_null(False)).select(Execution.id, Execution.path))
+            raise Invalid(None, f"job {job.name} has {active} Pending or Running execution(s): cancel them or "
+                                "let them finish first", 409)
+        stored = list(ours.where((Execution.type == ExecutionType.BACKUP)
+                                 & (Execution.status == ExecutionStatus.SUCCESS) & Execution.path.is_null(False))
+                      .select(Execution.id, Execution.path))
         if stored and not keep_artifacts:
-            raise Refused(f"job {job.name} has {len(stored)} stored backup(s), which would outlive it with no record "
-                          "in backhook: disable the job instead, or delete it keeping its artifacts (keepArtifacts=true "
-                          "over HTTP, --keep-artifacts on the command line), which leaves each with its manifest where "
-                          "it is")
+            raise Invalid(None, f"job {job.name} has {len(stored)} stored backup(s), which would outlive it with no "
+                                "record in backhook: disable the job instead, or delete it keeping its artifacts "
+                                "(keepArtifacts=true over HTTP, --keep-artifacts on the command line), which leaves "
+                                "each with its manifest where it is", 409)
         job.delete_instance(recursive=True)
     for backup in stored:
         log.info("job %s (%s) deleted; its backup %s stays at %s", job.name, job.id, backup.id, backup.path)

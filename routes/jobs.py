@@ -89,9 +89,7 @@ def earlier_creation(key, digest):
 @require_permission("jobs:write")
 def change_job(job_id):
     """Change the fields the body names, as `backhook jobs set` does; the answer is the whole job."""
-    job = Job.get_or_none(Job.id == job_id)
-    if job is None:
-        error("Job not found", 404)
+    job = find_job(job_id)
     body = json_object()
     try:
         changes = job_definition.revise(job, job_definition.api_values(body))
@@ -108,8 +106,8 @@ def delete_job(job_id):
     """Delete a job and its history, never its stored backups (job_definition.delete says when it refuses)."""
     try:
         job = job_definition.delete(job_id, keep_artifacts=query_flag("keepArtifacts"))
-    except job_definition.Refused as refused:
-        error(refused.message, refused.status)
+    except job_definition.Invalid as refused:
+        error(refused.for_api(), refused.status)
     if job is None:
         error("Job not found", 404)
     return "", 204
@@ -118,9 +116,7 @@ def delete_job(job_id):
 @bp.post("/<job_id>/run")
 @require_permission("jobs:execute")
 def run_job(job_id):
-    job = Job.get_or_none(Job.id == job_id)
-    if job is None:
-        error("Job not found", 404)
+    job = find_job(job_id)
     if not job.enabled:
         error("Job is disabled", 409)
     try:
@@ -128,6 +124,13 @@ def run_job(job_id):
     except IntegrityError:  # the job was deleted since it was read
         error("Job not found", 404)
     return {"success": True, "executionId": execution.id}
+
+
+def find_job(job_id):
+    job = Job.get_or_none(Job.id == job_id)
+    if job is None:
+        error("Job not found", 404)
+    return job
 
 
 def idempotency_key():
