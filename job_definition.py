@@ -225,14 +225,14 @@ def revise(job, values, on_command_line=False):
     old_kind = kind_of(job.source)
     if old_kind == "command" and not on_command_line:
         raise Invalid(BY_COLUMN["source"], COMMAND_LINE_ONLY, 403)
-    merged = current(job)
+    before = current(job)
+    merged = dict(before)
     for column, value in values.items():
         field = BY_COLUMN[column]
         if not field.changeable and value != merged[column]:
             raise Invalid(field, "cannot be changed: it is the folder of the job's backups on every destination; "
                                  "create a new job instead")
         merged[column] = checked(column, value)
-    kind = old_kind
     if "source" in values:
         source = parse_source(merged["source"])
         if source.kind == "command" and not on_command_line:
@@ -241,8 +241,7 @@ def revise(job, values, on_command_line=False):
             raise Invalid(BY_COLUMN["source"], f"must stay a {old_kind} source: the job's backups restore into "
                                                "one; create a new job for another kind")
         check_website(source)
-    cross_check(merged, kind)
-    before = current(job)
+    cross_check(merged, old_kind)
     return {column: merged[column] for column in values if merged[column] != before[column]}
 
 
@@ -282,11 +281,11 @@ def create(stored, idempotency=None):
     key in the same transaction. A duplicate name is Invalid with 409.
     """
     columns = {column: value for column, value in stored.items() if column != "destinations"}
-    texts_ = stored["destinations"]
+    places = stored["destinations"]
     try:
         with database.atomic():
-            job = Job.create(destination=texts_[0], **columns)
-            destinations.set_destinations(job, texts_)
+            job = Job.create(destination=places[0], **columns)
+            destinations.set_destinations(job, places)
             if idempotency is not None:
                 JobCreationKey.remember(*idempotency, job.id)
     except IntegrityError:
