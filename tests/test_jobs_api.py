@@ -179,7 +179,7 @@ BAD_FIELDS = [
     ({"excludes": ["*.log"], "source": "sqlite:///srv/app.db"}, "'excludes'", "files://"),
     ({"oneFileSystem": True, "source": "sqlite:///srv/app.db"}, "'oneFileSystem'", "files://"),
     ({"encryptTo": [], "destination": "/srv/b"}, "unknown field 'destination'", "destinations"),
-    ({"schedule": "@daily"}, "unknown field 'schedule'", "a job takes"),
+    ({"owner": "ops"}, "unknown field 'owner'", "a job takes"),
 ]
 
 
