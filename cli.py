@@ -31,6 +31,7 @@ if __package__:
 import config  # noqa: E402  (the project's own modules need HERE on sys.path)
 import dbcopy  # noqa: E402
 import destinations  # noqa: E402
+import job_definition  # noqa: E402
 import models  # noqa: E402
 import retention  # noqa: E402
 import schedules  # noqa: E402
@@ -39,7 +40,7 @@ from database import connect_database, database, is_postgresql_url, opened  # no
 from migrations import latest_version, migrate  # noqa: E402
 from app import create_app  # noqa: E402
 from models import ApiKey, Execution, Job, Setting, Website, iso, normalize_domain  # noqa: E402
-from sources import SourceError, describe_source, parse_source, shown_source  # noqa: E402
+from sources import SourceError, describe_source, shown_source  # noqa: E402
 from encryption import parse_recipients  # noqa: E402
 from restore import SCRATCH, RestoreRefused, queue_restore, run_in_this_process  # noqa: E402
 from statuses import FINISHED, ExecutionStatus, ExecutionType  # noqa: E402
@@ -179,8 +180,9 @@ def find_job(reference):
     return job
 
 
-def add_lifecycle_commands(group, find_row, what, metavar, delete_note=""):
-    """`enable`, `disable` and `delete` for keys and jobs alike; `find_row(reference)` finds the row."""
+def add_lifecycle_commands(group, find_row, what, metavar, with_delete=True):
+    """`enable`, `disable` and (unless told not to) `delete` for keys and jobs alike; `find_row(reference)` finds
+    the row."""
     for name, enabled in (("enable", True), ("disable", False)):
         @group.command(name, help=f"{name.capitalize()} a {what}.")
         @click.argument("reference", metavar=metavar)
@@ -191,7 +193,10 @@ def add_lifecycle_commands(group, find_row, what, metavar, delete_note=""):
             state = {True: "enabled", False: "disabled"}
             click.echo(f"{what} {row.name} ({row.id}): {state[row.enabled]} → {state[enabled]}")
 
-    @group.command("delete", help=f"Delete a {what}{delete_note}.")
+    if not with_delete:
+        return
+
+    @group.command("delete", help=f"Delete a {what}.")
     @click.argument("reference", metavar=metavar)
     def delete(reference):
         row = find_row(reference)
@@ -465,57 +470,28 @@ def jobs_add(name, source, destination_list, allow_partial_destinations, compres
     --keep-monthly keep the newest backup of each of the last D days, W ISO
     weeks and M months that have one, in --timezone, besides the --keep newest.
     """
-    problem = models.job_name_problem(name)
-    if problem:
-        fail(problem)
     try:
-        parsed = parse_source(source)
+        recipients = parse_recipients(encrypt_to, encrypt_to_files)  # the files are the command line's to read
     except SourceError as exc:
         fail(str(exc))
-    if parsed.kind != "files" and (excludes or one_file_system):
-        fail("--exclude and --one-file-system apply only to files:// sources")
-    if any(not pattern or models.CONTROL_CHARACTERS.search(pattern) for pattern in excludes):
-        fail("an --exclude pattern cannot be empty or hold control characters")
-    if restore_command is not None and (parsed.kind != "command" or not restore_command.strip()):
-        fail("--restore-command applies only to command: sources, and cannot be empty")
-    if parsed.kind == "wpsec" and Website.by_domain(parsed.domain) is None:
-        fail(f"no website {parsed.domain!r}: register it with `backhook websites add` first")
-    texts = checked_destinations(destination_list)
+    values = {"name": name, "source": source, "destinations": [destinations.normalized(t) for t in destination_list],
+              "allow_partial_destinations": allow_partial_destinations, "compression": compression, "keep": keep,
+              "timeout_seconds": int(timeout_hours * 3600), "excludes": list(excludes),
+              "one_file_system": one_file_system, "restore_command": restore_command, "recipients": recipients,
+              "keep_daily": keep_daily, "keep_weekly": keep_weekly, "keep_monthly": keep_monthly,
+              "schedule": schedule, "timezone": zone_name}
     try:
-        recipients = parse_recipients(encrypt_to, encrypt_to_files)
-    except SourceError as exc:
-        fail(str(exc))
-    schedule, next_run_at = checked_schedule(schedule, zone_name)
-    job = create_unique(Job, f"a job named {name!r} already exists", name=name, source=source,
-                        destination=texts[0], compression=compression, keep=keep,
-                        keep_daily=keep_daily or None, keep_weekly=keep_weekly or None,
-                        keep_monthly=keep_monthly or None,
-                        schedule=schedule, timezone=zone_name, next_run_at=next_run_at,
-                        timeout_seconds=int(timeout_hours * 3600), excludes=json.dumps(list(excludes)),
-                        one_file_system=one_file_system, restore_command=restore_command,
-                        allow_partial_destinations=allow_partial_destinations,
-                        recipients=json.dumps(recipients) if recipients else None)
-    with database.atomic():
-        destinations.set_destinations(job, texts)
+        job = job_definition.create(job_definition.define(values, on_command_line=True))
+    except job_definition.Invalid as invalid:
+        fail(invalid.for_command_line())
+    texts = destinations.destination_texts(job)
     shown = ", ".join(destinations.describe(text, job) for text in texts)
     encrypted = f", age-encrypted to {len(recipients)} recipient{'s' if len(recipients) > 1 else ''}" if recipients else ""
     click.echo(f"created job {name} ({shown_source(source)} → {shown}, {compression}{encrypted})")
-    if schedule:
-        click.echo(f"scheduled {schedule} ({zone_name}); next run {shown_time(next_run_at, zone_name)}")
+    if job.schedule:
+        click.echo(f"scheduled {job.schedule} ({job.timezone}); next run {shown_time(job.next_run_at, job.timezone)}")
         wake_workers(current_app.config["DATA_DIR"])  # a sleeping worker looks again when the first run is due
     click.echo(job.id)
-
-
-def checked_schedule(schedule, zone_name):
-    """(the schedule as stored, its first due time) for `jobs add`, (None, None) without one; else fail."""
-    try:
-        schedules.zone(zone_name)
-        if schedule is None:
-            return None, None
-        schedule = schedules.check(schedule, zone_name)
-        return schedule, schedules.next_run(schedule, zone_name, models.now_ms())
-    except schedules.ScheduleError as exc:
-        fail(str(exc))
 
 
 def shown_time(ms, zone_name):
@@ -526,21 +502,6 @@ def shown_time(ms, zone_name):
         return iso(ms)
     local = datetime.datetime.fromtimestamp(ms / 1000, schedules.zone(zone_name))
     return f"{iso(ms)} ({local:%Y-%m-%d %H:%M %Z})"
-
-
-def checked_destinations(given):
-    """The destinations as stored (a relative directory made absolute), each checked and given once; else fail."""
-    texts = []
-    for text in given:
-        try:
-            text = destinations.normalized(text)
-            destinations.check_destination(text)
-        except SourceError as exc:
-            fail(str(exc))
-        if text in texts:
-            fail(f"destination {text} is given twice")
-        texts.append(text)
-    return texts
 
 
 @jobs.command("list")
@@ -704,13 +665,9 @@ def jobs_set(reference, keep, keep_all, keep_daily, keep_weekly, keep_monthly, t
         fail("--no-encryption and --encrypt-to / --encrypt-to-file contradict each other")
     if keep_all and (keep is not None or any(value is not None for value in rules.values())):
         fail("--keep-all contradicts --keep and --keep-daily/--keep-weekly/--keep-monthly")
-    if destination is not None or added or removed:
-        change_destinations(job, destination, added, removed)
-        if not any(value is not None for value in (keep, timeout_hours, compression, allow_partial,
-                                                   *rules.values())) \
-                and not (keep_all or encrypt_to or encrypt_to_files or no_encryption):
-            return
     wanted = {}
+    if destination is not None or added or removed:
+        wanted["destinations"] = changed_destinations(job, destination, added, removed)
     if keep is not None or keep_all:
         wanted["keep"] = keep  # None keeps every backup
     for name, value in rules.items():
@@ -724,21 +681,26 @@ def jobs_set(reference, keep, keep_all, keep_daily, keep_weekly, keep_monthly, t
         wanted["allow_partial_destinations"] = allow_partial
     if encrypt_to or encrypt_to_files:
         try:
-            wanted["recipients"] = json.dumps(parse_recipients(encrypt_to, encrypt_to_files))
+            wanted["recipients"] = parse_recipients(encrypt_to, encrypt_to_files)
         except SourceError as exc:
             fail(str(exc))
     elif no_encryption:
-        wanted["recipients"] = None
+        wanted["recipients"] = []
     if not wanted:
         fail("nothing to change: give --keep N, --keep-all, --keep-daily/--keep-weekly/--keep-monthly N, "
              "--timeout-hours H, --compression, --destination, --add-destination, --remove-destination, "
              "--allow-partial-destinations, --encrypt-to, --encrypt-to-file or --no-encryption")
-    changes = {name: (getattr(job, name), value) for name, value in wanted.items() if getattr(job, name) != value}
-    if changes:
-        with database.atomic():
-            Job.update(**{name: new for name, (_old, new) in changes.items()}).where(Job.id == job.id).execute()
-    for name, (old, new) in changes.items():
-        click.echo(f"job {job.name}: {name} {shown_value(name, old)} → {shown_value(name, new)}")
+    before = job_definition.current(job)
+    try:
+        changes = job_definition.revise(job, wanted, on_command_line=True)
+    except job_definition.Invalid as invalid:
+        fail(invalid.for_command_line())
+    job_definition.change(job, changes)
+    if "destinations" in wanted:
+        show_destination_change(job, before["destinations"], wanted["destinations"], removed)
+    for name, new in changes.items():
+        if name != "destinations":
+            click.echo(f"job {job.name}: {name} {shown_value(name, before.get(name))} → {shown_value(name, new)}")
     if "recipients" in changes:
         click.echo("the backups already stored keep the encryption they were made with (restoring an encrypted one "
                    "still needs an identity of its own recipients)")
@@ -746,13 +708,13 @@ def jobs_set(reference, keep, keep_all, keep_daily, keep_weekly, keep_monthly, t
         click.echo(f"job {job.name}: nothing changed")
 
 
-def change_destinations(job, first, added, removed):
-    """`jobs set`'s destination options: replace the first, add, remove; never the last one, never a file."""
-    old = destinations.destination_texts(job)
-    texts = list(old)
+def changed_destinations(job, first, added, removed):
+    """`jobs set`'s destination options applied to the job's list: replace the first, add, remove."""
+    texts = destinations.destination_texts(job)
     if first is not None:
-        texts[0] = checked_destinations([first])[0]
-    for text in checked_destinations(added):
+        texts[0] = destinations.normalized(first)
+    for text in added:
+        text = destinations.normalized(text)
         if text in texts:
             fail(f"job {job.name} already stores backups on {text}")
         texts.append(text)
@@ -763,16 +725,16 @@ def change_destinations(job, first, added, removed):
         texts.remove(text)
     if not texts:
         fail(f"job {job.name} needs at least one destination: add another before removing {removed[-1]}")
-    if len(set(texts)) != len(texts):
-        fail("a destination is given twice")
-    if texts == old:
+    return texts
+
+
+def show_destination_change(job, old, new, removed):
+    if new == old:
         click.echo(f"job {job.name}: destinations unchanged")
         return
-    with database.atomic():
-        destinations.set_destinations(job, texts)
     click.echo(f"job {job.name}: destination {', '.join(destinations.describe(t, job) for t in old)} → "
-               f"{', '.join(destinations.describe(t, job) for t in texts)}")
-    for text in removed:
+               f"{', '.join(destinations.describe(t, job) for t in new)}")
+    for text in map(destinations.normalized, removed):
         click.echo(f"the backups already stored on {destinations.describe(text, job)} stay there: removing a "
                    "destination deletes nothing (retention still prunes those copies once the job's --keep "
                    "expires them, and restores can still read them)")
@@ -837,7 +799,31 @@ def jobs_prune(reference, dry_run):
         fail(problems)
 
 
-add_lifecycle_commands(jobs, find_job, "job", "NAME|ID", " and its history (stored artifacts stay on disk)")
+add_lifecycle_commands(jobs, find_job, "job", "NAME|ID", with_delete=False)
+
+
+@jobs.command("delete")
+@click.argument("reference", metavar="NAME|ID")
+@click.option("--keep-artifacts", is_flag=True,
+              help="delete a job that has stored backups too, leaving every artifact and its manifest where it is")
+def jobs_delete(reference, keep_artifacts):
+    """Delete a job and its history; never a stored backup (as DELETE /api/jobs/ID does).
+
+    A job with a Pending or Running execution is refused. So is one with
+    stored backups, unless --keep-artifacts: its artifacts then stay where they
+    are, each with its manifest and the stock commands that restore it, but
+    backhook no longer lists, prunes or restores them. To stop a job and keep
+    everything, `backhook jobs disable` it.
+    """
+    job = find_job(reference)
+    try:
+        deleted = job_definition.delete(job.id, keep_artifacts=keep_artifacts)
+    except job_definition.Invalid as refused:
+        fail(refused.for_command_line())
+    if deleted is None:
+        fail(f"no job with the name or id {reference!r} (see `backhook jobs list`)")
+    kept = "; its stored backups stay where they are" if keep_artifacts else ""
+    click.echo(f"job {job.name} ({job.id}) deleted{kept}")
 
 
 # --- restores -----------------------------------------------------------------

@@ -61,8 +61,8 @@ class BaseModel(Model):
         legacy_table_names = False
 
 
-PERMISSIONS = ("jobs:read", "jobs:execute", "history:read", "websites:read", "storage:restore", "storage:download",
-               "metrics:read")
+PERMISSIONS = ("jobs:read", "jobs:execute", "jobs:write", "history:read", "websites:read", "storage:restore",
+               "storage:download", "metrics:read")
 KEY_PATTERN = re.compile(r"dbm_[A-Za-z0-9_-]{32,}")
 KEY_TOUCH_INTERVAL_MS = 60_000
 _last_touched = {}  # key id -> ms; spares the database a write per request
@@ -464,7 +464,24 @@ class ArtifactCopy(BaseModel):
 IDEMPOTENCY_MS = 24 * 3600 * 1000
 
 
-class IdempotencyKey(BaseModel):
+class MatchesForADay:
+    """An Idempotency-Key row's lifetime: it matches for 24 hours after `created_at`, then the worker purges it."""
+
+    @classmethod
+    def expired(cls, now):
+        return cls.created_at <= now - IDEMPOTENCY_MS
+
+    @classmethod
+    def purge_expired(cls, now=None):
+        """Forget the keys that no longer match. Returns how many went."""
+        expired = cls.expired(now_ms() if now is None else now)
+        if not cls.select().where(expired).exists():  # a read: the usual case takes no write lock
+            return 0
+        with database.atomic():
+            return cls.delete().where(expired).execute()
+
+
+class IdempotencyKey(MatchesForADay, BaseModel):
     """An Idempotency-Key of POST /api/jobs/<id>/run and the execution its first call queued."""
     id = BigIntegerField(primary_key=True)
     job = ForeignKeyField(Job, on_delete="CASCADE")
@@ -476,23 +493,41 @@ class IdempotencyKey(BaseModel):
         indexes = ((("job", "key"), True),)
 
     @classmethod
-    def expired(cls, now):
-        return cls.created_at <= now - IDEMPOTENCY_MS
-
-    @classmethod
     def fresh(cls, job_id, key, now):
         """The execution `key` queued for the job within 24 hours of `now`, or None."""
         return (Execution.select(Execution).join(cls, on=(cls.execution == Execution.id))
                 .where((cls.job == job_id) & (cls.key == key) & ~cls.expired(now)).first())
 
+
+class JobCreationKey(MatchesForADay, BaseModel):
+    """An Idempotency-Key of POST /api/jobs, per API key: the job its first call created, and that call's body."""
+    id = BigIntegerField(primary_key=True)
+    api_key = ForeignKeyField(ApiKey, on_delete="CASCADE")
+    key = TextField()
+    request_sha256 = TextField()
+    job = ForeignKeyField(Job, on_delete="CASCADE")
+    created_at = BigIntegerField(default=now_ms)
+
+    class Meta:
+        indexes = ((("api_key", "key"), True),)
+
     @classmethod
-    def purge_expired(cls, now=None):
-        """Forget the keys that no longer match; the worker's chores call it. Returns how many went."""
-        expired = cls.expired(now_ms() if now is None else now)
-        if not cls.select().where(expired).exists():  # a read: the usual case takes no write lock
-            return 0
-        with database.atomic():
-            return cls.delete().where(expired).execute()
+    def remember(cls, api_key_id, key, request_sha256, job_id, now=None):
+        """Record the key in the creating transaction; the unique (api_key, key) index lets one of two races commit."""
+        now = now_ms() if now is None else now
+        cls.delete().where((cls.api_key == api_key_id) & (cls.key == key) & cls.expired(now)).execute()
+        cls.create(api_key=api_key_id, key=key, request_sha256=request_sha256, job=job_id, created_at=now)
+
+    @classmethod
+    def fresh(cls, api_key_id, key, now=None):
+        """The row `key` left for this API key within 24 hours, or None."""
+        now = now_ms() if now is None else now
+        return cls.get_or_none((cls.api_key == api_key_id) & (cls.key == key) & ~cls.expired(now))
+
+
+def purge_idempotency_keys(now=None):
+    """Forget every Idempotency-Key that no longer matches; the worker's chores call it. Returns how many went."""
+    return IdempotencyKey.purge_expired(now) + JobCreationKey.purge_expired(now)
 
 
 # --- worker health (heartbeats.py) ------------------------------------------------------
@@ -611,5 +646,6 @@ class WebhookTally(BaseModel):
 
 
 ALL_MODELS = (ApiKey, Job, Execution, ExecutionLog, Setting, Website, Backup, BackupEvent, IdempotencyKey,
-              JobDestination, ArtifactCopy, WorkerHeartbeat, RunTally, BackupTally, WebhookTally)
+              JobDestination, ArtifactCopy, JobCreationKey, WorkerHeartbeat, RunTally, BackupTally,
+              WebhookTally)
 

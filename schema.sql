@@ -303,3 +303,22 @@ CREATE TABLE webhook_tally (
 -- When a restore drill last proved one of a job's backups, read per job by /metrics.
 CREATE INDEX execution_job_proven ON execution (job_id, proven_restorable_at)
     WHERE proven_restorable_at IS NOT NULL;
+
+-- version 12
+
+-- Idempotency-Key on POST /api/jobs (issue 17): the job the first call with this
+-- key created, per API key, and the SHA-256 of that call's body (the same key
+-- with another body is refused). Written in the job's transaction; it matches
+-- for 24 hours and the worker purges it after, as idempotency_key.
+CREATE TABLE job_creation_key (
+    id              INTEGER PRIMARY KEY,
+    api_key_id      TEXT NOT NULL REFERENCES api_key (id) ON DELETE CASCADE,
+    key             TEXT NOT NULL,
+    request_sha256  TEXT NOT NULL,
+    job_id          TEXT NOT NULL REFERENCES job (id) ON DELETE CASCADE,
+    created_at      BIGINT NOT NULL,
+    UNIQUE (api_key_id, key)
+);
+
+CREATE INDEX job_creation_key_created ON job_creation_key (created_at);
+CREATE INDEX job_creation_key_job ON job_creation_key (job_id);

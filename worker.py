@@ -50,7 +50,7 @@ import schedules
 import wpsec
 from backup import Run
 from database import database, open_database, opened
-from models import Execution, IdempotencyKey, WorkerHeartbeat, new_id, now_ms
+from models import Execution, WorkerHeartbeat, new_id, now_ms, purge_idempotency_keys
 from restore import Restore
 from statuses import ExecutionType
 from spool import replay_spool
@@ -241,7 +241,7 @@ class Worker:
             Task("website sync", CHORES_EVERY_SECONDS, wpsec.sync_requested_websites),
             Task("silent backup poll", CHORES_EVERY_SECONDS,
                  lambda: wpsec.poll_silent_remote_backups(self.poll_after_seconds)),
-            Task("idempotency key purge", PURGE_EVERY_SECONDS, IdempotencyKey.purge_expired),
+            Task("idempotency key purge", PURGE_EVERY_SECONDS, purge_idempotency_keys),
             Task("abandoned restore targets", CHORES_EVERY_SECONDS, self.remove_abandoned_targets),
             Task("heartbeat purge", PURGE_EVERY_SECONDS, heartbeats.purge_stale),
         ]}

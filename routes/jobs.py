@@ -1,11 +1,15 @@
+import hashlib
+import json
 import re
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, current_app, g, request
+from peewee import IntegrityError
 
 import destinations
+import job_definition
 from heartbeats import workers_seen
-from models import Job, JobDestination, iso
-from routes import error, require_permission
+from models import Job, JobCreationKey, JobDestination, iso
+from routes import error, json_object, query_flag, require_permission
 from sources import describe_source
 from wakeup import trigger
 
@@ -33,10 +37,18 @@ def job_to_api(job, texts):
         "schedule": job.schedule,
         "timezone": job.timezone,
         "nextRunAt": iso(job.next_run_at),
+        "timeoutSeconds": job.timeout_seconds,
+        "excludes": job.exclude_patterns(),
+        "oneFileSystem": job.one_file_system,
         "enabled": job.enabled,
         "lastExecution": job.last_id and {"id": job.last_id, "status": job.last_status,
                                           "endedAt": iso(job.last_ended_at)},
     }
+
+
+def one_job_to_api(job_id):
+    job = Job.listing().where(Job.id == job_id).first()
+    return job_to_api(job, destinations.destination_texts(job))
 
 
 @bp.get("")
@@ -49,16 +61,84 @@ def list_jobs():
             "workers": workers_seen()}  # beside the seed's fields: whether anyone will run what is triggered
 
 
+@bp.post("")
+@require_permission("jobs:write")
+def create_job():
+    """Define a job as `backhook jobs add` does, with the same checks (job_definition.py); never a command: one."""
+    body = json_object()
+    key = idempotency_key()
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    if key is not None and (answer := earlier_creation(key, digest)):
+        return answer
+    try:
+        stored = job_definition.define(job_definition.api_values(body))
+        job = job_definition.create(stored, idempotency=key and (g.api_key.id, key, digest))
+    except (job_definition.Invalid, IntegrityError) as refused:
+        # A concurrent call with the same key may have created the job (or taken the key) first.
+        if key is not None and (answer := earlier_creation(key, digest)):
+            return answer
+        if isinstance(refused, IntegrityError):
+            raise
+        error(refused.for_api(), refused.status)
+    return {"success": True, "data": one_job_to_api(job.id)}, 201
+
+
+def earlier_creation(key, digest):
+    """The answer of the call that created a job with this Idempotency-Key in the last 24 hours, or None."""
+    earlier = JobCreationKey.fresh(g.api_key.id, key)
+    if earlier is None:
+        return None
+    if earlier.request_sha256 != digest:
+        error("'Idempotency-Key' was used within 24 hours for a request with another body", 422)
+    return {"success": True, "data": one_job_to_api(earlier.job_id)}, 201
+
+
+@bp.patch("/<job_id>")
+@require_permission("jobs:write")
+def change_job(job_id):
+    """Change the fields the body names, as `backhook jobs set` does; the answer is the whole job."""
+    job = find_job(job_id)
+    body = json_object()
+    try:
+        changes = job_definition.revise(job, job_definition.api_values(body))
+    except job_definition.Invalid as invalid:
+        error(invalid.for_api(), invalid.status)
+    if not job_definition.change(job, changes):
+        error("Job not found", 404)  # deleted meanwhile
+    return {"success": True, "data": one_job_to_api(job.id)}
+
+
+@bp.delete("/<job_id>")
+@require_permission("jobs:write")
+def delete_job(job_id):
+    """Delete a job and its history, never its stored backups (job_definition.delete says when it refuses)."""
+    try:
+        job = job_definition.delete(job_id, keep_artifacts=query_flag("keepArtifacts"))
+    except job_definition.Invalid as refused:
+        error(refused.for_api(), refused.status)
+    if job is None:
+        error("Job not found", 404)
+    return "", 204
+
+
 @bp.post("/<job_id>/run")
 @require_permission("jobs:execute")
 def run_job(job_id):
+    job = find_job(job_id)
+    if not job.enabled:
+        error("Job is disabled", 409)
+    try:
+        execution = trigger(job, current_app.config["DATA_DIR"], idempotency_key())
+    except IntegrityError:  # the job was deleted since it was read
+        error("Job not found", 404)
+    return {"success": True, "executionId": execution.id}
+
+
+def find_job(job_id):
     job = Job.get_or_none(Job.id == job_id)
     if job is None:
         error("Job not found", 404)
-    if not job.enabled:
-        error("Job is disabled", 409)
-    execution = trigger(job, current_app.config["DATA_DIR"], idempotency_key())
-    return {"success": True, "executionId": execution.id}
+    return job
 
 
 def idempotency_key():

@@ -117,7 +117,7 @@ def test_last_used_is_recorded_at_most_once_a_minute(client, make_key, monkeypat
 
 def test_unknown_permission_is_refused_at_creation(app):
     with pytest.raises(ValueError):
-        ApiKey.issue("x", ["jobs:write"])
+        ApiKey.issue("x", ["jobs:destroy"])
 
 
 @pytest.mark.parametrize("scheme", ["bearer", "BEARER", "BeArEr"])

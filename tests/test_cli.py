@@ -62,7 +62,7 @@ def test_keys_create_with_expiry(runner):
 
 
 def test_keys_create_refuses_unknown_permission(runner):
-    result = runner("keys", "create", "ci", "-p", "jobs:write")
+    result = runner("keys", "create", "ci", "-p", "jobs:destroy")
     assert result.exit_code != 0
     assert ApiKey.select().count() == 0
 

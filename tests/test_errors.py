@@ -75,7 +75,8 @@ def test_a_doubled_or_trailing_slash_is_a_json_404_never_a_redirect(client, auth
 
 
 @pytest.mark.parametrize("path, allowed", [
-    ("/api/jobs", {"GET", "HEAD"}),
+    ("/api/jobs", {"GET", "HEAD", "POST"}),
+    ("/api/jobs/x", {"PATCH", "DELETE"}),
     ("/api/jobs/x/run", {"POST"}),
     ("/webhooks/backup-progress", {"POST"}),
     ("/livez", {"GET", "HEAD"}),

@@ -59,7 +59,8 @@ def documented_example(name):
 def fuzz_server(app, start_server, tmp_path):
     """A server over a database holding what the document's examples name, so fuzzing reaches 200s.
 
-    That is a Pending execution (to cancel) and a successful backup with its artifact (to download).
+    That is a Pending execution (to cancel), a successful backup with its artifact (to download),
+    and two jobs of their own for PATCH and DELETE, so that neither changes what the others read.
     """
     with models.database.atomic():
         job = Job.create(id=documented_example("jobId"), name="Daily files",
@@ -71,6 +72,9 @@ def fuzz_server(app, start_server, tmp_path):
         artifact.write_bytes(b"an artifact to download" * 100)
         Execution.create(id=backed_up, job=job.id, status=ExecutionStatus.SUCCESS, path=str(artifact),
                          size=artifact.stat().st_size, sha256=hashlib.sha256(artifact.read_bytes()).hexdigest())
+        for name, example in (("Changed files", "changedJobId"), ("Deleted files", "deletedJobId")):
+            Job.create(id=documented_example(example), name=name, source=f"files://{tmp_path}",
+                       destination=str(tmp_path / "backups"))
         website = Website.create(domain="example.com")
         Backup.create(website=website.id, backup_id="backup_123456789", status="in_progress", progress=45)
     # The limits would turn most of the budget into 429s after the first 20 POSTs per
@@ -138,5 +142,6 @@ def test_fuzz_without_credentials(fuzz_server):
     assert not failures, "\n\n".join(failures)
     assert set(statuses) == documented_labels()
     protected = {label for label in statuses if label.startswith(("GET /api/jobs", "POST /api/", "GET /api/ex",
+                                                                  "PATCH /api/", "DELETE /api/",
                                                                   "GET /api/websites", "POST /webhooks"))}
     assert all(statuses[label] <= {400, 401, 404, 405, 413} for label in protected), dict(statuses)

@@ -33,6 +33,7 @@ def populated(app, make_key, make_job):
         backup = Backup.create(website=site, backup_id="b-1", status="completed", progress=100, execution=execution)
         BackupEvent.create(backup_pk=backup.id, kind="complete", payload='{"backup_id": "b-1"}')
         IdempotencyKey.create(job=job.id, key="nightly-2026-12-03", execution=execution.id)
+        models.JobCreationKey.create(api_key=ApiKey.get().id, key="add-nightly", request_sha256="0" * 64, job=job.id)
         models.JobDestination.create(job=job.id, position=0, destination=job.destination)
         models.ArtifactCopy.create(execution=execution.id, position=0, destination=job.destination,
                                    location="/backups/x.tar.zst")
