@@ -259,6 +259,10 @@ class Execution(BaseModel):
         overwriting a Cancelled, Failed or taken-over execution. `logs` (dicts
         of ExecutionLog fields) are appended only when the write happened. It
         runs inside the caller's transaction.
+
+        A write that ends a run (Failed, Cancelled, or Completed) also queues
+        its notifications (notifications.py) in that same transaction, so no
+        end is ever reported twice or lost, whichever of its many writers ends it.
         """
         condition = (cls.id == execution_id) & (cls.status == expected)
         if owner is not None:
@@ -268,6 +272,10 @@ class Execution(BaseModel):
         changed = cls.update(**fields).where(condition).execute() == 1
         if changed and logs:
             ExecutionLog.insert_many([{"execution": execution_id, **line} for line in logs]).execute()
+        if changed and ends_run(fields):
+            import notifications  # here: it builds the API's execution shape, whose module imports this one
+
+            notifications.execution_ended(execution_id, fields)
         return changed
 
     @classmethod
@@ -341,6 +349,12 @@ class Execution(BaseModel):
         if self.ended_at is None:
             return None
         return self.ended_at - (self.started_at or self.ended_at)
+
+
+def ends_run(fields):
+    """Whether a transition's `fields` end a run: a plain dict test, cheap on the webhook's hot path."""
+    return fields.get("status") in (ExecutionStatus.FAILED, ExecutionStatus.CANCELLED) or \
+        fields.get("stage") == Stage.COMPLETED
 
 
 class ExecutionLog(BaseModel):
@@ -475,6 +489,40 @@ class IdempotencyKey(BaseModel):
             return cls.delete().where(expired).execute()
 
 
+class Notification(BaseModel):
+    """Where to tell about a job's runs (notifications.py): a webhook, a ping URL or an apprise URL."""
+    id = TextField(primary_key=True, default=new_id)
+    kind = TextField()
+    url = TextField()
+    secret = TextField(null=True)  # a webhook's whsec_… signing secret: shown once, never listed or logged
+    job = ForeignKeyField(Job, null=True, backref="notifications", on_delete="CASCADE")  # None: every job
+    on_event = TextField(default="failure")
+    overdue_seconds = BigIntegerField(null=True)  # the dead man's switch, when set
+    created_at = BigIntegerField(default=now_ms)
+
+
+class NotificationOutbox(BaseModel):
+    """One message for one notification, until it is sent or has no attempt left (outbox.py)."""
+    id = TextField(primary_key=True, default=new_id)  # also its webhook-id
+    notification = ForeignKeyField(Notification, backref="messages", on_delete="CASCADE")
+    event = TextField()
+    job_id = TextField(null=True)
+    execution_id = TextField(null=True)
+    dedupe_key = TextField(null=True, unique=True)
+    payload = TextField()
+    status = TextField(default="pending")
+    attempts = IntegerField(default=0)
+    next_attempt_at = BigIntegerField(default=now_ms)
+    worker_id = TextField(null=True)
+    lease_expires_at = BigIntegerField(null=True)
+    last_error = TextField(null=True)
+    created_at = BigIntegerField(default=now_ms)
+    sent_at = BigIntegerField(null=True)
+
+    class Meta:
+        table_name = "notification_outbox"
+
+
 ALL_MODELS = (ApiKey, Job, Execution, ExecutionLog, Setting, Website, Backup, BackupEvent, IdempotencyKey,
-              JobDestination, ArtifactCopy)
+              JobDestination, ArtifactCopy, Notification, NotificationOutbox)
 

@@ -65,3 +65,37 @@ class ExecutionType(StrEnum):
     """What an execution does: the seed's `type`."""
     BACKUP = "Backup"
     RESTORE = "Restore"
+
+
+class NotificationKind(StrEnum):
+    """How a notification is delivered (notifications.py)."""
+    WEBHOOK = "webhook"  # a signed JSON POST to an http(s) URL
+    PING = "ping"        # Healthchecks-style: URL/start, URL, URL/fail
+    APPRISE = "apprise"  # any URL the apprise library sends to
+
+
+class NotifyOn(StrEnum):
+    """Which events a notification wants (`notify add --on`)."""
+    FAILURE = "failure"
+    SUCCESS = "success"
+    ALWAYS = "always"
+    OVERDUE = "overdue"
+
+
+class NotificationEvent(StrEnum):
+    """What an outbox message reports: its `event`."""
+    START = "start"                      # pings only: a backup started
+    SUCCESS = "success"
+    FAILURE = "failure"                  # a failed run, or a WPSec backup-failed webhook
+    CANCEL = "cancel"
+    RETENTION_ERROR = "retention_error"  # the backup succeeded, pruning older ones did not
+    OVERDUE = "overdue"                  # no success within the notification's overdue hours
+    SIZE_DROP = "size_drop"              # an artifact under half the median of the last successes
+    TEST = "test"                        # `backhook notify test`
+
+
+class OutboxStatus(StrEnum):
+    """An outbox message's status (notification_outbox.status)."""
+    PENDING = "pending"  # waiting for its next attempt, or being sent
+    SENT = "sent"
+    FAILED = "failed"    # every attempt failed

@@ -38,6 +38,8 @@ import config
 import destinations
 import drills
 import leases
+import notifications
+import outbox
 import wpsec
 from backup import Run
 from database import database, open_database, opened
@@ -53,6 +55,8 @@ IDLE_POLL_SECONDS = 1.0      # fallback when no wake-up arrives
 BUSY_POLL_SECONDS = 0.25     # while running: how often cancel and timeout are checked
 RECLAIM_EVERY_SECONDS = 1.0
 CHORES_EVERY_SECONDS = 1.0   # the webhook follow-ups (see background_tasks)
+NOTIFY_EVERY_SECONDS = 1.0   # how often the outbox is looked at for messages due
+OVERDUE_EVERY_SECONDS = 60.0  # the dead man's switch counts in hours
 PURGE_EVERY_SECONDS = 60.0   # expired Idempotency-Keys no longer match; dropping them is only housekeeping
 # Small, frequent checkpoints: webhooks that write while one copies the log
 # stall less (bench/RESULTS.md, "Figures behind the code: leases and worker").
@@ -109,6 +113,7 @@ class Worker:
         self.sightings = leases.Sightings(patience_seconds=renew_every)
         self.reclaims = Task("reclaim", RECLAIM_EVERY_SECONDS, self.reclaim_lapsed)
         self.renewals = Task("renewals", renew_every, self.renew_leases, retry_at_once=True)
+        self.courier = outbox.Courier(self.id, settings["NOTIFY_TIMEOUT_SECONDS"])
 
     # --- the leases: claim, renew, reclaim (leases.py) -----------------------------------
 
@@ -171,7 +176,10 @@ class Worker:
 
         Each thread runs on its own: a slow WPSec site may take minutes to
         answer, and neither the claim loop nor the checkpoint may wait on it.
-        The chores also purge the Idempotency-Keys older than 24 hours.
+        The chores also purge the Idempotency-Keys older than 24 hours, check
+        the notifications' dead man's switch and forget old outbox messages.
+        Notifications go out from a thread of their own (outbox.Courier), so
+        that a minutes-long site sync never holds them back.
         """
         threads = {"chores": [
             Task("spool replay", CHORES_EVERY_SECONDS, lambda: replay_spool(self.data_dir)),
@@ -179,7 +187,9 @@ class Worker:
             Task("silent backup poll", CHORES_EVERY_SECONDS,
                  lambda: wpsec.poll_silent_remote_backups(self.poll_after_seconds)),
             Task("idempotency key purge", PURGE_EVERY_SECONDS, IdempotencyKey.purge_expired),
-        ]}
+            Task("overdue check", OVERDUE_EVERY_SECONDS, notifications.check_overdue),
+            Task("outbox purge", PURGE_EVERY_SECONDS, outbox.purge_finished),
+        ], "notifications": [Task("notification delivery", NOTIFY_EVERY_SECONDS, self.courier.deliver_due)]}
         if opened().needs_checkpoints:
             threads["checkpoints"] = [Task("checkpoint", CHECKPOINT_EVERY_SECONDS, opened().checkpoint)]
         return threads
@@ -236,6 +246,7 @@ class Worker:
                     drain(ready)
         finally:
             stopping.set()
+            self.courier.close()  # a send under way ends within its timeout; a message not sent waits in the outbox
             stop_listening(wake)
             signal.set_wakeup_fd(-1)
             signal_pipe.close()
@@ -258,8 +269,11 @@ class Worker:
                 log.warning("database unavailable: %s", exc)
 
     def claim_and_start(self):
-        for execution in self.claim_pending():
+        claimed = self.claim_pending()
+        for execution in claimed:
             self.start(execution)
+        if claimed:
+            notifications.backups_started(claimed)  # after the start: a ping's row never delays a backup
 
 
 def main():
