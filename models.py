@@ -195,6 +195,12 @@ class Job(BaseModel):
     def exclude_patterns(self):
         return json.loads(self.excludes)
 
+    def delete_instance(self, *args, **kwargs):
+        # Peewee's recursive delete sets a nullable foreign key to NULL, which
+        # would make this job's notifications every job's: they go with it.
+        Notification.delete().where(Notification.job == self.id).execute()
+        return super().delete_instance(*args, **kwargs)
+
     def recipient_keys(self):
         """The age recipients the job's backups are encrypted to; [] when they are not."""
         return json.loads(self.recipients) if self.recipients else []
