@@ -25,6 +25,7 @@ from importlib.metadata import version
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
+from peewee import fn
 
 from database import database
 from models import Notification, NotificationOutbox, now_ms
@@ -79,9 +80,15 @@ def claim_due(worker_id, lease, limit, now, busy=()):
 
 def claim(message_id, worker_id, lease, now):
     """Lease one message if it is still due and unleased; returns it with its notification, or None."""
+    sending = Outbox.alias()
+    # Checked again in the write: on SQLite, whose writes take turns, no two
+    # messages of one notification are ever under lease at once.
+    others_leased = sending.select(sending.id).where(
+        (sending.notification == Outbox.notification) & (sending.status == OutboxStatus.PENDING)
+        & (sending.lease_expires_at > now))
     with database.atomic():
         taken = Outbox.update(worker_id=worker_id, lease_expires_at=now + lease, attempts=Outbox.attempts + 1).where(
-            (Outbox.id == message_id) & due(now)).execute()
+            (Outbox.id == message_id) & due(now) & ~fn.EXISTS(others_leased)).execute()
     if not taken:
         return None  # another worker's claim came first
     return Outbox.select(Outbox, Notification).join(Notification).where(Outbox.id == message_id).first()

@@ -36,6 +36,10 @@ def populated(app, make_key, make_job):
         models.JobDestination.create(job=job.id, position=0, destination=job.destination)
         models.ArtifactCopy.create(execution=execution.id, position=0, destination=job.destination,
                                    location="/backups/x.tar.zst")
+        notification = models.Notification.create(kind="webhook", url="https://example.com/hook", job=job.id,
+                                                  secret="whsec_c2VjcmV0", overdue_seconds=3600)
+        models.NotificationOutbox.create(notification=notification.id, event="failure", payload="{}",
+                                         execution_id=execution.id, job_id=job.id)
     Setting.write("max_concurrent_jobs", 3)
     return key, execution
 

@@ -311,6 +311,20 @@ def test_a_message_fails_after_its_last_attempt(app, make_job, receiver):
     assert len(receiver.requests) == outbox.MAX_ATTEMPTS
 
 
+def test_delivery_failures_are_logged_without_the_url_or_the_secret(app, make_job, receiver, caplog):
+    receiver.status = 500
+    port = receiver.url.rsplit(":", 1)[1]
+    webhook = notifications.add(receiver.url + "/hook/path-token-4711")
+    notifications.add(f"json://someone:apprise-password-4711@127.0.0.1:{port}/apprise-path-4711")
+    run_in_process(command_job(make_job, "exit 1"))
+    deliver(courier())
+    assert len(receiver.wait_for(2)) == 2
+    logged = caplog.text
+    assert f"127.0.0.1:{port}" in logged and "HTTP 500" in logged and "json://" in logged
+    assert "4711" not in logged and webhook.secret not in logged and webhook.secret[6:] not in logged
+    assert all("4711" not in m.last_error for m in messages())
+
+
 def test_a_hanging_endpoint_does_not_hold_up_another(app, make_job, receiver, second_receiver):
     receiver.hanging.set()
     notifications.add(receiver.url + "/hangs")
