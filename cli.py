@@ -812,7 +812,6 @@ def notify_add(url, reference, on, ping, overdue_hours):
     discord://, tgram://, ntfys://, gotify://, json://…).
     """
     job = find_job(reference) if reference else None
-    on = on or (NotifyOn.ALWAYS if ping else NotifyOn.FAILURE)
     try:
         notification = notifications.add(url, job, on, ping, overdue_hours)
     except notifications.NotificationRefused as exc:

@@ -54,9 +54,13 @@ def new_signing_secret():
     return "whsec_" + b64encode(secrets.token_bytes(32)).decode()
 
 
-def add(url, job=None, on=NotifyOn.FAILURE, ping=False, overdue_hours=None):
-    """Make a notification; returns it, its secret (a webhook's, else None) set on `.secret`."""
+def add(url, job=None, on=None, ping=False, overdue_hours=None):
+    """Make a notification and return it; a webhook's signing secret is its `.secret`.
+
+    `on` is failure by default, always for a ping (which follows every backup).
+    """
     url = url.strip()
+    on = on or (NotifyOn.ALWAYS if ping else NotifyOn.FAILURE)
     scheme = urlsplit(url).scheme.lower()
     web = scheme in ("http", "https") and bool(urlsplit(url).netloc)
     if ping:
@@ -148,7 +152,7 @@ def watching(job_id):
 
 
 def queue(notifications, event, document, job_id=None, execution_id=None, dedupe_key=None, now=None):
-    """One outbox row per notification, all holding `document`; returns how many were queued.
+    """One outbox row per notification, all holding `document`; returns their ids.
 
     Runs inside the caller's transaction. With a `dedupe_key` (one per
     notification is made of it) a row another worker queued first is kept
@@ -160,12 +164,12 @@ def queue(notifications, event, document, job_id=None, execution_id=None, dedupe
                  payload=json.dumps(document), next_attempt_at=now, created_at=now)
             for notification in notifications]
     if not rows:
-        return 0
+        return []
     insert = NotificationOutbox.insert_many(rows)
     if dedupe_key:
         insert = insert.on_conflict_ignore()
     insert.execute()
-    return len(rows)
+    return [row["id"] for row in rows]
 
 
 def document(event, message, job=None, execution=None, website=None, log_tail=None, at=None):
@@ -286,10 +290,8 @@ def test_message(notification):
     """Queue one test message for `notification`; returns its outbox row."""
     message = f"Test notification from backhook (notification {notification.id})"
     with database.atomic():
-        queue([notification], Event.TEST, document(Event.TEST, message))
-    return (NotificationOutbox.select().where((NotificationOutbox.notification == notification.id)
-                                              & (NotificationOutbox.event == Event.TEST))
-            .order_by(NotificationOutbox.id.desc()).first())
+        (message_id,) = queue([notification], Event.TEST, document(Event.TEST, message))
+    return NotificationOutbox.get_by_id(message_id)
 
 
 # --- the dead man's switch (the workers' chores) ---------------------------------------

@@ -214,19 +214,19 @@ class Courier:
                 self.sending[message.notification_id] = self.pool.submit(self.deliver, message)
 
     def deliver(self, message):
+        where = f"notification {message.notification_id} ({shown_destination(message.notification)})"
         try:
-            problem = send(message, self.timeout_seconds)
-            where = f"notification {message.notification_id} ({shown_destination(message.notification)})"
+            try:
+                problem = send(message, self.timeout_seconds)
+            except Exception as exc:  # a bug: the attempt still counts, so the message cannot loop forever
+                log.exception("%s: message %s could not be sent", where, message.id)
+                problem = f"internal error: {type(exc).__name__}"
             if not record(message, self.worker_id, problem, self.clock()):
                 log.warning("%s: message %s lease lost before its outcome was written", where, message.id)
             elif problem:
                 log.warning("%s: %s message %s, attempt %d of %d: %s", where, message.event, message.id,
                             message.attempts, MAX_ATTEMPTS, problem)
             return problem
-        except Exception:
-            log.exception("notification %s: message %s could not be delivered", message.notification_id,
-                          message.id)
-            raise
         finally:
             with self.lock:
                 self.sending.pop(message.notification_id, None)
