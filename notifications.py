@@ -274,11 +274,12 @@ def website_backup_failed(domain, backup_id, error_message):
     site up (`wpsec://domain`). A backup an execution follows is reported as
     that execution's failure instead, once.
     """
-    if not Notification.select().exists():
-        return
-    jobs = {job.id: job for job in Job.select().where(Job.source == f"wpsec://{domain}")}
-    wanted = [n for n in Notification.select().where(Notification.job.is_null() | Notification.job.in_(list(jobs)))
-              if wants(n, Event.FAILURE) and n.kind != NotificationKind.PING]
+    everyone = list(Notification.select())  # a small table: one read finds all that might want it
+    watched = {n.job_id for n in everyone if n.job_id is not None}
+    site_jobs = {job.id for job in Job.select(Job.id).where(
+        Job.id.in_(list(watched)) & (Job.source == f"wpsec://{domain}"))} if watched else set()
+    wanted = [n for n in everyone if (n.job_id is None or n.job_id in site_jobs)
+              and n.kind != NotificationKind.PING and wants(n, Event.FAILURE)]
     if not wanted:
         return
     website = {"domain": domain, "backupId": backup_id, "error": error_message}

@@ -38,6 +38,7 @@ MAX_ATTEMPTS = 10
 FIRST_RETRY_SECONDS = 30
 LONGEST_RETRY_SECONDS = 3600
 SENDERS = 8  # messages sent at once by one worker, each to another notification
+BURST = 50   # messages a sender sends one after the other to an endpoint that takes them, before it yields
 KEEP_FINISHED_MS = 30 * 86_400_000  # sent and failed messages are forgotten after 30 days
 USER_AGENT = f"backhook/{version('backhook')}"
 
@@ -61,14 +62,18 @@ def due(now):
             & (Outbox.lease_expires_at.is_null() | (Outbox.lease_expires_at <= now)))
 
 
-def claim_due(worker_id, lease, limit, now, busy=()):
-    """Lease up to `limit` due messages, each of another notification and none of `busy`; returns them."""
-    if limit <= 0 or not Outbox.select().where(due(now)).exists():
+def claim_due(worker_id, lease, limit, now, busy=(), notification_id=None):
+    """Lease up to `limit` due messages, each of another notification and none of `busy`; returns them.
+
+    With `notification_id`, only that notification's messages are considered.
+    """
+    mine = due(now) if notification_id is None else due(now) & (Outbox.notification == notification_id)
+    if limit <= 0 or not Outbox.select().where(mine).exists():
         return []  # a read: the usual idle tick takes no write lock
     leased = Outbox.select(Outbox.notification).where(
         (Outbox.status == OutboxStatus.PENDING) & (Outbox.lease_expires_at > now))
     candidates = (Outbox.select(Outbox.id, Outbox.notification)
-                  .where(due(now) & Outbox.notification.not_in(leased))
+                  .where(mine & Outbox.notification.not_in(leased))
                   .order_by(Outbox.next_attempt_at, Outbox.id).limit(10 * limit))
     picked, seen = [], set(busy)
     for row in candidates:
@@ -214,23 +219,35 @@ class Courier:
                 self.sending[message.notification_id] = self.pool.submit(self.deliver, message)
 
     def deliver(self, message):
-        where = f"notification {message.notification_id} ({shown_destination(message.notification)})"
+        """Send `message`, then, while its endpoint takes them, the notification's next due ones."""
         try:
-            try:
-                problem = send(message, self.timeout_seconds)
-            except Exception as exc:  # a bug: the attempt still counts, so the message cannot loop forever
-                log.exception("%s: message %s could not be sent", where, message.id)
-                problem = f"internal error: {type(exc).__name__}"
-            if not record(message, self.worker_id, problem, self.clock()):
-                log.warning("%s: message %s lease lost before its outcome was written", where, message.id)
-            elif problem:
-                log.warning("%s: %s message %s, attempt %d of %d: %s", where, message.event, message.id,
-                            message.attempts, MAX_ATTEMPTS, problem)
-            return problem
+            for _ in range(BURST):
+                if self.attempt(message):
+                    break  # a failing endpoint waits for its backoff
+                following = claim_due(self.worker_id, self.lease, 1, self.clock(),
+                                      notification_id=message.notification_id)
+                if not following:
+                    break
+                message = following[0]
         finally:
             with self.lock:
                 self.sending.pop(message.notification_id, None)
             database.close()  # this sender thread's connection: sends are rare, connections are not free
+
+    def attempt(self, message):
+        """Send one message and record how it went; returns the problem, or None if it arrived."""
+        where = f"notification {message.notification_id} ({shown_destination(message.notification)})"
+        try:
+            problem = send(message, self.timeout_seconds)
+        except Exception as exc:  # a bug: the attempt still counts, so the message cannot loop forever
+            log.exception("%s: message %s could not be sent", where, message.id)
+            problem = f"internal error: {type(exc).__name__}"
+        if not record(message, self.worker_id, problem, self.clock()):
+            log.warning("%s: message %s lease lost before its outcome was written", where, message.id)
+        elif problem:
+            log.warning("%s: %s message %s, attempt %d of %d: %s", where, message.event, message.id,
+                        message.attempts, MAX_ATTEMPTS, problem)
+        return problem
 
     def wait(self, timeout=None):
         """Wait until every message handed out so far is sent or given up (the tests use it)."""

@@ -124,6 +124,9 @@ def test_success_failure_and_cancel_each_queue_one_message(app, make_job, receiv
     failure = json.loads(messages(event="failure")[0].payload)
     assert failure["execution"]["status"] == "Failed" and "oops" in failure["execution"]["error"]
     assert "oops" in failure["logTail"] and failure["job"] == {"id": broken.id, "name": "broken"}
+    deliver(courier())
+    assert sorted(receiver.events()) == ["cancel", "failure", "success"]
+    assert {m.status for m in messages()} == {"sent"}
 
 
 def test_the_default_on_failure_hears_failures_not_successes(app, make_job, receiver):
