@@ -15,6 +15,7 @@ end through Execution.transition, a WPSec backup-failed webhook through
 remote_backups.apply. The workers send the rows (outbox.py), so a slow or
 dead endpoint never holds up a backup or a webhook.
 """
+import functools
 import json
 import logging
 import secrets
@@ -41,6 +42,9 @@ LOG_TAIL_LINES = 20
 LOG_TAIL_CHARACTERS = 10_000
 SIZE_HISTORY = 5         # a new artifact is compared with the median of this many earlier successes
 SIZE_HISTORY_NEEDED = 3  # and only once there are this many: two sizes make no median worth trusting
+
+
+log = logging.getLogger("backhook.notifications")
 
 
 class NotificationRefused(ValueError):
@@ -76,7 +80,7 @@ def add(url, job=None, on=None, ping=False, overdue_hours=None):
     elif web:
         kind = NotificationKind.WEBHOOK
     else:
-        apprise_problem(url)
+        check_apprise_url(url)
         kind = NotificationKind.APPRISE
     if on == NotifyOn.OVERDUE and overdue_hours is None:
         raise NotificationRefused("--on overdue needs --overdue-hours H: how long without a success is overdue")
@@ -100,7 +104,7 @@ def load_apprise():
     return apprise
 
 
-def apprise_problem(url):
+def check_apprise_url(url):
     """Refuse a URL apprise cannot send to; apprise's own reasons stay unsaid, as they repeat the URL's tokens."""
     plugin = load_apprise().Apprise.instantiate(url)
     if plugin is None:
@@ -109,15 +113,16 @@ def apprise_problem(url):
             f"apprise cannot send to this URL ({scheme}://…): the scheme is not one of its services, or the URL "
             "lacks a part that service needs. A generic webhook is an http:// or https:// URL; see apprise's "
             "documentation for each service's URL")
-    return None
 
 
 def shown_url(notification):
     """The notification's URL as `notify list` and the logs may show it: no password, no apprise token."""
     if notification.kind == NotificationKind.APPRISE:
         plugin = load_apprise().Apprise.instantiate(notification.url)
+        if plugin is None:
+            return urlsplit(notification.url).scheme + "://…"
         # Without its query: the defaults apprise spells out there say nothing about where it goes.
-        return plugin.url(privacy=True).split("?")[0] if plugin is not None else urlsplit(notification.url).scheme + "://…"
+        return plugin.url(privacy=True).split("?")[0]
     parts = urlsplit(notification.url)
     if parts.password is None:
         return notification.url
@@ -189,6 +194,22 @@ def document(event, message, job=None, execution=None, website=None, log_tail=No
 
 # --- the events ------------------------------------------------------------------------
 
+def never_undoing(queue_events):
+    """Queue in a savepoint: messages that cannot be queued are logged, and the change that caused them stands.
+
+    A run's end or a webhook matters more than its notification; a bug here must cost only the latter.
+    """
+    @functools.wraps(queue_events)
+    def guarded(*args, **kwargs):
+        try:
+            with database.atomic():
+                queue_events(*args, **kwargs)
+        except Exception:
+            log.exception("notifications not queued (%s)", queue_events.__name__)
+
+    return guarded
+
+
 def ending_event(fields):
     """The event a run-ending transition's `fields` stand for (models.ends_run said it ends one)."""
     status = fields.get("status")
@@ -199,6 +220,7 @@ def ending_event(fields):
     return Event.RETENTION_ERROR if fields.get("retention_error") else Event.SUCCESS
 
 
+@never_undoing
 def execution_ended(execution_id, fields):
     """Queue the notifications of a run that this transaction ends (Execution.transition calls it)."""
     if not Notification.select().exists():
@@ -254,6 +276,7 @@ def size_dropped(job, execution):
           job_id=job.id, execution_id=execution.id)
 
 
+@never_undoing
 def backups_started(executions):
     """Queue the /start pings of backups just claimed (the worker calls it right after the claim)."""
     backups = [e for e in executions if e.type == ExecutionType.BACKUP]
@@ -267,6 +290,7 @@ def backups_started(executions):
                   job_id=execution.job_id, execution_id=execution.id)
 
 
+@never_undoing
 def website_backup_failed(domain, backup_id, error_message):
     """Queue the failure of a WPSec backup that no execution follows, inside the webhook's transaction.
 

@@ -205,6 +205,17 @@ def test_a_failed_wpsec_backup_of_an_execution_is_reported_once_as_its_failure(c
     assert [(m.event, m.execution_id) for m in messages()] == [("failure", execution.id)]
 
 
+def test_a_notification_that_cannot_be_queued_never_undoes_the_end_of_the_run(
+        app, make_job, receiver, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected fault")
+
+    notifications.add(receiver.url + "/hook", on=NotifyOn.ALWAYS)
+    monkeypatch.setattr(notifications, "document", broken)
+    execution = run_in_process(command_job(make_job))
+    assert (execution.status, execution.stage) == ("Success", "Completed") and messages() == []
+
+
 def test_overdue_fires_once_per_period_by_an_injected_clock(app, make_job, receiver):
     job = command_job(make_job)
     notifications.add(receiver.url + "/hook", job=job, on=NotifyOn.OVERDUE, overdue_hours=1)
