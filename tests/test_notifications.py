@@ -145,6 +145,15 @@ def test_a_notification_of_one_job_hears_nothing_of_another(app, make_job, recei
     assert [m.job_id for m in messages()] == [mine.id]
 
 
+def test_restores_notify_only_their_failures_and_pings_follow_only_backups():
+    webhook, ping = Notification(kind="webhook", on_event="always"), Notification(kind="ping", on_event="always")
+    assert notifications.wants(webhook, "failure", "Restore") and not notifications.wants(webhook, "success", "Restore")
+    assert not notifications.wants(ping, "failure", "Restore") and not notifications.wants(ping, "start", "Restore")
+    assert all(notifications.wants(ping, event) for event in ("start", "success", "failure", "cancel"))
+    assert not notifications.wants(ping, "overdue") and not notifications.wants(ping, "size_drop")
+    assert not notifications.wants(webhook, "start")
+
+
 def test_a_retention_error_queues_one_message_and_no_success(app, make_job, receiver):
     job = command_job(make_job, keep=1)
     notifications.add(receiver.url + "/hook", on=NotifyOn.ALWAYS)
