@@ -1,9 +1,9 @@
 """Sending the notification outbox (notifications.py queues it): leases, retries, and the three kinds.
 
 Each worker runs a Courier in a thread of its own. At each tick it claims due
-messages, at most one per notification at a time across all workers (a
-notification with a message under lease is skipped), and hands each to one
-of a few sender threads. So a hanging or failing endpoint holds one sender
+messages, each the oldest waiting message of its notification, so a
+notification's messages go out in order and one at a time across all
+workers, and hands each to one of a few sender threads. So a hanging or failing endpoint holds one sender
 for one timeout and delays only its own messages; a backup, a webhook and
 the other endpoints never wait on it.
 
@@ -62,38 +62,41 @@ def due(now):
             & (Outbox.lease_expires_at.is_null() | (Outbox.lease_expires_at <= now)))
 
 
-def claim_due(worker_id, lease, limit, now, busy=(), notification_id=None):
-    """Lease up to `limit` due messages, each of another notification and none of `busy`; returns them.
+def first_of_its_notification():
+    """No older message of the same notification waits: each notification's messages go out in order.
 
-    With `notification_id`, only that notification's messages are considered.
+    A ping's /start must reach its service before the success that follows it,
+    so a message waiting for its retry holds back the later ones of its
+    notification (its endpoint is failing anyway), and none of the others.
+    """
+    older = Outbox.alias()
+    return ~fn.EXISTS(older.select(older.id).where(
+        (older.notification == Outbox.notification) & (older.status == OutboxStatus.PENDING)
+        & (older.id < Outbox.id)))
+
+
+def claim_due(worker_id, lease, limit, now, busy=(), notification_id=None):
+    """Lease up to `limit` due messages, each the first of its notification and none of `busy`'s; returns them.
+
+    With `notification_id`, only that notification's next message is considered.
     """
     mine = due(now) if notification_id is None else due(now) & (Outbox.notification == notification_id)
     if limit <= 0 or not Outbox.select().where(mine).exists():
         return []  # a read: the usual idle tick takes no write lock
-    leased = Outbox.select(Outbox.notification).where(
-        (Outbox.status == OutboxStatus.PENDING) & (Outbox.lease_expires_at > now))
     candidates = (Outbox.select(Outbox.id, Outbox.notification)
-                  .where(mine & Outbox.notification.not_in(leased))
-                  .order_by(Outbox.next_attempt_at, Outbox.id).limit(10 * limit))
-    picked, seen = [], set(busy)
-    for row in candidates:
-        if row.notification_id not in seen and len(picked) < limit:
-            seen.add(row.notification_id)
-            picked.append(row.id)
-    return [message for message in (claim(message_id, worker_id, lease, now) for message_id in picked) if message]
+                  .where(mine & first_of_its_notification() & Outbox.notification.not_in(list(busy)))
+                  .order_by(Outbox.id).limit(limit))
+    return [message for message in (claim(row.id, worker_id, lease, now) for row in candidates) if message]
 
 
 def claim(message_id, worker_id, lease, now):
-    """Lease one message if it is still due and unleased; returns it with its notification, or None."""
-    sending = Outbox.alias()
-    # Checked again in the write: on SQLite, whose writes take turns, no two
-    # messages of one notification are ever under lease at once.
-    others_leased = sending.select(sending.id).where(
-        (sending.notification == Outbox.notification) & (sending.status == OutboxStatus.PENDING)
-        & (sending.lease_expires_at > now))
+    """Lease one message if it is still due, unleased and first of its notification; returns it, or None.
+
+    The guarded write is the claim: of two workers, one changes the row and the other nothing.
+    """
     with database.atomic():
         taken = Outbox.update(worker_id=worker_id, lease_expires_at=now + lease, attempts=Outbox.attempts + 1).where(
-            (Outbox.id == message_id) & due(now) & ~fn.EXISTS(others_leased)).execute()
+            (Outbox.id == message_id) & due(now) & first_of_its_notification()).execute()
     if not taken:
         return None  # another worker's claim came first
     return Outbox.select(Outbox, Notification).join(Notification).where(Outbox.id == message_id).first()

@@ -270,10 +270,11 @@ class Worker:
 
     def claim_and_start(self):
         claimed = self.claim_pending()
+        if claimed:
+            # Before the runs start, so a ping's /start is queued ahead of the end of a run that ends at once.
+            notifications.backups_started(claimed)
         for execution in claimed:
             self.start(execution)
-        if claimed:
-            notifications.backups_started(claimed)  # after the start: a ping's row never delays a backup
 
 
 def main():

@@ -319,6 +319,25 @@ def test_a_failing_endpoint_is_retried_with_backoff_and_another_is_served_meanwh
     assert {r["headers"]["webhook-id"] for r in receiver.requests} == {down.id}  # one message, retried
 
 
+def test_a_notifications_messages_go_out_in_order_even_across_a_retry(app, make_job, receiver):
+    receiver.status = 503
+    ping = notifications.add(receiver.url + "/ping", ping=True)
+    job = command_job(make_job)
+    with models.database.atomic():
+        for event in ("start", "success"):
+            notifications.queue([ping], event, notifications.document(event, event, job))
+    clock = [now_ms()]
+    sender = courier(clock=lambda: clock[0])
+    deliver(sender)
+    assert [r["path"] for r in receiver.wait_for(1)] == ["/ping/start"]
+    deliver(sender)
+    assert len(receiver.requests) == 1  # the success waits behind the /start's retry
+    receiver.status = 200
+    clock[0] += 30_000
+    deliver(sender)
+    assert [r["path"] for r in receiver.wait_for(3)] == ["/ping/start", "/ping/start", "/ping"]
+
+
 def test_a_message_fails_after_its_last_attempt(app, make_job, receiver):
     receiver.status = 500
     notifications.add(receiver.url + "/down")
