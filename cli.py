@@ -35,15 +35,18 @@ import job_definition  # noqa: E402
 import models  # noqa: E402
 import retention  # noqa: E402
 import schedules  # noqa: E402
+import notifications  # noqa: E402
+import outbox  # noqa: E402
 from compression import COMPRESSORS  # noqa: E402
 from database import connect_database, database, is_postgresql_url, opened  # noqa: E402
 from migrations import latest_version, migrate  # noqa: E402
 from app import create_app  # noqa: E402
-from models import ApiKey, Execution, Job, Setting, Website, iso, normalize_domain  # noqa: E402
-from sources import SourceError, describe_source, shown_source  # noqa: E402
+from models import (ApiKey, Execution, Job, Notification, NotificationOutbox, Setting, Website, iso,  # noqa: E402
+                    normalize_domain)
+from sources import SourceError, describe_source, parse_source, shown_source  # noqa: E402
 from encryption import parse_recipients  # noqa: E402
 from restore import SCRATCH, RestoreRefused, queue_restore, run_in_this_process  # noqa: E402
-from statuses import FINISHED, ExecutionStatus, ExecutionType  # noqa: E402
+from statuses import FINISHED, ExecutionStatus, ExecutionType, NotificationKind, NotifyOn, OutboxStatus  # noqa: E402
 from wakeup import trigger, wake_workers  # noqa: E402
 
 DEFAULT_BIND = "127.0.0.1:8000"
@@ -921,6 +924,84 @@ def websites_remove(domain):
         fail(f"no website {normalize_domain(domain)}")
     site.remove()
     click.echo(f"removed website {site.domain}")
+
+
+# --- notifications -------------------------------------------------------------
+
+@main.group()
+def notify():
+    """Tell webhooks, ping URLs and apprise services about runs (see README.md, "Notifications")."""
+
+
+@notify.command("add")
+@click.argument("url")
+@click.option("--job", "reference", default=None, metavar="NAME|ID", help="only this job's runs (default: every job)")
+@click.option("--on", "on", type=click.Choice([on.value for on in NotifyOn]), default=None,
+              help="which events: failure (with cancel and retention errors; the default), success, always, "
+                   "or overdue (no success within --overdue-hours, or an artifact under half the usual size)")
+@click.option("--ping", is_flag=True, help="a Healthchecks-style URL: URL/start, URL on success, URL/fail")
+@click.option("--overdue-hours", type=click.FloatRange(min=0, min_open=True), default=None, metavar="H",
+              help="the dead man's switch: notify when the job has had no successful backup for H hours")
+def notify_add(url, reference, on, ping, overdue_hours):
+    """Add a notification; prints its id, and a webhook's signing secret alone on the last line, this once.
+
+    An http:// or https:// URL is a webhook (a signed JSON POST) unless
+    --ping; any other URL goes through apprise (mailto://, slack://,
+    discord://, tgram://, ntfys://, gotify://, json://…).
+    """
+    job = find_job(reference) if reference else None
+    try:
+        notification = notifications.add(url, job, on, ping, overdue_hours)
+    except notifications.NotificationRefused as exc:
+        fail(str(exc))
+    click.echo(f"added notification {notification.id}: {describe_notification(notification)}")
+    click.echo(notification.id)
+    if notification.secret:
+        click.echo("Its signing secret (webhook-signature, Standard Webhooks) follows; it cannot be shown again.")
+        click.echo(notification.secret)
+
+
+def describe_notification(notification):
+    job = Job.get_by_id(notification.job_id).name if notification.job_id else "every job"
+    overdue = f", overdue after {notification.overdue_seconds / 3600:g} h" if notification.overdue_seconds else ""
+    return (f"{notification.kind} {notifications.shown_url(notification)}, on {notification.on_event}, "
+            f"{job}{overdue}")
+
+
+@notify.command("list")
+def notify_list():
+    """One notification per line: ID, kind, URL (no secret), events, job, and its waiting and failed messages."""
+    for notification in Notification.select().order_by(Notification.created_at):
+        counts = {status: NotificationOutbox.select().where(
+            (NotificationOutbox.notification == notification.id) & (NotificationOutbox.status == status)).count()
+            for status in (OutboxStatus.PENDING, OutboxStatus.FAILED)}
+        click.echo(f"{notification.id}  {describe_notification(notification)}"
+                   f"  pending={counts[OutboxStatus.PENDING]}  failed={counts[OutboxStatus.FAILED]}")
+
+
+@notify.command("remove")
+@click.argument("notification_id", metavar="ID")
+def notify_remove(notification_id):
+    """Remove a notification and the messages it has not sent yet."""
+    notification = find(Notification, notification_id, "notification")
+    shown = describe_notification(notification)
+    with database.atomic():
+        notification.delete_instance(recursive=True)
+    click.echo(f"removed notification {notification.id}: {shown}")
+
+
+@notify.command("test")
+@click.argument("notification_id", metavar="ID")
+def notify_test(notification_id):
+    """Send one test message now, from this process; exits 1 if it did not arrive."""
+    notification = find(Notification, notification_id, "notification")
+    message = notifications.test_message(notification)
+    problem = outbox.send_now(message.id, f"cli-{socket.gethostname()}-{os.getpid()}",
+                              current_app.config["NOTIFY_TIMEOUT_SECONDS"])
+    if problem:
+        fail(f"test message {message.id} to {notifications.shown_destination(notification)} failed: {problem}")
+    kind = "signed webhook" if notification.kind == NotificationKind.WEBHOOK else notification.kind
+    click.echo(f"sent test message {message.id} ({kind}) to {notifications.shown_destination(notification)}")
 
 
 # --- settings ------------------------------------------------------------------

@@ -75,6 +75,8 @@ def load(environ=None):
         "DATABASE_BUSY_SECONDS": _number(env, "BACKHOOK_DATABASE_BUSY_SECONDS", "10"),
         # Artifacts are 0600; with a group (a name or a gid) they are 0640 and that group's.
         "ARTIFACT_GROUP": _group_id(env, "BACKHOOK_ARTIFACT_GROUP"),
+        # How long a notification's endpoint may take to accept a connection, and then to answer.
+        "NOTIFY_TIMEOUT_SECONDS": _number(env, "BACKHOOK_NOTIFY_TIMEOUT_SECONDS", "10"),
         # rclone's own config file, where an rclone: destination's remote is defined (rclone's default if unset).
         "RCLONE_CONFIG": env.get("RCLONE_CONFIG") or None,
         # GET /metrics without an API key, for a Prometheus that reaches backhook only over a private network.

@@ -205,6 +205,12 @@ class Job(BaseModel):
     def exclude_patterns(self):
         return json.loads(self.excludes)
 
+    def delete_instance(self, *args, **kwargs):
+        # Peewee's recursive delete sets a nullable foreign key to NULL, which
+        # would make this job's notifications every job's: they go with it.
+        Notification.delete().where(Notification.job == self.id).execute()
+        return super().delete_instance(*args, **kwargs)
+
     def recipient_keys(self):
         """The age recipients the job's backups are encrypted to; [] when they are not."""
         return json.loads(self.recipients) if self.recipients else []
@@ -269,6 +275,10 @@ class Execution(BaseModel):
         overwriting a Cancelled, Failed or taken-over execution. `logs` (dicts
         of ExecutionLog fields) are appended only when the write happened. It
         runs inside the caller's transaction.
+
+        A write that ends a run (Failed, Cancelled, or Completed) also queues
+        its notifications (notifications.py) in that same transaction, so no
+        end is ever reported twice or lost, whichever of its many writers ends it.
         """
         condition = (cls.id == execution_id) & (cls.status == expected)
         if owner is not None:
@@ -280,6 +290,10 @@ class Execution(BaseModel):
             RunTally.count_end(execution_id, fields["status"])
         if changed and logs:
             ExecutionLog.insert_many([{"execution": execution_id, **line} for line in logs]).execute()
+        if changed and ends_run(fields):
+            import notifications  # here: it builds the API's execution shape, whose module imports this one
+
+            notifications.execution_ended(execution_id, fields)
         return changed
 
     @classmethod
@@ -353,6 +367,12 @@ class Execution(BaseModel):
         if self.ended_at is None:
             return None
         return self.ended_at - (self.started_at or self.ended_at)
+
+
+def ends_run(fields):
+    """Whether a transition's `fields` end a run: a plain dict test, cheap on the webhook's hot path."""
+    return fields.get("status") in (ExecutionStatus.FAILED, ExecutionStatus.CANCELLED) or \
+        fields.get("stage") == Stage.COMPLETED
 
 
 class ExecutionLog(BaseModel):
@@ -645,7 +665,41 @@ class WebhookTally(BaseModel):
         run_sql(cls.ADD, (kind, outcome, os.getpid() % WEBHOOK_TALLY_SHARDS))
 
 
+class Notification(BaseModel):
+    """Where to tell about a job's runs (notifications.py): a webhook, a ping URL or an apprise URL."""
+    id = TextField(primary_key=True, default=new_id)
+    kind = TextField()
+    url = TextField()
+    secret = TextField(null=True)  # a webhook's whsec_… signing secret: shown once, never listed or logged
+    job = ForeignKeyField(Job, null=True, backref="notifications", on_delete="CASCADE")  # None: every job
+    on_event = TextField(default="failure")
+    overdue_seconds = BigIntegerField(null=True)  # the dead man's switch, when set
+    created_at = BigIntegerField(default=now_ms)
+
+
+class NotificationOutbox(BaseModel):
+    """One message for one notification, until it is sent or has no attempt left (outbox.py)."""
+    id = TextField(primary_key=True, default=new_id)  # also its webhook-id
+    notification = ForeignKeyField(Notification, backref="messages", on_delete="CASCADE")
+    event = TextField()
+    job_id = TextField(null=True)
+    execution_id = TextField(null=True)
+    dedupe_key = TextField(null=True, unique=True)
+    payload = TextField()
+    status = TextField(default="pending")
+    attempts = IntegerField(default=0)
+    next_attempt_at = BigIntegerField(default=now_ms)
+    worker_id = TextField(null=True)
+    lease_expires_at = BigIntegerField(null=True)
+    last_error = TextField(null=True)
+    created_at = BigIntegerField(default=now_ms)
+    sent_at = BigIntegerField(null=True)
+
+    class Meta:
+        table_name = "notification_outbox"
+
+
 ALL_MODELS = (ApiKey, Job, Execution, ExecutionLog, Setting, Website, Backup, BackupEvent, IdempotencyKey,
               JobDestination, ArtifactCopy, JobCreationKey, WorkerHeartbeat, RunTally, BackupTally,
-              WebhookTally)
+              WebhookTally, Notification, NotificationOutbox)
 

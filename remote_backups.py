@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from peewee import Case
 
+import notifications
 from database import database, opened, run_sql
 from models import Backup, BackupEvent, BackupTally, Execution, WebhookTally, Website, new_id, now_ms
 from statuses import TERMINAL_BACKUP_STATUSES, BackupStatus, EventKind, ExecutionStatus, Stage, WebhookOutcome
@@ -79,7 +80,7 @@ def apply(event):
 
     An unknown backup_id creates the record; terminal states stick; progress
     only rises; every event joins the history; a complete one queues a sync
-    of the site's backup list. A replayed event carries its spool_id and
+    of the site's backup list, a failed one its notifications. A replayed event carries its spool_id and
     applies once. The website is looked up inside the same transaction: with
     several processes writing, each transaction first finds its page cache
     stale, so a separate read would pay for that twice. The event's outcome
@@ -117,7 +118,9 @@ def _apply_to_website(website_id, event):
     if state and event.kind == EventKind.COMPLETE:
         run_sql("UPDATE website SET sync_requested_at = ? WHERE id = ?", (now_ms(), website_id))
     if state and state["execution_id"]:
-        mirror(state, event.backup_id)
+        mirror(state, event.backup_id)  # a failure is then the execution's, reported as such
+    elif state and event.kind == EventKind.FAILED:
+        notifications.website_backup_failed(event.domain, event.backup_id, state["error_message"])
     return WebhookOutcome.APPLIED if state else WebhookOutcome.IGNORED
 
 

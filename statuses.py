@@ -74,3 +74,37 @@ class WebhookOutcome(StrEnum):
     DUPLICATE = "duplicate"  # a spool replay of an event applied before
     UNKNOWN_WEBSITE = "unknown_website"  # no website has its domain (404)
     INVALID = "invalid"  # its body breaks the contract, or is over 1 MiB (400, 413)
+
+
+class NotificationKind(StrEnum):
+    """How a notification is delivered (notifications.py)."""
+    WEBHOOK = "webhook"  # a signed JSON POST to an http(s) URL
+    PING = "ping"        # Healthchecks-style: URL/start, URL, URL/fail
+    APPRISE = "apprise"  # any URL the apprise library sends to
+
+
+class NotifyOn(StrEnum):
+    """Which events a notification wants (`notify add --on`)."""
+    FAILURE = "failure"
+    SUCCESS = "success"
+    ALWAYS = "always"
+    OVERDUE = "overdue"
+
+
+class NotificationEvent(StrEnum):
+    """What an outbox message reports: its `event`."""
+    START = "start"                      # pings only: a backup started
+    SUCCESS = "success"
+    FAILURE = "failure"                  # a failed run, or a WPSec backup-failed webhook
+    CANCEL = "cancel"
+    RETENTION_ERROR = "retention_error"  # the backup succeeded, pruning older ones did not
+    OVERDUE = "overdue"                  # no success within the notification's overdue hours
+    SIZE_DROP = "size_drop"              # an artifact under half the median of the last successes
+    TEST = "test"                        # `backhook notify test`
+
+
+class OutboxStatus(StrEnum):
+    """An outbox message's status (notification_outbox.status)."""
+    PENDING = "pending"  # waiting for its next attempt, or being sent
+    SENT = "sent"
+    FAILED = "failed"    # every attempt failed

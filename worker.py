@@ -47,6 +47,8 @@ import drills
 import heartbeats
 import leases
 import schedules
+import notifications
+import outbox
 import wpsec
 from backup import Run
 from database import database, open_database, opened
@@ -62,6 +64,8 @@ IDLE_POLL_SECONDS = 1.0      # fallback when no wake-up arrives
 BUSY_POLL_SECONDS = 0.25     # while running: how often cancel and timeout are checked
 RECLAIM_EVERY_SECONDS = 1.0
 CHORES_EVERY_SECONDS = 1.0   # the webhook follow-ups (see background_tasks)
+NOTIFY_EVERY_SECONDS = 1.0   # how often the outbox is looked at for messages due
+OVERDUE_EVERY_SECONDS = 60.0  # the dead man's switch counts in hours
 PURGE_EVERY_SECONDS = 60.0   # expired Idempotency-Keys no longer match; dropping them is only housekeeping
 # Small, frequent checkpoints: webhooks that write while one copies the log
 # stall less (bench/RESULTS.md, "Figures behind the code: leases and worker").
@@ -125,6 +129,7 @@ class Worker:
         self.renewals = Task("renewals", renew_every, self.renew_leases, retry_at_once=True)
         self.abandoned = queue.SimpleQueue()  # reclaimed executions whose targets the chores remove
         self.heartbeat = Task("heartbeat", heartbeats.BEAT_EVERY_SECONDS, self.beat, retry_at_once=True)
+        self.courier = outbox.Courier(self.id, settings["NOTIFY_TIMEOUT_SECONDS"])
 
     # --- the leases: claim, renew, reclaim (leases.py) -----------------------------------
 
@@ -233,8 +238,11 @@ class Worker:
         Each thread runs on its own: a slow WPSec site may take minutes to
         answer, and neither the claim loop nor the checkpoint may wait on it.
         The chores also purge the Idempotency-Keys older than 24 hours and the
-        heartbeats of workers gone for as long, and drop what reclaimed restores
-        left on database servers.
+        heartbeats of workers gone for as long, drop what reclaimed restores
+        left on database servers, check the notifications' dead man's switch
+        and forget old outbox messages. Notifications go out from a thread of
+        their own (outbox.Courier), so that a minutes-long site sync never holds
+        them back.
         """
         threads = {"chores": [
             Task("spool replay", CHORES_EVERY_SECONDS, lambda: replay_spool(self.data_dir)),
@@ -244,7 +252,9 @@ class Worker:
             Task("idempotency key purge", PURGE_EVERY_SECONDS, purge_idempotency_keys),
             Task("abandoned restore targets", CHORES_EVERY_SECONDS, self.remove_abandoned_targets),
             Task("heartbeat purge", PURGE_EVERY_SECONDS, heartbeats.purge_stale),
-        ]}
+            Task("overdue check", OVERDUE_EVERY_SECONDS, notifications.check_overdue),
+            Task("outbox purge", PURGE_EVERY_SECONDS, outbox.purge_finished),
+        ], "notifications": [Task("notification delivery", NOTIFY_EVERY_SECONDS, self.courier.deliver_due)]}
         if opened().needs_checkpoints:
             threads["checkpoints"] = [Task("checkpoint", CHECKPOINT_EVERY_SECONDS, opened().checkpoint)]
         return threads
@@ -308,6 +318,7 @@ class Worker:
         finally:
             stopping.set()
             self.forget_heartbeat()
+            self.courier.close()  # a send under way ends within its timeout; a message not sent waits in the outbox
             stop_listening(wake)
             signal.set_wakeup_fd(-1)
             signal_pipe.close()
@@ -330,7 +341,11 @@ class Worker:
                 log.warning("database unavailable: %s", exc)
 
     def claim_and_start(self):
-        for execution in self.claim_pending():
+        claimed = self.claim_pending()
+        if claimed:
+            # Before the runs start, so a ping's /start is queued ahead of the end of a run that ends at once.
+            notifications.backups_started(claimed)
+        for execution in claimed:
             self.start(execution)
 
 

@@ -41,6 +41,10 @@ def populated(app, make_key, make_job):
         models.RunTally.create(job=job.id, type="Backup", status="Success", count=1)
         models.BackupTally.create(status="completed", count=1)
         models.WebhookTally.create(kind="complete", outcome="applied", shard=3, count=1)
+        notification = models.Notification.create(kind="webhook", url="https://example.com/hook", job=job.id,
+                                                  secret="whsec_c2VjcmV0", overdue_seconds=3600)
+        models.NotificationOutbox.create(notification=notification.id, event="failure", payload="{}",
+                                         execution_id=execution.id, job_id=job.id)
     Setting.write("max_concurrent_jobs", 3)
     return key, execution
 
