@@ -228,3 +228,20 @@ INSERT INTO artifact_copy (execution_id, position, destination, location)
 -- ssh-ed25519 …, ssh-rsa …); NULL when its backups are not encrypted. Public
 -- keys only: no private key is ever stored.
 ALTER TABLE job ADD COLUMN recipients TEXT;
+
+-- version 13
+
+-- A dashboard sign-in (issue 17): the cookie holds a random secret, this row
+-- only its SHA-256. The session lives as long as the key it was opened with:
+-- every request joins the key row and requires the same key_hash, so that
+-- disabling, rotating or deleting the key ends its sessions at once.
+CREATE TABLE dashboard_session (
+    id            TEXT PRIMARY KEY,
+    api_key_id    TEXT NOT NULL REFERENCES api_key (id) ON DELETE CASCADE,
+    key_hash      TEXT NOT NULL,
+    created_at    BIGINT NOT NULL,
+    last_seen_at  BIGINT NOT NULL,
+    expires_at    BIGINT NOT NULL
+);
+CREATE INDEX dashboard_session_key ON dashboard_session (api_key_id);
+CREATE INDEX dashboard_session_expires ON dashboard_session (expires_at);

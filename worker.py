@@ -41,7 +41,7 @@ import leases
 import wpsec
 from backup import Run
 from database import database, open_database, opened
-from models import Execution, IdempotencyKey, new_id
+from models import DashboardSession, Execution, IdempotencyKey, new_id
 from restore import Restore
 from statuses import ExecutionType
 from spool import replay_spool
@@ -171,7 +171,7 @@ class Worker:
 
         Each thread runs on its own: a slow WPSec site may take minutes to
         answer, and neither the claim loop nor the checkpoint may wait on it.
-        The chores also purge the Idempotency-Keys older than 24 hours.
+        The chores also purge the Idempotency-Keys older than 24 hours and expired dashboard sessions.
         """
         threads = {"chores": [
             Task("spool replay", CHORES_EVERY_SECONDS, lambda: replay_spool(self.data_dir)),
@@ -179,6 +179,7 @@ class Worker:
             Task("silent backup poll", CHORES_EVERY_SECONDS,
                  lambda: wpsec.poll_silent_remote_backups(self.poll_after_seconds)),
             Task("idempotency key purge", PURGE_EVERY_SECONDS, IdempotencyKey.purge_expired),
+            Task("dashboard session purge", PURGE_EVERY_SECONDS, DashboardSession.purge_expired),
         ]}
         if opened().needs_checkpoints:
             threads["checkpoints"] = [Task("checkpoint", CHECKPOINT_EVERY_SECONDS, opened().checkpoint)]

@@ -34,7 +34,8 @@ WORK = Path(os.environ.get("BENCH_WORK_DIR") or PROJECT / "var" / "bench")
 TOKEN = "bench-webhook-token"
 SITE_DOMAIN = "site{}.bench.test"  # wrk.lua spells the domains the same way
 # SPEC.md's API key permissions: a benchmark key may do everything.
-PERMISSIONS = ("jobs:read", "jobs:execute", "history:read", "websites:read", "storage:restore", "storage:download")
+PERMISSIONS = ("jobs:read", "jobs:execute", "history:read", "websites:read", "storage:restore", "storage:download",
+               "keys:manage", "settings:write")
 
 
 # --- machine ----------------------------------------------------------------------
