@@ -17,6 +17,9 @@ in alternating rounds, both databases served by the same gunicorn settings:
 - GET /api/jobs
 - GET /api/executions, the history: pages of 20, unfiltered, by job, by
   status, by both, by type, and from a random `before` anywhere in it
+- the dashboard's pages, signed in (a session cookie): jobs, history (the
+  same shapes as the API's, pages of 20), an execution with its logs,
+  websites, a website with its backups, API keys, settings
 - the worker's claim: trigger over HTTP until `backhook worker` has claimed the execution
 
 Target (README.md, "Performance targets"): each within 1.3x of the empty database.
@@ -25,6 +28,7 @@ Target (README.md, "Performance targets"): each within 1.3x of the empty databas
 """
 import argparse
 import hashlib
+import re
 import shutil
 import sqlite3
 import time
@@ -41,7 +45,9 @@ TARGET_RATIO = 1.3
 FILL_VERSION = 1  # bump when the fill below changes
 FINISHED = ("Success", "Failed", "Cancelled")
 HISTORY_PAGE = 20  # the listing's page size, and how many executions each job has in the empty database
-MEASURES = ["poll", "poll+logs", "jobs", "history", "webhook", "claim"]
+PAGES = ["page:jobs", "page:history", "page:execution", "page:websites", "page:website", "page:keys",
+         "page:settings"]
+MEASURES = ["poll", "poll+logs", "jobs", "history", "webhook", *PAGES, "claim"]
 
 
 # --- filling ---------------------------------------------------------------------------
@@ -160,15 +166,29 @@ class Side:
             "jobs": self.paths_file("jobs", ["/api/jobs"]),
             "history": self.paths_file("history", self.history_paths),
         }
+        # The dashboard's history takes the API's arguments: pages of 20 here too, which the empty database fills.
+        self.page_history_paths = self.history_pages("/history")
+        self.paths.update({
+            "page:jobs": self.paths_file("page-jobs", ["/jobs"]),
+            "page:history": self.paths_file("page-history", self.page_history_paths),
+            "page:execution": self.paths_file("page-execution", [f"/executions/{i}" for i in ids]),
+            "page:websites": self.paths_file("page-websites", ["/websites"]),
+            # the first 50 sites, which both databases have, with 5 backups each
+            "page:website": self.paths_file("page-website", [f"/websites/{common.SITE_DOMAIN.format(k)}"
+                                                             for k in range(50)]),
+            "page:keys": self.paths_file("page-keys", ["/keys"]),
+            "page:settings": self.paths_file("page-settings", ["/settings"]),
+        })
+        self.cookie = None
 
-    def history_pages(self):
+    def history_pages(self, prefix="/api/executions"):
         """Full pages of the history listing, in each of its shapes, from anywhere in it."""
         jobs = [row[0] for row in self.db.execute("SELECT id FROM job WHERE name LIKE 'job-%'")]
         # Cursors with a full page behind them: the newest page's ids are left out.
         cursors = [row[0] for row in self.db.execute(
             "SELECT id FROM (SELECT id FROM execution ORDER BY created_at, id LIMIT -1 OFFSET ?) "
             "ORDER BY random() LIMIT 500", (HISTORY_PAGE,))]
-        page = f"/api/executions?limit={HISTORY_PAGE}"
+        page = f"{prefix}?limit={HISTORY_PAGE}"
         shapes = [lambda number: page, lambda number: f"{page}&jobId={jobs[number % len(jobs)]}",
                   lambda number: f"{page}&status=Success",
                   lambda number: f"{page}&jobId={jobs[number % len(jobs)]}&status=Success",
@@ -188,7 +208,7 @@ class Side:
         (DAMON reclaim), so without this the full database's random lookups
         would time this disk rather than the database; see RESULTS.md.
         """
-        if what in ("poll", "poll+logs"):
+        if what in ("poll", "poll+logs", "page:execution"):
             for execution_id in self.ids:
                 self.db.execute("SELECT * FROM execution WHERE id = ?", (execution_id,)).fetchall()
                 self.db.execute("SELECT * FROM execution_log WHERE execution_id = ? ORDER BY id",
@@ -200,8 +220,8 @@ class Side:
             self.db.execute("SELECT sum(progress), max(id) FROM backup").fetchall()
         elif what == "jobs":
             self.db.execute("SELECT (SELECT max(created_at) FROM execution WHERE job_id = job.id) FROM job").fetchall()
-        elif what == "history":  # each page's index entries and rows, as the listing reads them
-            for path in set(self.history_paths):
+        elif what in ("history", "page:history"):  # each page's index entries and rows, as the listing reads them
+            for path in set(self.history_paths if what == "history" else self.page_history_paths):
                 if "before=" in path:
                     self.db.execute("SELECT * FROM execution WHERE (created_at, id) < (SELECT created_at, id "
                                     "FROM execution WHERE id = ?) ORDER BY created_at DESC, id DESC LIMIT ?",
@@ -211,13 +231,30 @@ class Side:
                     status = " AND status = 'Success'" if "status=" in path else ""
                     self.db.execute(f"SELECT * FROM execution WHERE job_id = ?{status} "
                                     "ORDER BY created_at DESC, id DESC LIMIT ?", (job_id, HISTORY_PAGE + 1)).fetchall()
+        elif what in ("page:websites", "page:website"):
+            self.db.execute("SELECT count(*) FROM (SELECT domain FROM website ORDER BY domain LIMIT 100)").fetchall()
+            for k in range(50):
+                self.db.execute("SELECT * FROM backup WHERE website_id = (SELECT id FROM website WHERE domain = ?) "
+                                "ORDER BY created_at DESC, id DESC", (common.SITE_DOMAIN.format(k),)).fetchall()
 
     def wrk(self, server, what, seconds):
         if what == "webhook":
             return common.wrk(server.url + "/webhooks/backup-progress", seconds, 1, threads=1,
                               mode="webhook", token=common.TOKEN, sites=self.sites, backup_ids=self.backup_ids)
+        signed_in = {"cookie": self.sign_in(server)} if what.startswith("page:") else {}
         return common.wrk(server.url, seconds, 1, threads=1, mode="paths", paths_file=self.paths[what],
-                          api_key=self.key)
+                          api_key=self.key, **signed_in)
+
+    def sign_in(self, server):
+        """The dashboard's session cookie for this side's key, signed in once through the sign-in form."""
+        if self.cookie is None:
+            http = requests.Session()
+            form = http.get(f"{server.url}/sign-in", timeout=10)
+            token = re.search(r'name="csrf_token" value="([^"]+)"', form.text).group(1)
+            http.post(f"{server.url}/sign-in", data={"key": self.key, "csrf_token": token}, timeout=10,
+                      allow_redirects=False).raise_for_status()
+            self.cookie = f"backhook_session={http.cookies['backhook_session']}"
+        return self.cookie
 
     def claim_latencies(self, server, samples):
         """Latencies (ms) from a trigger over HTTP until `backhook worker` has claimed it, one run at a time.
@@ -276,6 +313,12 @@ def main(argv=()):
                        [(common.new_id(), job_id, now - age, now - age, now - age)
                         for (job_id,) in db.execute("SELECT id FROM job").fetchall()
                         for age in range(HISTORY_PAGE)])
+        # the first 50 sites' backups, as many as each site has in the full database
+        db.executemany("INSERT INTO backup (id, website_id, backup_id, status, progress, created_at, updated_at) "
+                       "VALUES (?, ?, ?, 'completed', 100, ?, ?)",
+                       [(common.new_id(), site_id, f"bk-{site_number}-{number}", now, now)
+                        for site_number, (site_id,) in enumerate(db.execute("SELECT id FROM website").fetchall())
+                        for number in range(BACKUPS_PER_SITE)])
     empty_key = common.api_key(empty_dir)
     full_key = full_database(full_dir, args.executions, args.websites)
     args.full_gb = (full_dir / "backhook.db").stat().st_size / 1e9
