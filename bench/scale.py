@@ -232,7 +232,10 @@ class Side:
                     self.db.execute(f"SELECT * FROM execution WHERE job_id = ?{status} "
                                     "ORDER BY created_at DESC, id DESC LIMIT ?", (job_id, HISTORY_PAGE + 1)).fetchall()
         elif what in ("page:websites", "page:website"):
-            self.db.execute("SELECT count(*) FROM (SELECT domain FROM website ORDER BY domain LIMIT 100)").fetchall()
+            # The first page by domain (site0, site1, site10, site100, …: spread over the file) and its backups.
+            self.db.execute("SELECT w.*, b.* FROM website w LEFT JOIN backup b ON b.id = (SELECT id FROM backup "
+                            "WHERE website_id = w.id ORDER BY created_at DESC, id DESC LIMIT 1) "
+                            "ORDER BY w.domain LIMIT 51").fetchall()
             for k in range(50):
                 self.db.execute("SELECT * FROM backup WHERE website_id = (SELECT id FROM website WHERE domain = ?) "
                                 "ORDER BY created_at DESC, id DESC", (common.SITE_DOMAIN.format(k),)).fetchall()

@@ -37,6 +37,7 @@ def populated(app, make_key, make_job):
         models.ArtifactCopy.create(execution=execution.id, position=0, destination=job.destination,
                                    location="/backups/x.tar.zst")
     Setting.write("max_concurrent_jobs", 3)
+    models.DashboardSession.open(ApiKey.authenticate(key)[0])  # a signed-in browser moves with its key
     return key, execution
 
 
