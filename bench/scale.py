@@ -2,8 +2,9 @@
 
 Two databases with the same 20 jobs:
 
-- "empty": only what the requests need: a history page (20 executions) per
-  job, 50 websites;
+- "empty": only what the requests need: a history page (20 executions,
+  shaped as the full database's successes, with their log lines) per job,
+  50 websites with 5 backups each;
 - "full": 1,000,000 finished executions spread over the 20 jobs, each with
   5 log lines; 100,000 websites with 5 backups each and 3 events per backup.
 
@@ -63,6 +64,15 @@ def create_database(data_dir, websites):
         common.add_websites(data_dir, websites)
 
 
+# Log lines, in execution order so the (execution_id, id) index grows at its end.
+LOG_LINES_SQL = """WITH RECURSIVE k(j) AS (SELECT 1 UNION ALL SELECT j + 1 FROM k WHERE j < :logs)
+    INSERT INTO execution_log (execution_id, timestamp, level, stage, message)
+    SELECT e.id, e.started_at + k.j * 10000, 'info',
+           CASE k.j WHEN 1 THEN 'Initializing' WHEN 2 THEN 'Dumping' WHEN 3 THEN 'Uploading'
+                    WHEN 4 THEN 'Verifying' ELSE 'Applying Retention' END,
+           'stage ' || k.j || ' done: ' || coalesce(e.size, 0) || ' bytes written so far'
+    FROM execution e CROSS JOIN k ORDER BY e.rowid, k.j"""
+
 FILL_SQL = [
     "CREATE TEMP TABLE bench_job AS SELECT row_number() OVER (ORDER BY id) - 1 AS k, id FROM job",
     # Executions: one every 30 s, finishing a minute later, ending a year of history now.
@@ -78,14 +88,7 @@ FILL_SQL = [
            iif(failed, NULL, lower(hex(randomblob(32)))),
            iif(failed, 'tar: /srv/site: Cannot open: Permission denied', NULL), 1, 'bench-host-1'
     FROM e JOIN bench_job j ON j.k = e.i % :jobs""",
-    # Log lines, in execution order so the (execution_id, id) index grows at its end.
-    """WITH RECURSIVE k(j) AS (SELECT 1 UNION ALL SELECT j + 1 FROM k WHERE j < :logs)
-    INSERT INTO execution_log (execution_id, timestamp, level, stage, message)
-    SELECT e.id, e.started_at + k.j * 10000, 'info',
-           CASE k.j WHEN 1 THEN 'Initializing' WHEN 2 THEN 'Dumping' WHEN 3 THEN 'Uploading'
-                    WHEN 4 THEN 'Verifying' ELSE 'Applying Retention' END,
-           'stage ' || k.j || ' done: ' || coalesce(e.size, 0) || ' bytes written so far'
-    FROM execution e CROSS JOIN k ORDER BY e.rowid, k.j""",
+    LOG_LINES_SQL,
     """WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < :websites - 1)
     INSERT INTO website (id, domain, wpsec_url, wpsec_api_key, created_at, synced_at, remote_backups)
     SELECT printf('%012x', :start + i) || lower(hex(randomblob(10))), 'site' || i || '.bench.test',
@@ -311,12 +314,18 @@ def main(argv=()):
     create_database(empty_dir, 50)
     with common.transaction(empty_dir) as db:  # each job's history page, finished
         now = common.now_ms()
-        db.executemany("INSERT INTO execution (id, job_id, status, stage, created_at, started_at, ended_at) "
-                       "VALUES (?, ?, 'Success', 'Completed', ?, ?, ?)",
-                       [(common.new_id(), job_id, now - age, now - age, now - age)
+        # Shaped as the full database's successes (size, path, checksum, log lines), so that a page or a poll
+        # shows as much on both and the ratio is what the history's size costs.
+        db.executemany("INSERT INTO execution (id, job_id, status, progress, stage, created_at, started_at, ended_at, "
+                       "size, path, sha256, attempts, worker_id) "
+                       "VALUES (?, ?, 'Success', 100, 'Completed', ?, ?, ?, 75000000, ?, ?, 1, 'bench-host-1')",
+                       [(execution_id, job_id, now - age, now - age, now - age,
+                         f"/var/backups/backhook/{job_id}/{now - age}.tar.zst", "ab" * 32)
                         for (job_id,) in db.execute("SELECT id FROM job").fetchall()
-                        for age in range(HISTORY_PAGE)])
-        # the first 50 sites' backups, as many as each site has in the full database
+                        for age in range(HISTORY_PAGE) for execution_id in [common.new_id()]])
+        db.execute(LOG_LINES_SQL, {"logs": LOGS_PER_EXECUTION})
+        # the sites synced, with as many backups each as in the full database, so that the pages show as much
+        db.execute("UPDATE website SET synced_at = ?, remote_backups = '[]'", (now,))
         db.executemany("INSERT INTO backup (id, website_id, backup_id, status, progress, created_at, updated_at) "
                        "VALUES (?, ?, ?, 'completed', 100, ?, ?)",
                        [(common.new_id(), site_id, f"bk-{site_number}-{number}", now, now)
@@ -372,7 +381,9 @@ def report(p50, measures, args):
         f"Full database: {args.executions:,} executions over {JOBS} jobs with {LOGS_PER_EXECUTION} log lines each, "
         f"{args.websites:,} websites with {BACKUPS_PER_SITE} backups and {EVENTS_PER_BACKUP} events per backup "
         f"({args.full_gb:.2f} GB; filled once with INSERT … SELECT in about a minute, cached under var/bench/). "
-        f"Empty database: the {JOBS} jobs, {HISTORY_PAGE} executions each, 50 websites. The history is "
+        f"Empty database: the {JOBS} jobs, {HISTORY_PAGE} executions each (shaped as the full one's successes, "
+        f"{LOGS_PER_EXECUTION} log lines each), 50 websites, synced, with {BACKUPS_PER_SITE} backups each. "
+        "The history is "
         f"`GET /api/executions?limit={HISTORY_PAGE}` unfiltered, by job, by status, by both, by type and "
         "from a random `before`, one sixth each. Median latency over "
         f"{args.rounds} alternating rounds of {args.seconds:g} s, one connection (wrk -c 1 -t 1); "

@@ -120,9 +120,9 @@ def home():
 
 
 @bp.get("/sign-in")
-def sign_in_form(failed=None, status=200):
+def sign_in_form():
     g.sign_in_token = secrets.token_urlsafe(32)
-    response = current_app.make_response((render_template("sign_in.html", failed=failed), status))
+    response = current_app.make_response(render_template("sign_in.html", refused="refused" in request.args))
     response.set_cookie(SIGN_IN_COOKIE, g.sign_in_token, httponly=True, samesite="Strict", secure=request.is_secure,
                         path="/sign-in")
     return response
@@ -131,9 +131,9 @@ def sign_in_form(failed=None, status=200):
 @bp.post("/sign-in")
 @limiter.limit(sign_in_limit, key_func=lambda: f"sign-in:{request.remote_addr}")
 def sign_in():
-    key, reason = ApiKey.authenticate(request.form.get("key", "").strip())
-    if key is None:
-        return sign_in_form(failed=reason, status=401)
+    key, _reason = ApiKey.authenticate(request.form.get("key", "").strip())
+    if key is None:  # back to the form, which says so: every 4xx of backhook is JSON, and this is for people
+        return back_to("dashboard.sign_in_form", refused=1)
     response = back_to("dashboard.home")
     response.set_cookie(SESSION_COOKIE, DashboardSession.open(key), httponly=True, samesite="Strict",
                         secure=request.is_secure, path="/")

@@ -75,15 +75,17 @@ def test_the_cookie_is_secure_behind_a_trusted_https_proxy(backhook_env, monkeyp
 @pytest.mark.parametrize("key", ["", "not-a-key", "dbm_" + "Q" * 43])
 def test_a_wrong_key_signs_nobody_in(client, key):
     response = sign_in(client, key)
-    assert response.status_code == 401 and "Not signed in" in response.get_data(as_text=True)
+    assert response.status_code == 303 and response.headers["Location"] == "/sign-in?refused=1"
     assert not any(h.startswith(SESSION_COOKIE) for h in response.headers.getlist("Set-Cookie"))
     assert DashboardSession.select().count() == 0
+    assert "Not signed in" in client.get(response.headers["Location"]).get_data(as_text=True)
+    assert client.get("/jobs").status_code == 303
 
 
 def test_a_disabled_key_cannot_sign_in(client, make_key):
     key = make_key()
     ApiKey.set_enabled(ApiKey.get().id, False)
-    assert sign_in(client, key).status_code == 401
+    assert sign_in(client, key).headers["Location"] == "/sign-in?refused=1"
 
 
 @pytest.mark.parametrize("end", {
@@ -98,6 +100,12 @@ def test_the_session_ends_at_once_with_its_key(client, signed_in, end):
     assert client.get("/jobs").headers.get("Location") == "/sign-in"
     response = client.post(f"/jobs/{'x'}/run", data={"csrf_token": token})
     assert response.status_code in (401, 403) and set(response.get_json()) == {"error"}
+
+
+def test_disabling_the_key_on_the_command_line_ends_its_sessions(client, signed_in, runner):
+    signed_in()
+    assert runner("keys", "disable", ApiKey.get().id).exit_code == 0
+    assert client.get("/jobs").headers.get("Location") == "/sign-in"
 
 
 def test_an_expired_session_is_over(client, signed_in):
@@ -118,11 +126,9 @@ def test_sign_in_attempts_are_rate_limited(app, backhook_env, monkeypatch):
     for name, value in backhook_env.items():
         monkeypatch.setenv(name, value)
     client = create_app({"TESTING": True, "RATELIMIT_ENABLED": True, "RATELIMIT_SIGN_IN": "3 per minute"}).test_client()
-    answers = [client.get("/sign-in")]
-    for _attempt in range(4):  # each refusal is a fresh form, with a fresh token
-        answers.append(client.post("/sign-in", data={"key": "dbm_" + "Q" * 43, "csrf_token": csrf_of(answers[-1])}))
-    answers = answers[1:]
-    assert [answer.status_code for answer in answers] == [401, 401, 401, 429]
+    token = csrf_of(client.get("/sign-in"))
+    answers = [client.post("/sign-in", data={"key": "dbm_" + "Q" * 43, "csrf_token": token}) for _ in range(4)]
+    assert [answer.status_code for answer in answers] == [303, 303, 303, 429]
     assert "error" in answers[-1].get_json() and answers[-1].headers["Retry-After"]
 
 
