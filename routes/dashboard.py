@@ -25,6 +25,8 @@ bp = Blueprint("dashboard", __name__)
 SESSION_COOKIE = "backhook_session"
 SIGN_IN_COOKIE = "backhook_sign_in"  # the sign-in form's CSRF token, before there is a session
 WEBSITES_PER_PAGE = 50
+KEY_NAME_MAX_CHARACTERS = 100
+MAX_KEY_DAYS = 36_500  # a century: the expiry stays a 64-bit millisecond count
 SECURITY_HEADERS = {
     # No inline script or style anywhere: everything comes from /static/.
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -77,6 +79,12 @@ def can(permission):
     return key is not None and key.allows(permission)
 
 
+def require(permission):
+    """A 403 naming `permission` unless the signed-in key holds it, as the API answers."""
+    if not can(permission):
+        error(f"API key lacks the '{permission}' permission", 403)
+
+
 def signed_in(permission=None):
     """Let the page run for a signed-in key holding `permission`; a GET without a session goes to sign-in."""
     def decorate(view):
@@ -84,10 +92,10 @@ def signed_in(permission=None):
         def guarded(*args, **kwargs):
             if g.api_key is None:
                 if request.method == "GET":
-                    return redirect(url_for("dashboard.sign_in_form"), 303)
+                    return back_to("dashboard.sign_in_form")
                 error("Not signed in, or the session ended: sign in again", 401)
-            if permission and not g.api_key.allows(permission):
-                error(f"API key lacks the '{permission}' permission", 403)
+            if permission:
+                require(permission)
             return view(*args, **kwargs)
 
         return guarded
@@ -97,13 +105,13 @@ def signed_in(permission=None):
 
 def call(view, *args):
     """Run an API view for the signed-in key: its permission, its validation and its answer."""
-    if not g.api_key.allows(view.required_permission):
-        error(f"API key lacks the '{view.required_permission}' permission", 403)
+    require(view.required_permission)
     return view.__wrapped__(*args)
 
 
-def back_to(endpoint, status=303, **values):
-    return redirect(url_for(endpoint, **values), status)
+def back_to(endpoint, **values):
+    """A 303 to a page (relative: never built from the untrusted Host header)."""
+    return redirect(url_for(endpoint, **values), 303)
 
 
 # --- signing in and out --------------------------------------------------------
@@ -185,8 +193,7 @@ def finished(execution):
 @signed_in()
 def execution_live(execution_id):
     """What the execution page's script polls: the API's answer with logs, on the session's key."""
-    if not can(executions.show_execution.required_permission):
-        error(f"API key lacks the '{executions.show_execution.required_permission}' permission", 403)
+    require(executions.show_execution.required_permission)
     return {"success": True, "data": executions.execution_to_api(executions.find_execution(execution_id),
                                                                  include_logs=True)}
 
@@ -260,14 +267,14 @@ def keys_page(created=None, secret=None):
 @signed_in("keys:manage")
 def create_key():
     name = request.form.get("name", "").strip()
-    if not name:
-        error("A key needs a name", 400)
+    if not name or len(name) > KEY_NAME_MAX_CHARACTERS:
+        error(f"A key needs a name of 1 to {KEY_NAME_MAX_CHARACTERS} characters", 400)
     chosen = request.form.getlist("permissions")
     if not chosen:
         error("A key needs at least one permission", 400)
     days = request.form.get("expires_in_days", "").strip()
-    if days and not (days.isascii() and days.isdigit() and int(days) >= 1):
-        error("'expires_in_days' must be a whole number of at least 1, or empty for never", 400)
+    if days and not (days.isascii() and days.isdigit() and 1 <= int(days) <= MAX_KEY_DAYS):
+        error(f"'expires_in_days' must be a whole number from 1 to {MAX_KEY_DAYS}, or empty for never", 400)
     try:
         key, secret = ApiKey.issue(name, chosen, int(days) if days else None)
     except ValueError as exc:

@@ -318,6 +318,8 @@ def test_keys_are_created_shown_once_rotated_disabled_and_deleted(client, signed
     {"name": "x"},
     {"name": "x", "permissions": ["everything"]},
     {"name": "x", "permissions": ["jobs:read"], "expires_in_days": "-1"},
+    {"name": "x", "permissions": ["jobs:read"], "expires_in_days": "9" * 20},
+    {"name": "x" * 101, "permissions": ["jobs:read"]},
 ])
 def test_a_bad_key_form_is_a_json_400(client, signed_in, form):
     _key, token = signed_in("keys:manage")
