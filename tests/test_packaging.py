@@ -20,7 +20,7 @@ def wheel(tmp_path_factory):
     """The wheel built from a copy of the source tree (a build writes into the tree it builds)."""
     work = tmp_path_factory.mktemp("build")
     shutil.copytree(PROJECT, work / "source", ignore=shutil.ignore_patterns(
-        ".venv", "var", ".git", "build", "*.egg-info", "__pycache__", ".pytest_cache"))
+        ".venv*", "var", ".git", "build", "*.egg-info", "__pycache__", ".pytest_cache", "test-output"))
     # Without build isolation: the test extras bring a setuptools that builds wheels, so no download.
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
                     "--wheel-dir", str(work / "dist"), str(work / "source")], check=True, capture_output=True)
