@@ -11,8 +11,8 @@ from werkzeug.wsgi import get_content_length
 import config
 from database import open_database
 from ratelimit import init_limiter, limit_api, limiter, retry_after_seconds
-from routes import (API_HEADERS, MAX_BODY_BYTES, ApiError, artifacts, error, executions, health, jobs, metrics,
-                    openapi, webhooks, websites)
+from routes import (API_HEADERS, MAX_BODY_BYTES, ApiError, artifacts, dashboard, error, executions, health, jobs,
+                    metrics, openapi, webhooks, websites)
 
 log = logging.getLogger("backhook")
 
@@ -33,7 +33,10 @@ def create_app(overrides=None):
 
     app.wsgi_app = send_api_headers(app.wsgi_app)
     if app.config["TRUSTED_PROXIES"]:
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["TRUSTED_PROXIES"])
+        # X-Forwarded-Proto and -Host too: the dashboard's cookie is Secure behind an HTTPS proxy, and its
+        # trigger panel names the URL clients use.
+        hops = app.config["TRUSTED_PROXIES"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
 
     # Peewee opens the connection on first use and keeps it for the process's
     # life: reconnecting would be the larger part of each request.
@@ -47,6 +50,7 @@ def create_app(overrides=None):
         app.register_blueprint(blueprint)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)  # not under /api/: Prometheus scrapes at its own steady pace
+    app.register_blueprint(dashboard.bp)  # not under /api/: only its sign-in is rate limited
     app.register_blueprint(limiter.exempt(webhooks.bp))  # not under /api/: never rate limited
     init_limiter(app)
     return app

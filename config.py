@@ -65,6 +65,8 @@ def load(environ=None):
         # Per client IP, over all /api/ routes together.
         "RATELIMIT_READ": _rate_limit(env, "BACKHOOK_RATELIMIT_READ", "100 per minute"),  # GET and HEAD
         "RATELIMIT_WRITE": _rate_limit(env, "BACKHOOK_RATELIMIT_WRITE", "20 per minute"),  # POST, PUT, DELETE, PATCH
+        # Per client IP, dashboard sign-in attempts (POST /sign-in), apart from the API's limits.
+        "RATELIMIT_SIGN_IN": _rate_limit(env, "BACKHOOK_RATELIMIT_SIGN_IN", "10 per minute"),
         "TRUSTED_PROXIES": _number(env, "BACKHOOK_TRUSTED_PROXIES", "0", int),
         "LEASE_SECONDS": _number(env, "BACKHOOK_LEASE_SECONDS", "30"),
         # How long a stopping worker lets running backups finish before it

@@ -6,7 +6,7 @@ one read snapshot: every gunicorn process on every machine answers the same
 numbers, and they agree with each other. What a GROUP BY over the whole
 history would cost at each scrape is kept as counters instead, written in
 the transactions that change what they count (the *_tally tables, schema.sql
-version 11); the per-job series are one query over the jobs that finds each
+version 10); the per-job series are one query over the jobs that finds each
 job's rows through an index (tests/test_query_plans.py, bench/scale.py).
 
 FAMILIES lists what a scrape exports: each function takes the Scrape and

@@ -62,7 +62,7 @@ class BaseModel(Model):
 
 
 PERMISSIONS = ("jobs:read", "jobs:execute", "jobs:write", "history:read", "websites:read", "storage:restore",
-               "storage:download", "metrics:read")
+               "storage:download", "metrics:read", "keys:manage", "settings:write")
 KEY_PATTERN = re.compile(r"dbm_[A-Za-z0-9_-]{32,}")
 KEY_TOUCH_INTERVAL_MS = 60_000
 _last_touched = {}  # key id -> ms; spares the database a write per request
@@ -144,6 +144,22 @@ class ApiKey(BaseModel):
     def allows(self, permission):
         return permission in self.permissions.split()
 
+    def is_usable(self, now=None):
+        return self.enabled and (self.expires_at is None or self.expires_at > (now_ms() if now is None else now))
+
+    @classmethod
+    def set_enabled(cls, key_id, enabled):
+        """Enable or disable a key; True if there was one. A disabled key's dashboard sessions end with it."""
+        with database.atomic():
+            return cls.update(enabled=enabled).where(cls.id == key_id).execute() == 1
+
+    @classmethod
+    def remove(cls, key_id):
+        """Delete a key and its dashboard sessions; True if there was one."""
+        with database.atomic():
+            DashboardSession.delete().where(DashboardSession.api_key == key_id).execute()
+            return cls.delete().where(cls.id == key_id).execute() == 1
+
     def touch(self):
         """Record last use, at most one write per key per minute across processes."""
         now = now_ms()
@@ -156,6 +172,65 @@ class ApiKey(BaseModel):
                 ApiKey.update(last_used_at=now).where((ApiKey.id == self.id) & stale).execute()
         except OperationalError as exc:  # a busy database must not fail the request
             log.warning("could not record key use: %s", exc)
+
+
+SESSION_MS = 12 * 3600 * 1000  # a sign-in lasts half a day, however busy
+SESSION_TOUCH_INTERVAL_MS = 60_000
+
+
+class DashboardSession(BaseModel):
+    """A dashboard sign-in: the cookie holds the secret, this row its SHA-256 and the key it was opened with."""
+    id = TextField(primary_key=True)
+    api_key = ForeignKeyField(ApiKey, on_delete="CASCADE")
+    key_hash = TextField()
+    created_at = BigIntegerField(default=now_ms)
+    last_seen_at = BigIntegerField(default=now_ms)
+    expires_at = BigIntegerField()
+
+    @classmethod
+    def open(cls, key):
+        """Start a session for the usable `key`; return the cookie's secret, which is never stored."""
+        secret = secrets.token_urlsafe(32)
+        now = now_ms()
+        with database.atomic():
+            cls.create(id=hash_key(secret), api_key=key.id, key_hash=key.key_hash, created_at=now,
+                       last_seen_at=now, expires_at=now + SESSION_MS)
+        return secret
+
+    @classmethod
+    def find(cls, secret, now=None):
+        """The live session of the cookie `secret` with its key as `.api_key`, or None.
+
+        One query joins the key row: the session holds only while its key is
+        enabled, unexpired and still has the secret it signed in with (a
+        rotation changes key_hash), so each of those ends it at once.
+        """
+        now = now_ms() if now is None else now
+        session = (cls.select(cls, ApiKey).join(ApiKey)
+                   .where((cls.id == hash_key(secret)) & (cls.expires_at > now) & (ApiKey.key_hash == cls.key_hash)
+                          & ApiKey.enabled & (ApiKey.expires_at.is_null() | (ApiKey.expires_at > now)))
+                   .first())
+        if session is not None and now - session.last_seen_at >= SESSION_TOUCH_INTERVAL_MS:
+            try:
+                with database.atomic():
+                    cls.update(last_seen_at=now).where(cls.id == session.id).execute()
+            except OperationalError as exc:  # a busy database must not fail the page
+                log.warning("could not record session use: %s", exc)
+        return session
+
+    @classmethod
+    def close(cls, secret):
+        with database.atomic():
+            cls.delete().where(cls.id == hash_key(secret)).execute()
+
+    @classmethod
+    def purge_expired(cls, now=None):
+        """Forget the expired sessions (a deleted key takes its own along); the worker's chores call it."""
+        expired = cls.expires_at <= (now_ms() if now is None else now)
+        if not cls.select().where(expired).exists():
+            return 0
+        with database.atomic():
+            return cls.delete().where(expired).execute()
 
 
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
@@ -217,7 +292,7 @@ class Job(BaseModel):
 
     @classmethod
     def listing(cls):
-        """Every job by name, each with its newest backup's last_id, last_status and last_ended_at (or None).
+        """Every job by name, each with its newest backup's last_id, last_status, last_ended_at and last_size.
 
         One query: each job's newest execution is found through the
         (job_id, created_at) index, not with one more query per job. A
@@ -227,7 +302,7 @@ class Job(BaseModel):
         newest_id = (newer.select(newer.id).where((newer.job == cls.id) & (newer.type == ExecutionType.BACKUP))
                      .order_by(newer.created_at.desc()).limit(1))
         return (cls.select(cls, Execution.id.alias("last_id"), Execution.status.alias("last_status"),
-                           Execution.ended_at.alias("last_ended_at"))
+                           Execution.ended_at.alias("last_ended_at"), Execution.size.alias("last_size"))
                 .join(Execution, JOIN.LEFT_OUTER, on=(Execution.id == newest_id))
                 .order_by(cls.name)
                 .objects())
@@ -432,6 +507,24 @@ class Website(BaseModel):
                                   .group_by(Backup.status).tuples()):
                 BackupTally.move(status, None, count)
             self.delete_instance(recursive=True)
+
+    @classmethod
+    def listing(cls, after=None, limit=50):
+        """Up to `limit` websites by domain, after the domain `after`, each with its newest backup's
+        last_backup_id, last_status, last_progress and last_updated_at (or None).
+
+        One query, like Job.listing: each site's newest backup is found along
+        the (website_id, created_at, id) index, and the page along the domain's.
+        """
+        newer = Backup.alias()
+        newest_id = (newer.select(newer.id).where(newer.website == cls.id)
+                     .order_by(newer.created_at.desc(), newer.id.desc()).limit(1))
+        query = (cls.select(cls, Backup.backup_id.alias("last_backup_id"), Backup.status.alias("last_status"),
+                            Backup.progress.alias("last_progress"), Backup.updated_at.alias("last_updated_at"))
+                 .join(Backup, JOIN.LEFT_OUTER, on=(Backup.id == newest_id)))
+        if after is not None:
+            query = query.where(cls.domain > after)
+        return query.order_by(cls.domain).limit(limit).objects()
 
 
 class Backup(BaseModel):
@@ -701,5 +794,5 @@ class NotificationOutbox(BaseModel):
 
 ALL_MODELS = (ApiKey, Job, Execution, ExecutionLog, Setting, Website, Backup, BackupEvent, IdempotencyKey,
               JobDestination, ArtifactCopy, JobCreationKey, WorkerHeartbeat, RunTally, BackupTally,
-              WebhookTally, Notification, NotificationOutbox)
+              WebhookTally, Notification, NotificationOutbox, DashboardSession)
 

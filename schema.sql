@@ -229,7 +229,7 @@ INSERT INTO artifact_copy (execution_id, position, destination, location)
 -- keys only: no private key is ever stored.
 ALTER TABLE job ADD COLUMN recipients TEXT;
 
--- version 9
+-- version 8
 
 -- Schedules (schedules.py): a five-field cron expression or an alias such as
 -- @daily, read in the job's IANA timezone, which also places its artifacts in
@@ -250,7 +250,59 @@ ALTER TABLE job ADD COLUMN keep_daily INTEGER;
 ALTER TABLE job ADD COLUMN keep_weekly INTEGER;
 ALTER TABLE job ADD COLUMN keep_monthly INTEGER;
 
--- version 11
+-- version 9
+
+-- Notifications (issue 16, notifications.py): who is told about a job's runs.
+-- kind is webhook (a JSON document signed with `secret`, the Standard Webhooks
+-- whsec_… shown once by `notify add`), ping (Healthchecks-style /start,
+-- success, /fail) or apprise (any URL the apprise library sends to). on_event
+-- is failure, success, always or overdue; job_id NULL watches every job.
+-- overdue_seconds arms the dead man's switch: an overdue event when the job
+-- has had no success for that long.
+CREATE TABLE notification (
+    id               TEXT PRIMARY KEY,
+    kind             TEXT NOT NULL,
+    url              TEXT NOT NULL,
+    secret           TEXT,
+    job_id           TEXT REFERENCES job (id) ON DELETE CASCADE,
+    on_event         TEXT NOT NULL DEFAULT 'failure',
+    overdue_seconds  BIGINT,
+    created_at       BIGINT NOT NULL
+);
+
+CREATE INDEX notification_job ON notification (job_id);
+
+-- The outbox (outbox.py): one message for one notification, written in the
+-- transaction of the status change it reports and sent by a worker that holds
+-- its lease. status is pending (waiting or being sent), sent or failed (no
+-- attempt left). The id is the webhook-id, the same on every attempt.
+-- dedupe_key makes an event that several workers may see (overdue) queue once.
+CREATE TABLE notification_outbox (
+    id                TEXT PRIMARY KEY,
+    notification_id   TEXT NOT NULL REFERENCES notification (id) ON DELETE CASCADE,
+    event             TEXT NOT NULL,
+    job_id            TEXT,
+    execution_id      TEXT,
+    dedupe_key        TEXT UNIQUE,
+    payload           TEXT NOT NULL,
+    status            TEXT NOT NULL DEFAULT 'pending',
+    attempts          INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at   BIGINT NOT NULL,
+    worker_id         TEXT,
+    lease_expires_at  BIGINT,
+    last_error        TEXT,
+    created_at        BIGINT NOT NULL,
+    sent_at           BIGINT
+);
+
+-- The delivery reads the due pending messages, and the notifications being sent to right now.
+CREATE INDEX notification_outbox_due ON notification_outbox (status, next_attempt_at);
+CREATE INDEX notification_outbox_lease ON notification_outbox (lease_expires_at)
+    WHERE lease_expires_at IS NOT NULL;
+CREATE INDEX notification_outbox_notification ON notification_outbox (notification_id, status);
+CREATE INDEX notification_outbox_created ON notification_outbox (created_at);
+
+-- version 10
 
 -- Worker health (issue 16): each worker's heartbeat, stamped by its claim loop
 -- every few seconds and deleted when it stops. /readyz, GET /api/jobs and
@@ -304,7 +356,7 @@ CREATE TABLE webhook_tally (
 CREATE INDEX execution_job_proven ON execution (job_id, proven_restorable_at)
     WHERE proven_restorable_at IS NOT NULL;
 
--- version 12
+-- version 11
 
 -- Idempotency-Key on POST /api/jobs (issue 17): the job the first call with this
 -- key created, per API key, and the SHA-256 of that call's body (the same key
@@ -323,54 +375,19 @@ CREATE TABLE job_creation_key (
 CREATE INDEX job_creation_key_created ON job_creation_key (created_at);
 CREATE INDEX job_creation_key_job ON job_creation_key (job_id);
 
--- version 10
+-- version 12
 
--- Notifications (issue 16, notifications.py): who is told about a job's runs.
--- kind is webhook (a JSON document signed with `secret`, the Standard Webhooks
--- whsec_… shown once by `notify add`), ping (Healthchecks-style /start,
--- success, /fail) or apprise (any URL the apprise library sends to). on_event
--- is failure, success, always or overdue; job_id NULL watches every job.
--- overdue_seconds arms the dead man's switch: an overdue event when the job
--- has had no success for that long.
-CREATE TABLE notification (
-    id               TEXT PRIMARY KEY,
-    kind             TEXT NOT NULL,
-    url              TEXT NOT NULL,
-    secret           TEXT,
-    job_id           TEXT REFERENCES job (id) ON DELETE CASCADE,
-    on_event         TEXT NOT NULL DEFAULT 'failure',
-    overdue_seconds  BIGINT,
-    created_at       BIGINT NOT NULL
+-- A dashboard sign-in (issue 17): the cookie holds a random secret, this row
+-- only its SHA-256. The session lives as long as the key it was opened with:
+-- every request joins the key row and requires the same key_hash, so that
+-- disabling, rotating or deleting the key ends its sessions at once.
+CREATE TABLE dashboard_session (
+    id            TEXT PRIMARY KEY,
+    api_key_id    TEXT NOT NULL REFERENCES api_key (id) ON DELETE CASCADE,
+    key_hash      TEXT NOT NULL,
+    created_at    BIGINT NOT NULL,
+    last_seen_at  BIGINT NOT NULL,
+    expires_at    BIGINT NOT NULL
 );
-
-CREATE INDEX notification_job ON notification (job_id);
-
--- The outbox (outbox.py): one message for one notification, written in the
--- transaction of the status change it reports and sent by a worker that holds
--- its lease. status is pending (waiting or being sent), sent or failed (no
--- attempt left). The id is the webhook-id, the same on every attempt.
--- dedupe_key makes an event that several workers may see (overdue) queue once.
-CREATE TABLE notification_outbox (
-    id                TEXT PRIMARY KEY,
-    notification_id   TEXT NOT NULL REFERENCES notification (id) ON DELETE CASCADE,
-    event             TEXT NOT NULL,
-    job_id            TEXT,
-    execution_id      TEXT,
-    dedupe_key        TEXT UNIQUE,
-    payload           TEXT NOT NULL,
-    status            TEXT NOT NULL DEFAULT 'pending',
-    attempts          INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at   BIGINT NOT NULL,
-    worker_id         TEXT,
-    lease_expires_at  BIGINT,
-    last_error        TEXT,
-    created_at        BIGINT NOT NULL,
-    sent_at           BIGINT
-);
-
--- The delivery reads the due pending messages, and the notifications being sent to right now.
-CREATE INDEX notification_outbox_due ON notification_outbox (status, next_attempt_at);
-CREATE INDEX notification_outbox_lease ON notification_outbox (lease_expires_at)
-    WHERE lease_expires_at IS NOT NULL;
-CREATE INDEX notification_outbox_notification ON notification_outbox (notification_id, status);
-CREATE INDEX notification_outbox_created ON notification_outbox (created_at);
+CREATE INDEX dashboard_session_key ON dashboard_session (api_key_id);
+CREATE INDEX dashboard_session_expires ON dashboard_session (expires_at);

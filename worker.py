@@ -52,7 +52,7 @@ import outbox
 import wpsec
 from backup import Run
 from database import database, open_database, opened
-from models import Execution, WorkerHeartbeat, new_id, now_ms, purge_idempotency_keys
+from models import DashboardSession, Execution, WorkerHeartbeat, new_id, now_ms, purge_idempotency_keys
 from restore import Restore
 from statuses import ExecutionType
 from spool import replay_spool
@@ -237,12 +237,12 @@ class Worker:
 
         Each thread runs on its own: a slow WPSec site may take minutes to
         answer, and neither the claim loop nor the checkpoint may wait on it.
-        The chores also purge the Idempotency-Keys older than 24 hours and the
-        heartbeats of workers gone for as long, drop what reclaimed restores
-        left on database servers, check the notifications' dead man's switch
-        and forget old outbox messages. Notifications go out from a thread of
-        their own (outbox.Courier), so that a minutes-long site sync never holds
-        them back.
+        The chores also purge the Idempotency-Keys older than 24 hours, the
+        heartbeats of workers gone for as long and expired dashboard sessions,
+        drop what reclaimed restores left on database servers, check the
+        notifications' dead man's switch and forget old outbox messages.
+        Notifications go out from a thread of their own (outbox.Courier), so
+        that a minutes-long site sync never holds them back.
         """
         threads = {"chores": [
             Task("spool replay", CHORES_EVERY_SECONDS, lambda: replay_spool(self.data_dir)),
@@ -252,6 +252,7 @@ class Worker:
             Task("idempotency key purge", PURGE_EVERY_SECONDS, purge_idempotency_keys),
             Task("abandoned restore targets", CHORES_EVERY_SECONDS, self.remove_abandoned_targets),
             Task("heartbeat purge", PURGE_EVERY_SECONDS, heartbeats.purge_stale),
+            Task("dashboard session purge", PURGE_EVERY_SECONDS, DashboardSession.purge_expired),
             Task("overdue check", OVERDUE_EVERY_SECONDS, notifications.check_overdue),
             Task("outbox purge", PURGE_EVERY_SECONDS, outbox.purge_finished),
         ], "notifications": [Task("notification delivery", NOTIFY_EVERY_SECONDS, self.courier.deliver_due)]}

@@ -36,7 +36,7 @@ TOKEN = "bench-webhook-token"
 SITE_DOMAIN = "site{}.bench.test"  # wrk.lua spells the domains the same way
 # SPEC.md's API key permissions: a benchmark key may do everything.
 PERMISSIONS = ("jobs:read", "jobs:execute", "history:read", "websites:read", "storage:restore", "storage:download",
-               "metrics:read")
+               "metrics:read", "keys:manage", "settings:write")
 
 
 # --- machine ----------------------------------------------------------------------

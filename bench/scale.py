@@ -2,8 +2,9 @@
 
 Two databases with the same 1,000 jobs:
 
-- "empty": only what the requests need: a history page (20 executions) per
-  job, 50 websites;
+- "empty": only what the requests need: a history page (20 executions,
+  shaped as the full database's successes, with their log lines) per job,
+  50 websites with 5 backups each;
 - "full": 1,000,000 finished executions spread over the 1,000 jobs, each with
   5 log lines, one success in a hundred proven restorable by a drill;
   100,000 websites with 5 backups each and 3 events per backup.
@@ -19,6 +20,9 @@ in alternating rounds, both databases served by the same gunicorn settings:
 - GET /api/executions, the history: pages of 20, unfiltered, by job, by
   status, by both, by type, and from a random `before` anywhere in it
 - GET /metrics, the whole scrape (every job's series)
+- the dashboard's pages, signed in (a session cookie): jobs, history (the
+  same shapes as the API's, pages of 20), an execution with its logs,
+  websites, a website with its backups, API keys, settings
 - the worker's claim: trigger over HTTP until `backhook worker` has claimed the execution
 
 Target (README.md, "Performance targets"): each within 1.3x of the empty database.
@@ -28,6 +32,7 @@ Target (README.md, "Performance targets"): each within 1.3x of the empty databas
 """
 import argparse
 import hashlib
+import re
 import shutil
 import sqlite3
 import time
@@ -43,7 +48,9 @@ TARGET_RATIO = 1.3
 FILL_VERSION = 2  # bump when the fill below changes
 FINISHED = ("Success", "Failed", "Cancelled")
 HISTORY_PAGE = 20  # the listing's page size, and how many executions each job has in the empty database
-MEASURES = ["poll", "poll+logs", "jobs", "history", "webhook", "metrics", "claim"]
+PAGES = ["page:jobs", "page:history", "page:execution", "page:websites", "page:website", "page:keys",
+         "page:settings"]
+MEASURES = ["poll", "poll+logs", "jobs", "history", "webhook", "metrics", *PAGES, "claim"]
 
 
 # --- filling ---------------------------------------------------------------------------
@@ -58,6 +65,15 @@ def create_database(data_dir, jobs, websites):
     if websites:
         common.add_websites(data_dir, websites)
 
+
+# Log lines, in execution order so the (execution_id, id) index grows at its end.
+LOG_LINES_SQL = """WITH RECURSIVE k(j) AS (SELECT 1 UNION ALL SELECT j + 1 FROM k WHERE j < :logs)
+    INSERT INTO execution_log (execution_id, timestamp, level, stage, message)
+    SELECT e.id, e.started_at + k.j * 10000, 'info',
+           CASE k.j WHEN 1 THEN 'Initializing' WHEN 2 THEN 'Dumping' WHEN 3 THEN 'Uploading'
+                    WHEN 4 THEN 'Verifying' ELSE 'Applying Retention' END,
+           'stage ' || k.j || ' done: ' || coalesce(e.size, 0) || ' bytes written so far'
+    FROM execution e CROSS JOIN k ORDER BY e.rowid, k.j"""
 
 FILL_SQL = [
     "CREATE TEMP TABLE bench_job AS SELECT row_number() OVER (ORDER BY id) - 1 AS k, id FROM job",
@@ -75,14 +91,7 @@ FILL_SQL = [
            iif(failed, 'tar: /srv/site: Cannot open: Permission denied', NULL), 1, 'bench-host-1',
            iif(i % 100 = 1, t + 120000, NULL)
     FROM e JOIN bench_job j ON j.k = e.i % :jobs""",
-    # Log lines, in execution order so the (execution_id, id) index grows at its end.
-    """WITH RECURSIVE k(j) AS (SELECT 1 UNION ALL SELECT j + 1 FROM k WHERE j < :logs)
-    INSERT INTO execution_log (execution_id, timestamp, level, stage, message)
-    SELECT e.id, e.started_at + k.j * 10000, 'info',
-           CASE k.j WHEN 1 THEN 'Initializing' WHEN 2 THEN 'Dumping' WHEN 3 THEN 'Uploading'
-                    WHEN 4 THEN 'Verifying' ELSE 'Applying Retention' END,
-           'stage ' || k.j || ' done: ' || coalesce(e.size, 0) || ' bytes written so far'
-    FROM execution e CROSS JOIN k ORDER BY e.rowid, k.j""",
+    LOG_LINES_SQL,
     """WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < :websites - 1)
     INSERT INTO website (id, domain, wpsec_url, wpsec_api_key, created_at, synced_at, remote_backups)
     SELECT printf('%012x', :start + i) || lower(hex(randomblob(10))), 'site' || i || '.bench.test',
@@ -106,7 +115,7 @@ FILL_SQL = [
 ]
 
 
-# The counters /metrics reads (schema.sql version 11) hold what backhook would have counted while
+# The counters /metrics reads (schema.sql version 10) hold what backhook would have counted while
 # the history was written; a schema before them has nothing to fill.
 TALLY_SQL = {
     "run_tally": "INSERT INTO run_tally (job_id, type, status, count) SELECT job_id, type, status, count(*) "
@@ -183,15 +192,29 @@ class Side:
             "metrics": self.paths_file("metrics", ["/metrics"]),
             "history": self.paths_file("history", self.history_paths),
         }
+        # The dashboard's history takes the API's arguments: pages of 20 here too, which the empty database fills.
+        self.page_history_paths = self.history_pages("/history")
+        self.paths.update({
+            "page:jobs": self.paths_file("page-jobs", ["/jobs"]),
+            "page:history": self.paths_file("page-history", self.page_history_paths),
+            "page:execution": self.paths_file("page-execution", [f"/executions/{i}" for i in ids]),
+            "page:websites": self.paths_file("page-websites", ["/websites"]),
+            # the first 50 sites, which both databases have, with 5 backups each
+            "page:website": self.paths_file("page-website", [f"/websites/{common.SITE_DOMAIN.format(k)}"
+                                                             for k in range(50)]),
+            "page:keys": self.paths_file("page-keys", ["/keys"]),
+            "page:settings": self.paths_file("page-settings", ["/settings"]),
+        })
+        self.cookie = None
 
-    def history_pages(self):
+    def history_pages(self, prefix="/api/executions"):
         """Full pages of the history listing, in each of its shapes, from anywhere in it."""
         jobs = [row[0] for row in self.db.execute("SELECT id FROM job WHERE name LIKE 'job-%'")]
         # Cursors with a full page behind them: the newest page's ids are left out.
         cursors = [row[0] for row in self.db.execute(
             "SELECT id FROM (SELECT id FROM execution ORDER BY created_at, id LIMIT -1 OFFSET ?) "
             "ORDER BY random() LIMIT 500", (HISTORY_PAGE,))]
-        page = f"/api/executions?limit={HISTORY_PAGE}"
+        page = f"{prefix}?limit={HISTORY_PAGE}"
         shapes = [lambda number: page, lambda number: f"{page}&jobId={jobs[number % len(jobs)]}",
                   lambda number: f"{page}&status=Success",
                   lambda number: f"{page}&jobId={jobs[number % len(jobs)]}&status=Success",
@@ -211,7 +234,7 @@ class Side:
         (DAMON reclaim), so without this the full database's random lookups
         would time this disk rather than the database; see RESULTS.md.
         """
-        if what in ("poll", "poll+logs"):
+        if what in ("poll", "poll+logs", "page:execution"):
             for execution_id in self.ids:
                 self.db.execute("SELECT * FROM execution WHERE id = ?", (execution_id,)).fetchall()
                 self.db.execute("SELECT * FROM execution_log WHERE execution_id = ? ORDER BY id",
@@ -229,8 +252,8 @@ class Side:
                 "AND proven_restorable_at IS NOT NULL) FROM job LEFT JOIN execution e ON e.id = "
                 "(SELECT id FROM execution WHERE job_id = job.id AND status = 'Success' AND type = 'Backup' "
                 "ORDER BY created_at DESC, id DESC LIMIT 1)").fetchall()
-        elif what == "history":  # each page's index entries and rows, as the listing reads them
-            for path in set(self.history_paths):
+        elif what in ("history", "page:history"):  # each page's index entries and rows, as the listing reads them
+            for path in set(self.history_paths if what == "history" else self.page_history_paths):
                 if "before=" in path:
                     self.db.execute("SELECT * FROM execution WHERE (created_at, id) < (SELECT created_at, id "
                                     "FROM execution WHERE id = ?) ORDER BY created_at DESC, id DESC LIMIT ?",
@@ -240,13 +263,33 @@ class Side:
                     status = " AND status = 'Success'" if "status=" in path else ""
                     self.db.execute(f"SELECT * FROM execution WHERE job_id = ?{status} "
                                     "ORDER BY created_at DESC, id DESC LIMIT ?", (job_id, HISTORY_PAGE + 1)).fetchall()
+        elif what in ("page:websites", "page:website"):
+            # The first page by domain (site0, site1, site10, site100, …: spread over the file) and its backups.
+            self.db.execute("SELECT w.*, b.* FROM website w LEFT JOIN backup b ON b.id = (SELECT id FROM backup "
+                            "WHERE website_id = w.id ORDER BY created_at DESC, id DESC LIMIT 1) "
+                            "ORDER BY w.domain LIMIT 51").fetchall()
+            for k in range(50):
+                self.db.execute("SELECT * FROM backup WHERE website_id = (SELECT id FROM website WHERE domain = ?) "
+                                "ORDER BY created_at DESC, id DESC", (common.SITE_DOMAIN.format(k),)).fetchall()
 
     def wrk(self, server, what, seconds):
         if what == "webhook":
             return common.wrk(server.url + "/webhooks/backup-progress", seconds, 1, threads=1,
                               mode="webhook", token=common.TOKEN, sites=self.sites, backup_ids=self.backup_ids)
+        signed_in = {"cookie": self.sign_in(server)} if what.startswith("page:") else {}
         return common.wrk(server.url, seconds, 1, threads=1, mode="paths", paths_file=self.paths[what],
-                          api_key=self.key)
+                          api_key=self.key, **signed_in)
+
+    def sign_in(self, server):
+        """The dashboard's session cookie for this side's key, signed in once through the sign-in form."""
+        if self.cookie is None:
+            http = requests.Session()
+            form = http.get(f"{server.url}/sign-in", timeout=10)
+            token = re.search(r'name="csrf_token" value="([^"]+)"', form.text).group(1)
+            http.post(f"{server.url}/sign-in", data={"key": self.key, "csrf_token": token}, timeout=10,
+                      allow_redirects=False).raise_for_status()
+            self.cookie = f"backhook_session={http.cookies['backhook_session']}"
+        return self.cookie
 
     def claim_latencies(self, server, samples):
         """Latencies (ms) from a trigger over HTTP until `backhook worker` has claimed it, one run at a time.
@@ -301,11 +344,23 @@ def main(argv=()):
     create_database(empty_dir, args.jobs, 50)
     with common.transaction(empty_dir) as db:  # each job's history page, finished
         now = common.now_ms()
-        db.executemany("INSERT INTO execution (id, job_id, status, stage, created_at, started_at, ended_at) "
-                       "VALUES (?, ?, 'Success', 'Completed', ?, ?, ?)",
-                       [(common.new_id(), job_id, now - age, now - age, now - age)
+        # Shaped as the full database's successes (size, path, checksum, log lines), so that a page or a poll
+        # shows as much on both and the ratio is what the history's size costs.
+        db.executemany("INSERT INTO execution (id, job_id, status, progress, stage, created_at, started_at, ended_at, "
+                       "size, path, sha256, attempts, worker_id) "
+                       "VALUES (?, ?, 'Success', 100, 'Completed', ?, ?, ?, 75000000, ?, ?, 1, 'bench-host-1')",
+                       [(execution_id, job_id, now - age, now - age, now - age,
+                         f"/var/backups/backhook/{job_id}/{now - age}.tar.zst", "ab" * 32)
                         for (job_id,) in db.execute("SELECT id FROM job").fetchall()
-                        for age in range(HISTORY_PAGE)])
+                        for age in range(HISTORY_PAGE) for execution_id in [common.new_id()]])
+        db.execute(LOG_LINES_SQL, {"logs": LOGS_PER_EXECUTION})
+        # the sites synced, with as many backups each as in the full database, so that the pages show as much
+        db.execute("UPDATE website SET synced_at = ?, remote_backups = '[]'", (now,))
+        db.executemany("INSERT INTO backup (id, website_id, backup_id, status, progress, created_at, updated_at) "
+                       "VALUES (?, ?, ?, 'completed', 100, ?, ?)",
+                       [(common.new_id(), site_id, f"bk-{site_number}-{number}", now, now)
+                        for site_number, (site_id,) in enumerate(db.execute("SELECT id FROM website").fetchall())
+                        for number in range(BACKUPS_PER_SITE)])
         count_tallies(db)
     empty_key = common.api_key(empty_dir)
     full_key = full_database(full_dir, args.executions, args.jobs, args.websites)
@@ -358,7 +413,9 @@ def report(p50, measures, args):
         "each (one success in 100 proven restorable), "
         f"{args.websites:,} websites with {BACKUPS_PER_SITE} backups and {EVENTS_PER_BACKUP} events per backup "
         f"({args.full_gb:.2f} GB; filled once with INSERT … SELECT in about a minute, cached under var/bench/). "
-        f"Empty database: the {args.jobs:,} jobs, {HISTORY_PAGE} executions each, 50 websites. The history is "
+        f"Empty database: the {args.jobs:,} jobs, {HISTORY_PAGE} executions each (shaped as the full one's successes, "
+        f"{LOGS_PER_EXECUTION} log lines each), 50 websites, synced, with {BACKUPS_PER_SITE} backups each. "
+        "The history is "
         f"`GET /api/executions?limit={HISTORY_PAGE}` unfiltered, by job, by status, by both, by type and "
         "from a random `before`, one sixth each. Median latency over "
         f"{args.rounds} alternating rounds of {args.seconds:g} s, one connection (wrk -c 1 -t 1); "

@@ -4,7 +4,8 @@
 --   belongs to site n % BENCH_SITES, whose domain is site<k>.bench.test, so the
 --   bodies spread over every site and backup id. Header x-wpfort-token: BENCH_TOKEN.
 -- BENCH_MODE=paths: GET the paths listed in BENCH_PATHS_FILE (one per line), at
---   random, with "Authorization: Bearer BENCH_API_KEY".
+--   random, with "Authorization: Bearer BENCH_API_KEY", or with BENCH_COOKIE as the
+--   Cookie header when it is set (the dashboard's pages, signed in).
 -- done() prints one line "WRKJSON {...}" that bench/common.py parses.
 
 local mode = os.getenv("BENCH_MODE") or "webhook"
@@ -13,6 +14,7 @@ local sites = tonumber(os.getenv("BENCH_SITES") or "50")
 local backup_ids = tonumber(os.getenv("BENCH_BACKUP_IDS") or "2000")
 local webhook_path = os.getenv("BENCH_PATH") or "/webhooks/backup-progress"
 local api_key = os.getenv("BENCH_API_KEY") or ""
+local cookie = os.getenv("BENCH_COOKIE")
 local paths = {}
 
 local thread_number = 0
@@ -32,7 +34,9 @@ end
 
 function request()
   if mode == "paths" then
-    return wrk.format("GET", paths[math.random(#paths)], {["Authorization"] = "Bearer " .. api_key})
+    local headers = {["Authorization"] = "Bearer " .. api_key}
+    if cookie then headers = {["Cookie"] = cookie} end
+    return wrk.format("GET", paths[math.random(#paths)], headers)
   end
   local n = math.random(backup_ids)
   local body = string.format(

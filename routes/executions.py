@@ -1,3 +1,6 @@
+import datetime
+from types import SimpleNamespace
+
 from flask import Blueprint, current_app, request
 
 from heartbeats import note_if_unattended
@@ -65,7 +68,8 @@ def find_execution(execution_id):
 @bp.get("")
 @require_permission("history:read")
 def list_executions():
-    """Executions newest first, by ?jobId=, ?status= and ?type=; page with ?limit=N and ?before=<executionId>.
+    """Executions newest first, by ?jobId=, ?status=, ?type= and ?createdBefore=; page with ?limit=N and
+    ?before=<executionId>.
 
     One row more than the page is read: when it exists, the page's last id is
     `next`, the `before` of the following page.
@@ -77,10 +81,33 @@ def list_executions():
                "execution_type": enum_arg("type", ExecutionType)}
     limit = page_limit(MAX_LIMIT)
     cursor = page_cursor(lambda before: Execution.get_or_none(Execution.id == before), "execution")
+    if cursor is None:
+        cursor = created_before()
     executions = list(newest_first(Execution.history(**filters), Execution, limit + 1, cursor))
     page = executions[:limit]
     return {"success": True, "data": [history_entry(execution) for execution in page],
             "next": page[-1].id if len(executions) > limit else None}
+
+
+def created_before():
+    """?createdBefore= (an ISO 8601 date or UTC date-time) as a paging cursor, None without one; else a 400.
+
+    A cursor at that moment with the smallest id: newest_first then keeps only
+    what was created strictly before it, along the same indexes as a page.
+    """
+    raw = request.args.get("createdBefore")
+    if raw is None:
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        moment = None
+    if moment is None or not raw.isascii():
+        error("'createdBefore' must be an ISO 8601 date or date-time, for example 2026-12-04 or "
+              "2026-12-04T00:00:00.000Z", 400)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return SimpleNamespace(created_at=int(moment.timestamp() * 1000), id="")
 
 
 def history_entry(execution):

@@ -54,11 +54,16 @@ def one_job_to_api(job_id):
 @bp.get("")
 @require_permission("jobs:read")
 def list_jobs():
+    return {"success": True, "data": [listed for _job, listed in listed_jobs()],
+            "workers": workers_seen()}  # beside the seed's fields: whether anyone will run what is triggered
+
+
+def listed_jobs():
+    """[(job, its API form)] for every job by name, in two queries however many jobs there are."""
     texts = {}
     for row in JobDestination.select().order_by(JobDestination.job, JobDestination.position):  # one query for all
         texts.setdefault(row.job_id, []).append(row.destination)
-    return {"success": True, "data": [job_to_api(job, texts.get(job.id)) for job in Job.listing()],
-            "workers": workers_seen()}  # beside the seed's fields: whether anyone will run what is triggered
+    return [(job, job_to_api(job, texts.get(job.id))) for job in Job.listing()]
 
 
 @bp.post("")

@@ -46,6 +46,7 @@ def populated(app, make_key, make_job):
         models.NotificationOutbox.create(notification=notification.id, event="failure", payload="{}",
                                          execution_id=execution.id, job_id=job.id)
     Setting.write("max_concurrent_jobs", 3)
+    models.DashboardSession.open(ApiKey.authenticate(key)[0])  # a signed-in browser moves with its key
     return key, execution
 
 

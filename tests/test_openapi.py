@@ -14,8 +14,10 @@ def shape(path):
 
 
 def app_routes(app):
+    """Every route of the API; the dashboard's pages and static files are HTML for browsers, not part of it."""
     return {(method, shape(rule.rule)): app.view_functions[rule.endpoint]
-            for rule in app.url_map.iter_rules() if rule.endpoint != "static"
+            for rule in app.url_map.iter_rules()
+            if rule.endpoint != "static" and not rule.endpoint.startswith("dashboard.")
             for method in rule.methods & METHODS}
 
 

@@ -20,7 +20,7 @@ def wheel(tmp_path_factory):
     """The wheel built from a copy of the source tree (a build writes into the tree it builds)."""
     work = tmp_path_factory.mktemp("build")
     shutil.copytree(PROJECT, work / "source", ignore=shutil.ignore_patterns(
-        ".venv", "var", ".git", "build", "*.egg-info", "__pycache__", ".pytest_cache"))
+        ".venv*", "var", ".git", "build", "*.egg-info", "__pycache__", ".pytest_cache", "test-output"))
     # Without build isolation: the test extras bring a setuptools that builds wheels, so no download.
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
                     "--wheel-dir", str(work / "dist"), str(work / "source")], check=True, capture_output=True)
@@ -60,7 +60,9 @@ def clean_env(**extra):
 def test_the_wheel_holds_only_the_backhook_directory_and_its_data_files(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert all(name.startswith(("backhook/", "backhook-")) for name in names), names
-    assert {"backhook/schema.sql", "backhook/openapi.yaml", "backhook/cli.py", "backhook/routes/jobs.py"} <= set(names)
+    assert {"backhook/schema.sql", "backhook/openapi.yaml", "backhook/cli.py", "backhook/routes/jobs.py",
+            "backhook/templates/base.html", "backhook/templates/jobs.html", "backhook/static/dashboard.css",
+            "backhook/static/execution.js"} <= set(names)
 
 
 def test_the_installed_backhook_initialises_and_serves_from_another_directory(installed, tmp_path):
@@ -89,6 +91,11 @@ def test_the_installed_backhook_initialises_and_serves_from_another_directory(in
         wait_until(live, timeout=30, message="the installed backhook to serve")
         document = requests.get(f"http://127.0.0.1:{port}/api/openapi.json", timeout=5)
         assert document.status_code == 200 and "/api/jobs/{jobId}/run" in str(document.json()["paths"])
+        # The dashboard's templates and static files come from the installed package.
+        sign_in = requests.get(f"http://127.0.0.1:{port}/sign-in", timeout=5)
+        assert sign_in.status_code == 200 and 'name="csrf_token"' in sign_in.text
+        style = requests.get(f"http://127.0.0.1:{port}/static/dashboard.css", timeout=5)
+        assert style.status_code == 200 and "prefers-color-scheme" in style.text
     finally:
         server.terminate()
         server.wait(30)

@@ -359,3 +359,71 @@ def test_a_scrape_needs_no_sequential_scan_of_the_executions_or_sort_on_postgres
     statements = scrape_statements(client, make_key, recorded)
     assert any("proven_restorable_at" in sql for sql, _params in statements)
     assert postgresql_plan_problems(statements) == []
+
+# --- the dashboard's pages: the same indexes, and no query per row ------------------------
+
+@pytest.fixture
+def dashboard(history, client, make_key):
+    """A client signed in to the dashboard with every permission, over `history` and one website."""
+    import re
+
+    with models.database.atomic():
+        site = Website.create(domain="shop.example")
+        Backup.create(website=site.id, backup_id="b-1", status="in_progress")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/sign-in").get_data(as_text=True)).group(1)
+    assert client.post("/sign-in", data={"key": make_key(), "csrf_token": token}).status_code == 303
+    return client
+
+
+def dashboard_pages(history):
+    _job, execution = history
+    # (page, the tables it reads whole by design: the job table of the job listing and the history's job
+    # choice, the few API keys, and the first page of websites, which walks the domain index up to its limit)
+    return [("/jobs", ("job", "job_destination")), ("/history", ("job",)),
+            ("/history?status=Success&createdBefore=2030-01-01", ("job",)), (f"/history?jobId={_job.id}", ("job",)),
+            (f"/executions/{execution.id}", ()), (f"/executions/{execution.id}/live", ()),
+            ("/websites", ("website",)), ("/websites?after=a", ()), ("/websites/shop.example", ()),
+            ("/keys", ("api_key",)), ("/settings", ())]
+
+
+def test_every_dashboard_page_uses_indexes(history, dashboard, record_sql):
+    for page, whole in dashboard_pages(history):
+        record_sql.clear()
+        assert dashboard.get(page).status_code == 200, page
+        scans = full_scans(record_sql, allowed=whole)
+        if page == "/history":  # the newest page walks the (created_at, id) index from its end, as the API's
+            assert [scan.splitlines()[0] for scan in scans] == ["SCAN t1 USING INDEX execution_created"]
+        else:
+            assert scans == [], page
+        sorts = [sort for sort in temp_sorts(record_sql) if 'FROM "api_key"' not in sort]  # a few keys, sorted
+        assert sorts == [], page
+
+
+def test_dashboard_pages_ask_as_many_queries_for_many_rows_as_for_one(history, dashboard, make_job, make_key,
+                                                                      recorded):
+    def counts():
+        found = {}
+        for page, _whole in dashboard_pages(history):
+            recorded.clear()
+            assert dashboard.get(page).status_code == 200, page
+            found[page] = len(recorded)
+        return found
+
+    before = counts()
+    with models.database.atomic():
+        for number in range(5):
+            job = make_job(name=f"more-{number}")
+            Execution.create(job=job.id, status=ExecutionStatus.SUCCESS, size=10)
+            site = Website.create(domain=f"site-{number}.example")
+            Backup.create(website=site.id, backup_id=f"b-{number}", status="completed")
+            make_key()
+    assert counts() == before
+
+
+@pytest.mark.postgresql_only("EXPLAIN of PostgreSQL's planner")
+def test_dashboard_history_needs_no_sequential_scan_or_sort_on_postgresql(history, dashboard, recorded):
+    for page, _whole in dashboard_pages(history):
+        if page.startswith(("/history", "/executions")):
+            recorded.clear()
+            assert dashboard.get(page).status_code == 200, page
+            assert postgresql_plan_problems(recorded) == [], page
