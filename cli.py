@@ -43,7 +43,7 @@ from migrations import latest_version, migrate  # noqa: E402
 from app import create_app  # noqa: E402
 from models import (ApiKey, Execution, Job, Notification, NotificationOutbox, Setting, Website, iso,  # noqa: E402
                     normalize_domain)
-from sources import SourceError, describe_source, parse_source, shown_source  # noqa: E402
+from sources import SourceError, describe_source, shown_source  # noqa: E402
 from encryption import parse_recipients  # noqa: E402
 from restore import SCRATCH, RestoreRefused, queue_restore, run_in_this_process  # noqa: E402
 from statuses import FINISHED, ExecutionStatus, ExecutionType, NotificationKind, NotifyOn, OutboxStatus  # noqa: E402

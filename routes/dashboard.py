@@ -176,7 +176,7 @@ def run_job(job_id):
 @bp.get("/executions/<execution_id>")
 @signed_in("history:read")
 def execution_page(execution_id):
-    execution = executions.find_execution(execution_id)
+    execution = executions.find_shown_execution(execution_id)
     return render_template("execution.html", execution=executions.execution_to_api(execution, include_logs=True),
                            drill=executions.drill_to_api(execution), finished=finished(execution),
                            restorable=(execution.type == ExecutionType.BACKUP
@@ -194,7 +194,7 @@ def finished(execution):
 def execution_live(execution_id):
     """What the execution page's script polls: the API's answer with logs, on the session's key."""
     require(executions.show_execution.required_permission)
-    return {"success": True, "data": executions.execution_to_api(executions.find_execution(execution_id),
+    return {"success": True, "data": executions.execution_to_api(executions.find_shown_execution(execution_id),
                                                                  include_logs=True)}
 
 

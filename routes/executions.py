@@ -65,6 +65,13 @@ def find_execution(execution_id):
     return execution
 
 
+def find_shown_execution(execution_id):
+    """find_execution with the job's name that execution_to_api shows (as Execution.with_job_name adds it)."""
+    execution = find_execution(execution_id)
+    execution.name = execution.job.name
+    return execution
+
+
 @bp.get("")
 @require_permission("history:read")
 def list_executions():
@@ -128,8 +135,7 @@ def enum_arg(name, enum):
 @bp.get("/<execution_id>")
 @require_permission("history:read")
 def show_execution(execution_id):
-    execution = find_execution(execution_id)
-    execution.name = execution.job.name  # as Execution.with_job_name adds it
+    execution = find_shown_execution(execution_id)
     if execution.status == ExecutionStatus.PENDING:
         note_if_unattended(execution.id)  # before its logs are read, so this very answer shows the note
     return {"success": True, "data": execution_to_api(execution, include_logs=query_flag("includeLogs"))}

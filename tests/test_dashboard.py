@@ -203,6 +203,7 @@ def test_a_read_only_key_sees_no_run_button_and_cannot_run(client, signed_in, ma
 def test_run_now_queues_an_execution_and_shows_it(client, signed_in, make_job):
     _key, token = signed_in()
     job = make_job()
+    models.WorkerHeartbeat.beat("worker-1", "host", 1, models.now_ms())  # a live worker: no note that none is there
     assert "Run now" in client.get("/jobs").get_data(as_text=True)
     response = client.post(f"/jobs/{job.id}/run", data={"csrf_token": token})
     [execution] = Execution.select()

@@ -193,11 +193,13 @@ def test_every_bad_field_is_a_400_naming_it_and_creates_nothing(client, writer, 
     assert Job.select().count() == 0 and JobDestination.select().count() == 0
 
 
-def test_encryption_to_a_wpsec_site_is_refused(client, writer, tmp_path):
+def test_a_wpsec_job_can_be_encrypted_since_its_backups_come_home(client, writer, tmp_path):
     Website.create(domain="example.com")
-    body = {"name": "wp", "source": "wpsec://example.com", "destinations": [str(tmp_path)],
-            "encryptTo": ["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"]}
-    assert_error(create(client, writer, body), 400, "'encryptTo'", "wpsec://")
+    recipient = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
+    body = {"name": "wp", "source": "wpsec://example.com", "destinations": [str(tmp_path)], "encryptTo": [recipient]}
+    answer = create(client, writer, body)
+    assert answer.status_code == 201, answer.get_data(as_text=True)
+    assert answer.get_json()["data"]["encryptTo"] == [recipient]
 
 
 @pytest.mark.parametrize("source", ["ftp://host/x", "postgresql://host", "files:relative", "sqlite:///a?b=1"])

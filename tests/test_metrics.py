@@ -234,11 +234,11 @@ def test_spooled_events_waiting_and_rejected_are_counted(client, reader, data_di
 
 
 def test_upgrading_counts_the_history_so_far(database_url, monkeypatch):
-    """Version 11 counts the executions and backups that were there before it."""
+    """Version 10 counts the executions and backups that were there before it."""
     sections = migrations.schema_sections()
     database.open_database(database_url)
     try:
-        monkeypatch.setattr(migrations, "schema_sections", lambda: [s for s in sections if s[0] < 11])
+        monkeypatch.setattr(migrations, "schema_sections", lambda: [s for s in sections if s[0] < 10])
         migrations.migrate()
         rows = [("e1", "Success", "Backup"), ("e2", "Success", "Backup"), ("e3", "Failed", "Backup"),
                 ("e4", "Success", "Restore"), ("e5", "Pending", "Backup")]
