@@ -194,6 +194,8 @@ def create_job():
 @signed_in("jobs:write")
 def edit_job_form(job_id):
     job = jobs.find_job(job_id)
+    if job_definition.kind_of(job.source) == "command":  # revise would refuse whatever the form sent
+        error(job_definition.COMMAND_LINE_ONLY, 403)
     return render_template("job_form.html", form=job_form.of_job(job), job=job)
 
 

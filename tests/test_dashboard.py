@@ -431,6 +431,7 @@ def test_a_command_source_stays_on_the_command_line(client, signed_in, tmp_path,
     job = make_job("cmd", source="command:echo hi")
     html = client.get("/jobs").get_data(as_text=True)
     assert f'href="/jobs/{job.id}/edit"' not in html and f'action="/jobs/{job.id}/delete"' in html
+    assert client.get(f"/jobs/{job.id}/edit").status_code == 403
     form = job_form(tmp_path, source="command:echo bye", excludes="", one_file_system="")
     assert client.post(f"/jobs/{job.id}/edit", data={"csrf_token": token, **form}).status_code == 403
     assert models.Job.get_by_id(job.id).source == "command:echo hi"
@@ -505,3 +506,19 @@ def test_delete_follows_the_rule_of_stored_backups(client, signed_in, make_job):
     assert Execution.get_or_none(Execution.id == backup.id) is None  # the record goes; the file is never touched
     response = client.post(f"/jobs/{job.id}/delete", data={"csrf_token": token})
     assert response.status_code == 404 and set(response.get_json()) == {"error"}
+
+
+@pytest.mark.parametrize("fields", [
+    {}, {"keep": "-1", "timeout": "１２"}, {"timeout": "9" * 40, "timeout_unit": "days"}, {"keep_daily": "1e3"},
+    {"name": "../x", "source": "files://relative"}, {"source": "ftp://host/x"},
+    {"enabled": "yes", "name": "x\x00", "schedule": "\x00"},
+])
+def test_odd_form_values_are_refused_on_the_form_never_a_500(client, signed_in, tmp_path, make_job, fields):
+    _key, token = signed_in()
+    job = make_job()
+    for action in ("/jobs/new", f"/jobs/{job.id}/edit"):
+        data = {"csrf_token": token, **fields} if not fields else {"csrf_token": token, **job_form(tmp_path, **fields)}
+        response = client.post(action, data=data)
+        assert response.status_code in (400, 403), (action, response.get_data(as_text=True)[:300])
+        assert 'class="error' in response.get_data(as_text=True)
+    assert models.Job.select().count() == 1
