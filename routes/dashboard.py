@@ -13,6 +13,9 @@ import hmac
 import secrets
 from functools import wraps
 
+import job_definition
+import job_form
+
 from flask import Blueprint, current_app, g, redirect, render_template, request, url_for
 
 from models import PERMISSIONS, ApiKey, DashboardSession, Job, Setting, Website, iso
@@ -162,8 +165,73 @@ def sign_out():
 
 @bp.get("/jobs")
 @signed_in("jobs:read")
-def jobs_page():
-    return render_template("jobs.html", jobs=jobs.listed_jobs(), base_url=request.host_url.rstrip("/"))
+def jobs_page(refused=None, status=200):
+    return render_template("jobs.html", jobs=jobs.listed_jobs(), base_url=request.host_url.rstrip("/"),
+                           refused=refused), status
+
+
+# The job form: job_form turns its text into the values POST and PATCH /api/jobs take, and job_definition checks
+# and writes them, as it does for the API and the command line. A refused field is shown beside its input.
+
+@bp.get("/jobs/new")
+@signed_in("jobs:write")
+def new_job_form():
+    return render_template("job_form.html", form=job_form.blank(), job=None)
+
+
+@bp.post("/jobs/new")
+@signed_in("jobs:write")
+def create_job():
+    form = job_form.submitted(request.form)
+    try:
+        job_definition.create(job_definition.define(job_form.values(form)))
+    except job_definition.Invalid as invalid:
+        return refused_form(form, invalid)
+    return back_to("dashboard.jobs_page")
+
+
+@bp.get("/jobs/<job_id>/edit")
+@signed_in("jobs:write")
+def edit_job_form(job_id):
+    job = jobs.find_job(job_id)
+    if job_definition.kind_of(job.source) == "command":  # revise would refuse whatever the form sent
+        error(job_definition.COMMAND_LINE_ONLY, 403)
+    return render_template("job_form.html", form=job_form.of_job(job), job=job)
+
+
+@bp.post("/jobs/<job_id>/edit")
+@signed_in("jobs:write")
+def change_job(job_id):
+    job = jobs.find_job(job_id)
+    form = job_form.submitted(request.form)
+    try:
+        changes = job_definition.revise(job, job_form.values(form, job))
+    except job_definition.Invalid as invalid:
+        return refused_form(form, invalid, job)
+    if not job_definition.change(job, changes):
+        error("Job not found", 404)  # deleted meanwhile
+    return back_to("dashboard.jobs_page")
+
+
+def refused_form(form, invalid, job=None):
+    """The form again with what was typed (never a source's password) and job_definition's message."""
+    form.refuse(invalid)
+    job_form.hide_secrets(form, job)
+    return render_template("job_form.html", form=form, job=job), invalid.status
+
+
+@bp.post("/jobs/<job_id>/delete")
+@signed_in("jobs:write")
+def delete_job(job_id):
+    try:
+        job = job_definition.delete(job_id, keep_artifacts=request.form.get("keep_artifacts") == "on")
+    except job_definition.Invalid as refused:
+        if not can("jobs:read"):
+            error(refused.message, refused.status)
+        return jobs_page(refused=refused.message, status=refused.status)  # the list, the refusal above it
+    if job is None:
+        error("Job not found", 404)
+    return back_to("dashboard.jobs_page")
 
 
 @bp.post("/jobs/<job_id>/run")

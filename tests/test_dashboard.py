@@ -162,8 +162,8 @@ def test_signing_in_needs_the_forms_token(app, make_key):
 
 def test_every_form_of_every_page_carries_the_token(client, signed_in, make_job):
     _key, token = signed_in()
-    make_job()
-    for page in ("/jobs", "/keys", "/settings"):
+    job = make_job()
+    for page in ("/jobs", "/jobs/new", f"/jobs/{job.id}/edit", "/keys", "/settings"):
         html = client.get(page).get_data(as_text=True)
         forms = re.findall(r'<form[^>]*method="post".*?</form>', html, re.S)
         assert forms and all(f'name="csrf_token" value="{token}"' in form for form in forms), page
@@ -171,7 +171,7 @@ def test_every_form_of_every_page_carries_the_token(client, signed_in, make_job)
 
 # --- headers -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("page", ["/sign-in", "/jobs", "/history", "/websites", "/keys", "/settings"])
+@pytest.mark.parametrize("page", ["/sign-in", "/jobs", "/jobs/new", "/history", "/websites", "/keys", "/settings"])
 def test_pages_send_the_security_headers(client, signed_in, page):
     signed_in()
     response = client.get(page)
@@ -339,3 +339,186 @@ def test_settings_need_settings_write_to_change(client, signed_in):
     for bad in ("0", "-2", "x", "1e3", ""):
         response = client.post("/settings", data={"csrf_token": token, "max_concurrent_jobs": bad})
         assert response.status_code == 400 and set(response.get_json()) == {"error"}
+
+
+# --- the job form -------------------------------------------------------------------
+
+SECRET = "s3cr3t-Pass"  # a password no page may show
+
+
+def job_form(tmp_path, **fields):
+    """A filled-in new job form, as a browser sends it (checkboxes only when ticked)."""
+    source = tmp_path / "site"
+    source.mkdir(exist_ok=True)
+    return {"name": "site", "source": f"files://{source}", "destinations": f"{tmp_path}/a\n\n{tmp_path}/b\n",
+            "compression": "zstd", "keep": "7", "keep_daily": "", "keep_weekly": "4", "keep_monthly": "",
+            "schedule": "0 3 * * *", "timezone": "Europe/Berlin", "timeout": "2", "timeout_unit": "hours",
+            "recipients": "", "excludes": "*.log\ncache/", "one_file_system": "on", "enabled": "on", **fields}
+
+
+def test_the_job_form_creates_a_job_as_post_api_jobs_does(client, signed_in, tmp_path, auth):
+    _key, token = signed_in()
+    assert 'href="/jobs/new"' in client.get("/jobs").get_data(as_text=True)
+    page = client.get("/jobs/new").get_data(as_text=True)
+    assert 'name="csrf_token"' in page and "command:" in page and 'value="UTC"' in page
+    response = client.post("/jobs/new", data={"csrf_token": token, **job_form(tmp_path)})
+    assert response.status_code == 303 and response.headers["Location"] == "/jobs"
+    [job] = client.get("/api/jobs", headers=auth).get_json()["data"]
+    assert job["destinations"] == [f"{tmp_path}/a", f"{tmp_path}/b"] and job["excludes"] == ["*.log", "cache/"]
+    assert (job["keep"], job["keepDaily"], job["keepWeekly"], job["timeoutSeconds"]) == (7, None, 4, 7200)
+    assert job["schedule"] == "0 3 * * *" and job["timezone"] == "Europe/Berlin" and job["nextRunAt"]
+    assert job["oneFileSystem"] and job["enabled"] and not job["allowPartialDestinations"]
+    assert job["id"] in client.get("/jobs").get_data(as_text=True)
+
+
+def test_the_job_form_edits_a_job_and_keeps_what_it_does_not_change(client, signed_in, tmp_path):
+    _key, token = signed_in()
+    client.post("/jobs/new", data={"csrf_token": token, **job_form(tmp_path)})
+    job = models.Job.get()
+    page = client.get(f"/jobs/{job.id}/edit").get_data(as_text=True)
+    assert f"{tmp_path}/a\n{tmp_path}/b</textarea>" in page and 'value="Europe/Berlin"' in page and "readonly" in page
+    form = job_form(tmp_path, keep="", timeout="90", timeout_unit="seconds", enabled="", recipients=(
+        "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"))
+    del form["name"], form["enabled"]  # the name is shown, not sent; an unticked box is not sent
+    response = client.post(f"/jobs/{job.id}/edit", data={"csrf_token": token, **form})
+    assert response.status_code == 303
+    job = models.Job.get()
+    assert job.keep is None and job.timeout_seconds == 90 and not job.enabled and job.keep_weekly == 4
+    assert job.recipient_keys() == ["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"]
+    assert 'value="90"' in client.get(f"/jobs/{job.id}/edit").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("fields, column, message", [
+    ({"keep": "seven"}, "keep", "must be a whole number"),
+    ({"keep": "0"}, "keep", "must be a whole number from 1"),
+    ({"destinations": ""}, "destinations", "at least one destination"),
+    ({"destinations": "relative/dir"}, "destinations", "absolute"),
+    ({"schedule": "every day"}, "schedule", ""),
+    ({"timezone": "Mars/Olympus"}, "timezone", "unknown timezone"),
+    ({"timeout": "31", "timeout_unit": "hours", "keep": "1", "compression": "lzma"}, "compression", "one of"),
+    ({"recipients": "age1notavalidkey"}, "recipients", "not a valid age1"),
+    ({"source": "sqlite:///tmp/x.db"}, "excludes", "only to files://"),
+])
+def test_a_refused_field_shows_its_message_beside_it_and_keeps_what_was_typed(client, signed_in, tmp_path, fields,
+                                                                             column, message):
+    _key, token = signed_in()
+    response = client.post("/jobs/new", data={"csrf_token": token, **job_form(tmp_path, **fields)})
+    html = response.get_data(as_text=True)
+    assert response.status_code == 400 and response.mimetype == "text/html"
+    shown = re.search(rf'id="error-{column}">([^<]*)<', html)
+    assert shown and message in shown.group(1), html
+    assert re.findall(r'class="error field-error"', html) == ['class="error field-error"']  # beside that field only
+    assert 'name="schedule" value="' + job_form(tmp_path, **fields)["schedule"] in html  # what was typed stays
+    assert models.Job.select().count() == 0
+    assert response.headers["Content-Security-Policy"] and " style=" not in html and "<script>" not in html
+
+
+def test_a_duplicate_name_is_shown_with_409(client, signed_in, tmp_path):
+    _key, token = signed_in()
+    client.post("/jobs/new", data={"csrf_token": token, **job_form(tmp_path)})
+    response = client.post("/jobs/new", data={"csrf_token": token, **job_form(tmp_path)})
+    assert response.status_code == 409 and "already exists" in response.get_data(as_text=True)
+
+
+def test_a_command_source_stays_on_the_command_line(client, signed_in, tmp_path, make_job):
+    _key, token = signed_in()
+    response = client.post("/jobs/new", data={"csrf_token": token,
+                                              **job_form(tmp_path, source="command:echo hi", excludes="",
+                                                         one_file_system="")})
+    assert response.status_code == 403 and "command line" in re.search(
+        r'id="error-source">([^<]*)<', response.get_data(as_text=True)).group(1)
+    assert models.Job.select().count() == 0
+    job = make_job("cmd", source="command:echo hi")
+    html = client.get("/jobs").get_data(as_text=True)
+    assert f'href="/jobs/{job.id}/edit"' not in html and f'action="/jobs/{job.id}/delete"' in html
+    assert client.get(f"/jobs/{job.id}/edit").status_code == 403
+    form = job_form(tmp_path, source="command:echo bye", excludes="", one_file_system="")
+    assert client.post(f"/jobs/{job.id}/edit", data={"csrf_token": token, **form}).status_code == 403
+    assert models.Job.get_by_id(job.id).source == "command:echo hi"
+
+
+def test_without_jobs_write_the_form_is_hidden_and_refused(client, signed_in, tmp_path, make_job):
+    _key, token = signed_in("jobs:read", "jobs:execute")
+    job = make_job()
+    html = client.get("/jobs").get_data(as_text=True)
+    assert "New job" not in html and "/edit" not in html and "/delete" not in html and "Run now" in html
+    for page in ("/jobs/new", f"/jobs/{job.id}/edit"):
+        response = client.get(page)
+        assert response.status_code == 403 and "jobs:write" in response.get_json()["error"], page
+    for action in ("/jobs/new", f"/jobs/{job.id}/edit", f"/jobs/{job.id}/delete"):
+        response = client.post(action, data={"csrf_token": token, **job_form(tmp_path)})
+        assert response.status_code == 403 and "jobs:write" in response.get_json()["error"], action
+    assert [row.name for row in models.Job.select()] == ["nightly"]
+
+
+def test_the_job_form_needs_the_csrf_token(client, signed_in, tmp_path, make_job):
+    signed_in()
+    job = make_job()
+    for action in ("/jobs/new", f"/jobs/{job.id}/edit", f"/jobs/{job.id}/delete"):
+        for data in (job_form(tmp_path), job_form(tmp_path, csrf_token="0" * 64)):
+            response = client.post(action, data=data)
+            assert response.status_code == 403 and "CSRF" in response.get_json()["error"], action
+    assert [(row.name, row.keep) for row in models.Job.select()] == [("nightly", None)]
+
+
+def test_a_source_password_is_never_sent_back_to_the_page(client, signed_in, tmp_path):
+    _key, token = signed_in()
+    source = f"postgresql://backup:{SECRET}@db.internal:5432/app"
+    form = job_form(tmp_path, name="pg", source=source, excludes="", one_file_system="")
+    refused = client.post("/jobs/new", data={"csrf_token": token, **form, "keep": "x"})
+    html = refused.get_data(as_text=True)
+    assert refused.status_code == 400 and SECRET not in html and 'name="source" value=""' in html
+    assert "type the new source again" in html and 'id="error-keep"' in html
+
+    assert client.post("/jobs/new", data={"csrf_token": token, **form}).status_code == 303
+    job = models.Job.get()
+    page = client.get(f"/jobs/{job.id}/edit").get_data(as_text=True)
+    assert SECRET not in page and 'value="postgresql://backup:***@db.internal:5432/app"' in page
+    assert SECRET not in client.get("/jobs").get_data(as_text=True)
+    shown = dict(form, source="postgresql://backup:***@db.internal:5432/app", keep="3")
+    assert client.post(f"/jobs/{job.id}/edit", data={"csrf_token": token, **shown}).status_code == 303
+    job = models.Job.get()
+    assert job.source == source and job.keep == 3  # left as shown: the stored password stays
+
+    changed = dict(shown, source="postgresql://backup:N3w-Pass@db.internal:5432/app", keep="x")
+    html = client.post(f"/jobs/{job.id}/edit", data={"csrf_token": token, **changed}).get_data(as_text=True)
+    assert "N3w-Pass" not in html and SECRET not in html and "type the new source again" in html
+    assert 'value="postgresql://backup:***@db.internal:5432/app"' in html and models.Job.get().source == source
+    changed["keep"] = "3"
+    assert client.post(f"/jobs/{job.id}/edit", data={"csrf_token": token, **changed}).status_code == 303
+    assert models.Job.get().source == changed["source"]
+
+
+def test_delete_follows_the_rule_of_stored_backups(client, signed_in, make_job):
+    _key, token = signed_in()
+    job = make_job()
+    backup = finished_backup(job)
+    response = client.post(f"/jobs/{job.id}/delete", data={"csrf_token": token})
+    html = response.get_data(as_text=True)
+    assert response.status_code == 409 and "stored backup(s)" in re.search(r'id="refused">([^<]*)<', html).group(1)
+    assert models.Job.get_or_none(models.Job.id == job.id) is not None and job.id in html
+    pending = Execution.enqueue(job)
+    response = client.post(f"/jobs/{job.id}/delete", data={"csrf_token": token, "keep_artifacts": "on"})
+    assert response.status_code == 409 and "Pending or Running" in response.get_data(as_text=True)
+    Execution.update(status=ExecutionStatus.CANCELLED).where(Execution.id == pending.id).execute()
+    response = client.post(f"/jobs/{job.id}/delete", data={"csrf_token": token, "keep_artifacts": "on"})
+    assert response.status_code == 303 and models.Job.get_or_none(models.Job.id == job.id) is None
+    assert Execution.get_or_none(Execution.id == backup.id) is None  # the record goes; the file is never touched
+    response = client.post(f"/jobs/{job.id}/delete", data={"csrf_token": token})
+    assert response.status_code == 404 and set(response.get_json()) == {"error"}
+
+
+@pytest.mark.parametrize("fields", [
+    {}, {"keep": "-1", "timeout": "１２"}, {"timeout": "9" * 40, "timeout_unit": "days"}, {"keep_daily": "1e3"},
+    {"name": "../x", "source": "files://relative"}, {"source": "ftp://host/x"},
+    {"enabled": "yes", "name": "x\x00", "schedule": "\x00"},
+])
+def test_odd_form_values_are_refused_on_the_form_never_a_500(client, signed_in, tmp_path, make_job, fields):
+    _key, token = signed_in()
+    job = make_job()
+    for action in ("/jobs/new", f"/jobs/{job.id}/edit"):
+        data = {"csrf_token": token, **fields} if not fields else {"csrf_token": token, **job_form(tmp_path, **fields)}
+        response = client.post(action, data=data)
+        assert response.status_code in (400, 403), (action, response.get_data(as_text=True)[:300])
+        assert 'class="error' in response.get_data(as_text=True)
+    assert models.Job.select().count() == 1

@@ -193,3 +193,31 @@ def test_the_wait_script_of_the_api_trigger_panel_runs(page, make_key, make_job,
                           text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.splitlines()[-1].startswith("Success 100%")
+
+
+def test_create_a_job_through_the_form_and_see_it_listed(page, make_key, tmp_path):
+    source = tmp_path / "site"
+    source.mkdir()
+    sign_in(page, make_key())
+    page.click("a.new-job")
+    page.wait_for_url(re.compile(r"/jobs/new$"))
+    page.fill("#job-name", "site")
+    page.fill("#job-source", f"files://{source}")
+    page.fill("#job-destinations", f"{tmp_path}/backups")
+    page.fill("input[name=keep]", "seven")
+    page.click("button[type=submit].primary")
+    assert "must be a whole number" in page.inner_text("#error-keep")  # refused, what was typed still there
+    assert page.input_value("#job-source") == f"files://{source}"
+    shoot(page, "job-form-refused", phone=True)
+    page.fill("input[name=keep]", "7")
+    page.fill("#job-schedule", "0 3 * * *")
+    page.click("button[type=submit].primary")
+    page.wait_for_url(re.compile(r"/jobs$"))
+    job = models.Job.get(models.Job.name == "site")
+    assert job.keep == 7 and job.schedule == "0 3 * * *"
+    listed = page.inner_text(f"#job-{job.id}")
+    assert "site" in listed and f"{tmp_path}/backups" in listed and "never" in listed
+    shoot(page, "jobs-with-form-buttons")
+    page.locator(f"#job-{job.id} a.edit-job").click()
+    assert page.input_value("#job-destinations") == f"{tmp_path}/backups"
+    shoot(page, "job-form-edit")

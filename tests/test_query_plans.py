@@ -381,6 +381,7 @@ def dashboard_pages(history):
     # choice, the few API keys, and the first page of websites, which walks the domain index up to its limit)
     return [("/jobs", ("job", "job_destination")), ("/history", ("job",)),
             ("/history?status=Success&createdBefore=2030-01-01", ("job",)), (f"/history?jobId={_job.id}", ("job",)),
+            ("/jobs/new", ()), (f"/jobs/{_job.id}/edit", ()),
             (f"/executions/{execution.id}", ()), (f"/executions/{execution.id}/live", ()),
             ("/websites", ("website",)), ("/websites?after=a", ()), ("/websites/shop.example", ()),
             ("/keys", ("api_key",)), ("/settings", ())]
