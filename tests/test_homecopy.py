@@ -16,7 +16,7 @@ import wpsec
 from backup import Run
 from models import ArtifactCopy, Backup, Execution, ExecutionLog, Job, Website
 from support import TOKEN, age_keys, poll, wait_for_status, wait_until
-from test_wpsec import SIGNATURE, SITE_KEY, FileServer, StandInSite
+from test_wpsec import SIGNATURE, SITE_KEY, FileServer, StandInSite, quicken_retries
 
 ARCHIVE = b"PK\x03\x04 a WordPress site's files and database " + bytes(range(256)) * 1200
 
@@ -37,12 +37,8 @@ def stand_in(files):
 
 @pytest.fixture(autouse=True)
 def quick_retries(monkeypatch):
-    """The download's retry policy (wpsec.session), with backoff and timeouts scaled down to test speed."""
-    monkeypatch.setattr(wpsec, "BACKOFF_FACTOR", 0.01)
-    monkeypatch.setattr(wpsec, "BACKOFF_JITTER", 0.01)
-    monkeypatch.setattr(wpsec, "READ_TIMEOUT", 2)
-    monkeypatch.setattr(wpsec, "CONNECT_TIMEOUT", 2)
-    wpsec._sync_failures.clear()
+    """The download's retry policy (wpsec.session), scaled down; a 2 s timeout, as a download streams longer."""
+    quicken_retries(monkeypatch, 2)
 
 
 @pytest.fixture

@@ -202,15 +202,19 @@ def stand_in():
     site.stop()
 
 
-@pytest.fixture(autouse=True)
-def quick_retries(monkeypatch):
-    """The same retry policy, with backoff and timeouts scaled down to test speed."""
+def quicken_retries(monkeypatch, timeout_seconds):
+    """wpsec's retry policy, with backoff and timeouts scaled down to test speed."""
     monkeypatch.setattr(wpsec, "BACKOFF_FACTOR", 0.01)
     monkeypatch.setattr(wpsec, "BACKOFF_JITTER", 0.01)
-    monkeypatch.setattr(wpsec, "READ_TIMEOUT", 0.5)
-    monkeypatch.setattr(wpsec, "CONNECT_TIMEOUT", 0.5)
-    monkeypatch.setattr(wpsec, "RETRY_AFTER_MAX", 0.05)
+    monkeypatch.setattr(wpsec, "READ_TIMEOUT", timeout_seconds)
+    monkeypatch.setattr(wpsec, "CONNECT_TIMEOUT", timeout_seconds)
     wpsec._sync_failures.clear()
+
+
+@pytest.fixture(autouse=True)
+def quick_retries(monkeypatch):
+    quicken_retries(monkeypatch, 0.5)
+    monkeypatch.setattr(wpsec, "RETRY_AFTER_MAX", 0.05)
     wpsec._last_poll.clear()
 
 
