@@ -338,6 +338,16 @@ def test_a_notifications_messages_go_out_in_order_even_across_a_retry(app, make_
     assert [r["path"] for r in receiver.wait_for(3)] == ["/ping/start", "/ping/start", "/ping"]
 
 
+def test_messages_queued_in_one_millisecond_keep_their_order(app, make_job):
+    ping = notifications.add("https://hc.example/ping", ping=True)
+    job = command_job(make_job)
+    with models.database.atomic():
+        for event in ("start", "success") * 50:  # far more than fit in distinct milliseconds
+            notifications.queue([ping], event, notifications.document(event, event, job))
+    queued = list(models.NotificationOutbox.select().order_by(models.NotificationOutbox.id))
+    assert [message.event for message in queued] == ["start", "success"] * 50
+
+
 def test_a_message_fails_after_its_last_attempt(app, make_job, receiver):
     receiver.status = 500
     notifications.add(receiver.url + "/down")
